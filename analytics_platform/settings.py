@@ -1,0 +1,280 @@
+"""Settings for every process of the service, read from the environment.
+
+Two configurations come from this one module, chosen by ``ANALYTICS_ENV``:
+
+* ``local`` (the default): the embedded stack that ``make run`` starts on a laptop. SQLite for
+  Django's tables, the Tansu broker, the embedded ClickHouse server and a filesystem Celery
+  transport, all on loopback, with data under ``var/``.
+* ``production``: PostgreSQL, a Kafka cluster, a ClickHouse cluster and Redis for Celery. Every
+  address and secret must come from the environment; a missing one stops the process at start
+  (``ImproperlyConfigured``) instead of falling back to a development default.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+ANALYTICS_ENV = os.environ.get("ANALYTICS_ENV", "local")
+if ANALYTICS_ENV not in {"local", "production"}:
+    raise ImproperlyConfigured(f"ANALYTICS_ENV must be 'local' or 'production', not {ANALYTICS_ENV!r}")
+PRODUCTION = ANALYTICS_ENV == "production"
+
+
+def env(name: str, default: str | None = None, *, secret: bool = False) -> str:
+    """Read ``name`` from the environment.
+
+    In production a secret has no default and any variable without a default is required, so a
+    misconfigured deployment fails at start rather than talking to the wrong place.
+    """
+    value = os.environ.get(name)
+    if value is not None and value != "":
+        return value
+    if PRODUCTION and (secret or default is None):
+        raise ImproperlyConfigured(f"{name} must be set when ANALYTICS_ENV=production")
+    if default is None:
+        raise ImproperlyConfigured(f"{name} must be set")
+    return default
+
+
+def env_bool(name: str, default: bool) -> bool:
+    return env(name, "true" if default else "false").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    raw = env(name, str(default))
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+VAR_DIR = Path(env("ANALYTICS_VAR_DIR", str(BASE_DIR / "var")))
+
+
+def _local_secret_key() -> str:
+    """A per-checkout key kept under var/ so sessions survive a restart of the local stack."""
+    path = VAR_DIR / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(50)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+if PRODUCTION:
+    SECRET_KEY = env("DJANGO_SECRET_KEY", secret=True)
+else:
+    SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or _local_secret_key()
+DEBUG = env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "http://127.0.0.1:8000,http://localhost:8000")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "rest_framework",
+    "rest_framework_simplejwt",
+    "drf_spectacular",
+    "clickhouse_backend",
+    "analytics_platform",
+    "ingest",
+    "streams",
+    "metrics",
+    "etl",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "analytics_platform.middleware.RequestContextMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "analytics_platform.urls"
+WSGI_APPLICATION = "analytics_platform.wsgi.application"
+ASGI_APPLICATION = "analytics_platform.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Databases -------------------------------------------------------------------------------
+# Django's own tables (users, allowlists, metric definitions, export runs): SQLite locally,
+# PostgreSQL in production. ClickHouse holds the event data and is reached over its native
+# protocol through django-clickhouse-backend; the router sends ClickHouse models there.
+DATABASES: dict[str, dict[str, Any]] = {
+    "default": dict(
+        dj_database_url.parse(
+            env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+            conn_health_checks=True,
+        )
+    ),
+}
+CLICKHOUSE_SECURE = env_bool("CLICKHOUSE_SECURE", False)
+CLICKHOUSE_OPTIONS: dict[str, Any] = {
+    "compression": env("CLICKHOUSE_COMPRESSION", "lz4") or False,
+    "connect_timeout": env_int("CLICKHOUSE_CONNECT_TIMEOUT", 5),
+    "send_receive_timeout": env_int("CLICKHOUSE_SEND_RECEIVE_TIMEOUT", 300),
+    "secure": CLICKHOUSE_SECURE,
+}
+if CLICKHOUSE_SECURE:
+    CLICKHOUSE_OPTIONS["verify"] = env_bool("CLICKHOUSE_VERIFY", True)
+    if os.environ.get("CLICKHOUSE_CA_CERTS"):
+        CLICKHOUSE_OPTIONS["ca_certs"] = os.environ["CLICKHOUSE_CA_CERTS"]
+DATABASES["clickhouse"] = {
+    "ENGINE": "clickhouse_backend.backend",
+    "NAME": env("CLICKHOUSE_DATABASE", "analytics"),
+    "HOST": env("CLICKHOUSE_HOST", "127.0.0.1"),
+    "PORT": env_int("CLICKHOUSE_PORT", 9000),
+    "USER": env("CLICKHOUSE_USER", "default"),
+    "PASSWORD": env("CLICKHOUSE_PASSWORD", "", secret=True),
+    "OPTIONS": CLICKHOUSE_OPTIONS,
+    "TEST": {"fake_transaction": True},
+}
+DATABASE_ROUTERS = ["analytics_platform.db_routers.ClickHouseRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Kafka -----------------------------------------------------------------------------------
+KAFKA_BOOTSTRAP_SERVERS = env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+# librdkafka security options, passed through unchanged (SSL / SASL_SSL in production).
+KAFKA_SECURITY: dict[str, str] = {
+    key: value
+    for key, value in {
+        "security.protocol": os.environ.get("KAFKA_SECURITY_PROTOCOL", ""),
+        "sasl.mechanism": os.environ.get("KAFKA_SASL_MECHANISM", ""),
+        "sasl.username": os.environ.get("KAFKA_SASL_USERNAME", ""),
+        "sasl.password": os.environ.get("KAFKA_SASL_PASSWORD", ""),
+        "ssl.ca.location": os.environ.get("KAFKA_SSL_CA_LOCATION", ""),
+        "ssl.certificate.location": os.environ.get("KAFKA_SSL_CERTIFICATE_LOCATION", ""),
+        "ssl.key.location": os.environ.get("KAFKA_SSL_KEY_LOCATION", ""),
+    }.items()
+    if value
+}
+KAFKA_TOPIC_PREFIX = env("KAFKA_TOPIC_PREFIX", "")
+KAFKA_DEFAULT_PARTITIONS = env_int("KAFKA_DEFAULT_PARTITIONS", 8)
+KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 3 if PRODUCTION else 1)
+KAFKA_RETENTION_MS = env_int("KAFKA_RETENTION_MS", 7 * 24 * 3600 * 1000)
+
+# --- Celery ----------------------------------------------------------------------------------
+# Locally a filesystem transport (nothing to install); Redis in production.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = (
+    {
+        "data_folder_in": str(VAR_DIR / "celery" / "queue"),
+        "data_folder_out": str(VAR_DIR / "celery" / "queue"),
+        "processed_folder": str(VAR_DIR / "celery" / "processed"),
+        "store_processed": False,
+    }
+    if CELERY_BROKER_URL.startswith("filesystem")
+    else {}
+)
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE: dict[str, Any] = {}
+
+# --- Auth, API -------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+REST_FRAMEWORK: dict[str, Any] = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "analytics_platform.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Video analytics API",
+    "DESCRIPTION": "Event ingestion and aggregated metrics for video platforms.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "static"
+LOGIN_URL = "admin:login"
+
+# --- Security --------------------------------------------------------------------------------
+# TLS terminates at the ingress in production; these make Django trust it and refuse plain HTTP.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if PRODUCTION else None
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0)
+
+# --- Observability ---------------------------------------------------------------------------
+LOG_LEVEL = env("LOG_LEVEL", "INFO")
+# Every process logs JSON lines on stdout; structlog renders both its own and stdlib records.
+LOGGING: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "()": "structlog.stdlib.ProcessorFormatter",
+            "processors": "ext://analytics_platform.logs.JSON_RENDERER",
+            "foreign_pre_chain": "ext://analytics_platform.logs.FOREIGN_PRE_CHAIN",
+        },
+    },
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+    "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.server": {"level": "WARNING"},
+        "kafka": {"level": "WARNING"},
+        "clickhouse_driver": {"level": "WARNING"},
+    },
+}
+PROMETHEUS_EXPORT_MIGRATIONS = False
+READINESS_TIMEOUT_SECONDS = float(env("READINESS_TIMEOUT_SECONDS", "2.0"))

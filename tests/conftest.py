@@ -1,0 +1,49 @@
+"""Real services for the test run, started once per session and stopped at the end.
+
+* the Tansu Kafka broker on a free port (``kafka_broker``);
+* the embedded ClickHouse server on a free port with a temporary data dir (``clickhouse_server``);
+  every test that uses the Django test databases gets it, because the ``clickhouse`` alias is one
+  of them;
+* PostgreSQL and Redis are the machine's own (``make test`` points DATABASE_URL at PostgreSQL).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from analytics_platform import kafka
+from analytics_platform.devstack import processes
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[processes.ManagedProcess]:
+    broker = processes.broker_start()
+    previous = settings.KAFKA_BOOTSTRAP_SERVERS
+    settings.KAFKA_BOOTSTRAP_SERVERS = broker.address
+    kafka.topics_ensure()
+    yield broker
+    settings.KAFKA_BOOTSTRAP_SERVERS = previous
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[processes.ManagedProcess]:
+    server = processes.clickhouse_start(data_dir=Path(tmp_path_factory.mktemp("clickhouse")))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(
+    django_db_modify_db_settings_parallel_suffix: None,
+    clickhouse_server: processes.ManagedProcess,
+) -> None:
+    # Connections share these dicts, so updating them in place before the test databases are
+    # created points every connection at the session's server.
+    clickhouse = settings.DATABASES["clickhouse"]
+    clickhouse["HOST"] = clickhouse_server.host
+    clickhouse["PORT"] = clickhouse_server.port

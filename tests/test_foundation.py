@@ -1,0 +1,97 @@
+"""The foundation: health endpoints against real dependencies, settings, the admin."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.test import Client
+
+pytestmark = [pytest.mark.django_db(databases=["default", "clickhouse"])]
+
+
+def test_healthz_answers_without_dependencies(client: Client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+@pytest.mark.postgres
+def test_django_tables_live_in_postgresql() -> None:
+    # make test points DATABASE_URL at the machine's PostgreSQL: the production database engine.
+    assert connection.vendor == "postgresql"
+
+
+@pytest.mark.kafka
+@pytest.mark.clickhouse
+def test_readyz_reports_every_dependency_up(client: Client, kafka_broker) -> None:
+    response = client.get("/readyz")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert set(body["dependencies"]) == {"database", "kafka", "clickhouse"}
+    assert all(dep["status"] == "up" for dep in body["dependencies"].values())
+
+
+@pytest.mark.kafka
+@pytest.mark.clickhouse
+def test_readyz_names_the_broker_when_it_is_stopped(client: Client, settings) -> None:
+    from analytics_platform import health
+    from analytics_platform.devstack import processes
+
+    broker = processes.broker_start()
+    settings.KAFKA_BOOTSTRAP_SERVERS = broker.address
+    settings.READINESS_TIMEOUT_SECONDS = 1.5
+    health._admin = None  # a client bound to this broker, not the session's
+    try:
+        assert client.get("/readyz").status_code == 200
+        broker.stop()
+        response = client.get("/readyz")
+        body = response.json()
+        assert response.status_code == 503
+        assert body["status"] == "unavailable"
+        assert body["dependencies"]["kafka"]["status"] == "down"
+        assert body["dependencies"]["database"]["status"] == "up"
+        assert body["dependencies"]["clickhouse"]["status"] == "up"
+    finally:
+        broker.kill()
+        health._admin = None
+
+
+@pytest.mark.clickhouse
+def test_readyz_names_clickhouse_when_it_is_unreachable(client: Client, settings, kafka_broker) -> None:
+    from analytics_platform.devstack import processes
+
+    clickhouse = settings.DATABASES["clickhouse"]
+    port = clickhouse["PORT"]
+    clickhouse["PORT"] = processes.free_port()  # nothing listens there
+    try:
+        response = client.get("/readyz")
+    finally:
+        clickhouse["PORT"] = port
+    assert response.status_code == 503
+    assert response.json()["dependencies"]["clickhouse"]["status"] == "down"
+
+
+def test_admin_login_page_renders(client: Client) -> None:
+    response = client.get("/admin/login/")
+    assert response.status_code == 200
+    assert b"csrfmiddlewaretoken" in response.content
+
+
+def test_production_refuses_to_start_without_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    import analytics_platform.settings as settings_module
+
+    monkeypatch.setenv("ANALYTICS_ENV", "production")
+    for name in ("DJANGO_SECRET_KEY", "DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        with pytest.raises(ImproperlyConfigured, match="DJANGO_SECRET_KEY"):
+            importlib.reload(settings_module)
+        monkeypatch.setenv("DJANGO_SECRET_KEY", "x" * 50)
+        with pytest.raises(ImproperlyConfigured, match="DATABASE_URL"):
+            importlib.reload(settings_module)
+    finally:
+        monkeypatch.undo()
+        importlib.reload(settings_module)
