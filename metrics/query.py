@@ -1,0 +1,631 @@
+"""The one module that turns metric questions into ClickHouse SQL.
+
+Everything a request or an admin form can influence ends up here, so this is where the two rules
+of the metrics capability are enforced:
+
+* identifiers (tables, columns, SQL functions) never come from input: a definition names a
+  *source*, *measures*, *flags* and *dimensions* by key, and the keys are looked up in the
+  registries below (code, reviewed like code). A definition that names anything else does not
+  compile, and the admin refuses to save it;
+* every value (time range, filter values, event types, quantile levels, limits) is a
+  clickhouse-driver parameter (``%(name)s``), escaped by the driver, never formatted into SQL.
+
+The builder reads from a rollup when one answers the question exactly (same source, time grain
+that divides the interval, a range aligned on that grain, every grouped/filtered dimension kept by
+the rollup, every aggregation expressible from its columns) and from the raw table otherwise.
+It is pure: no Django, no connection, so it can be tested and benchmarked on its own.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+# --- Vocabulary of the API -------------------------------------------------------------------
+
+#: Interval name -> (seconds, ClickHouse interval unit). The unit is a keyword from this table.
+INTERVALS: dict[str, tuple[int, str]] = {
+    "minute": (60, "MINUTE"),
+    "hour": (3600, "HOUR"),
+    "day": (86400, "DAY"),
+}
+
+#: The dimensions of the public contract (camelCase, as on the wire).
+DIMENSIONS: tuple[str, ...] = ("videoId", "country", "device", "os", "browser", "cdn", "player", "type")
+
+AGGREGATIONS: tuple[str, ...] = ("count", "uniq", "sum", "avg", "quantile", "ratio")
+#: Aggregations allowed as the numerator or denominator of a ratio.
+RATIO_PARTS: tuple[str, ...] = ("count", "uniq", "sum")
+#: Aggregations whose empty bucket means "nothing happened" (0); the others have no value (null).
+ZERO_FILLED: frozenset[str] = frozenset({"count", "uniq", "sum"})
+
+METRIC_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+MAX_LIMIT = 10_000
+MAX_POINTS = 50_000
+
+
+class QueryError(ValueError):
+    """A definition or a request the builder cannot turn into SQL; ``field`` names the culprit."""
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+# --- Registries: the only identifiers that can reach SQL ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """A raw table a metric can be defined on.
+
+    ``time_column`` places a row in a bucket (for view summaries: the view's start, as API.md
+    asks). ``flags`` are named boolean SQL expressions over the table's columns, usable as
+    conditions of an aggregation.
+    """
+
+    key: str
+    label: str
+    table: str
+    time_column: str
+    dimensions: Mapping[str, str]
+    measures: Mapping[str, str]
+    flags: Mapping[str, str] = field(default_factory=dict)
+    type_column: str | None = None
+    #: FINAL for tables whose rows are replaced (ReplacingMergeTree) until merges collapse them.
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """A pre-aggregated table that can stand in for ``base`` when it answers the question.
+
+    ``count_column`` summed gives the number of base rows; ``sums`` maps a measure to a column
+    holding its sum; ``uniq_states`` maps a measure to a ``uniqExact`` aggregate-state column;
+    ``flags`` maps a base flag to a 0/1 key column of the rollup.
+    """
+
+    key: str
+    label: str
+    table: str
+    base: str
+    granularity: int
+    time_column: str
+    dimensions: Mapping[str, str]
+    count_column: str
+    sums: Mapping[str, str] = field(default_factory=dict)
+    uniq_states: Mapping[str, str] = field(default_factory=dict)
+    flags: Mapping[str, str] = field(default_factory=dict)
+    #: Analysts may name it as a definition's source (otherwise only chosen automatically).
+    selectable: bool = True
+
+
+_EVENT_DIMENSIONS = {
+    "videoId": "video_id",
+    "country": "country",
+    "device": "device",
+    "os": "os",
+    "browser": "browser",
+    "cdn": "cdn",
+    "player": "player",
+    "type": "type",
+}
+
+SOURCES: dict[str, Source] = {
+    "events": Source(
+        key="events",
+        label="Raw events",
+        table="events",
+        time_column="timestamp",
+        dimensions=_EVENT_DIMENSIONS,
+        measures={
+            "user_id": "user_id",
+            "session_id": "session_id",
+            "video_id": "video_id",
+            "position_ms": "position_ms",
+            "bitrate_kbps": "bitrate_kbps",
+        },
+        flags={"fatal": "fatal = 1"},
+        type_column="type",
+    ),
+    "views": Source(
+        key="views",
+        label="View summaries (one row per view, at the view's start)",
+        table="view_summaries",
+        time_column="started_at",
+        dimensions={k: v for k, v in _EVENT_DIMENSIONS.items() if k != "type"},
+        measures={
+            "user_id": "user_id",
+            "session_id": "session_id",
+            "watch_time_ms": "watch_time_ms",
+            "startup_time_ms": "startup_time_ms",
+            "rebuffer_count": "rebuffer_count",
+            "rebuffer_duration_ms": "rebuffer_duration_ms",
+        },
+        flags={
+            "started": "started = 1",
+            "failed_before_start": "failed_before_start = 1",
+            "failed": "failed = 1",
+            "exited_before_start": "started = 0 AND failed = 0",
+        },
+    ),
+}
+
+ROLLUPS: dict[str, Rollup] = {}
+
+
+def source_choices() -> list[tuple[str, str]]:
+    """Sources an analyst can pick: the raw tables and the selectable rollups."""
+    choices = [(s.key, s.label) for s in SOURCES.values()]
+    choices += [(r.key, r.label) for r in ROLLUPS.values() if r.selectable]
+    return choices
+
+
+# --- Definitions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Term:
+    """One aggregation: ``aggregation(measure)`` over the rows where every condition holds."""
+
+    aggregation: str
+    measure: str = ""
+    conditions: tuple[str, ...] = ()
+    quantile: float | None = None
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A metric definition as plain data (the Django model converts itself to this)."""
+
+    name: str
+    source: str
+    aggregation: str
+    measure: str = ""
+    quantile: float | None = None
+    conditions: tuple[str, ...] = ()
+    event_types: tuple[str, ...] = ()
+    numerator_aggregation: str = ""
+    denominator_aggregation: str = ""
+    denominator_measure: str = ""
+    denominator_conditions: tuple[str, ...] = ()
+    dimensions: tuple[str, ...] = ()
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class CompiledMetric:
+    """A definition checked against the registries, ready to be rendered on a table."""
+
+    spec: MetricSpec
+    source: Source | None
+    rollup: Rollup | None  # set when the definition names a rollup as its source
+    terms: tuple[Term, ...]  # one term, or numerator and denominator of a ratio
+    dimensions: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def zero_filled(self) -> bool:
+        return self.spec.aggregation in ZERO_FILLED
+
+    @property
+    def base_key(self) -> str:
+        return self.rollup.base if self.rollup else self.spec.source
+
+
+def _check_conditions(conditions: Sequence[str], flags: Mapping[str, str], *, field_name: str) -> None:
+    for condition in conditions:
+        name = condition[1:] if condition.startswith("!") else condition
+        if name not in flags:
+            raise QueryError(
+                f"unknown condition {condition!r}; known: {', '.join(sorted(flags)) or 'none'}",
+                field=field_name,
+            )
+
+
+def _check_term(term: Term, *, measures: Mapping[str, str], flags: Mapping[str, str], prefix: str) -> None:
+    if term.aggregation == "count":
+        if term.measure:
+            raise QueryError("count takes no measure", field=f"{prefix}measure")
+    elif term.measure not in measures:
+        raise QueryError(
+            f"{term.aggregation} needs a measure, one of: {', '.join(sorted(measures))}",
+            field=f"{prefix}measure",
+        )
+    if term.aggregation == "quantile":
+        if term.quantile is None or not 0 < term.quantile < 1:
+            raise QueryError("quantile needs a level strictly between 0 and 1", field="quantile")
+    _check_conditions(term.conditions, flags, field_name=f"{prefix}conditions")
+
+
+def metric_compile(spec: MetricSpec) -> CompiledMetric:
+    """Check a definition against the registries; raise :class:`QueryError` naming the bad field.
+
+    The admin calls this before saving, so every stored definition compiles; the API calls it
+    again per request (cheap) because code, and with it the registries, may change after a save.
+    """
+    if not METRIC_NAME_RE.match(spec.name):
+        raise QueryError("name must match ^[a-z][a-z0-9_]{0,63}$", field="name")
+    source = SOURCES.get(spec.source)
+    rollup = ROLLUPS.get(spec.source) if source is None else None
+    if source is None and (rollup is None or not rollup.selectable):
+        raise QueryError(f"unknown source {spec.source!r}", field="source")
+    if rollup is not None:
+        measures: Mapping[str, str] = {**rollup.sums, **rollup.uniq_states}
+        flags: Mapping[str, str] = rollup.flags
+        dimensions: Mapping[str, str] = rollup.dimensions
+    else:
+        assert source is not None
+        measures, flags, dimensions = source.measures, source.flags, source.dimensions
+    if spec.aggregation not in AGGREGATIONS:
+        raise QueryError(f"aggregation must be one of {', '.join(AGGREGATIONS)}", field="aggregation")
+
+    if spec.aggregation == "ratio":
+        if spec.numerator_aggregation not in RATIO_PARTS:
+            raise QueryError(f"a ratio's numerator must be one of {', '.join(RATIO_PARTS)}", field="numerator_aggregation")
+        if spec.denominator_aggregation not in RATIO_PARTS:
+            raise QueryError(
+                f"a ratio's denominator must be one of {', '.join(RATIO_PARTS)}", field="denominator_aggregation"
+            )
+        terms: tuple[Term, ...] = (
+            Term(spec.numerator_aggregation, spec.measure, tuple(spec.conditions)),
+            Term(spec.denominator_aggregation, spec.denominator_measure, tuple(spec.denominator_conditions)),
+        )
+        _check_term(terms[0], measures=measures, flags=flags, prefix="")
+        _check_term(terms[1], measures=measures, flags=flags, prefix="denominator_")
+    else:
+        if spec.numerator_aggregation or spec.denominator_aggregation or spec.denominator_measure:
+            raise QueryError("numerator/denominator fields are only for ratios", field="denominator_aggregation")
+        terms = (Term(spec.aggregation, spec.measure, tuple(spec.conditions), spec.quantile),)
+        _check_term(terms[0], measures=measures, flags=flags, prefix="")
+
+    if spec.event_types:
+        if "type" not in dimensions:
+            raise QueryError("this source has no event type to filter on", field="event_types")
+        for event_type in spec.event_types:
+            if not re.match(r"^[a-z][a-z0-9_.]{0,63}$", event_type):
+                raise QueryError(f"invalid event type {event_type!r}", field="event_types")
+
+    allowed = tuple(spec.dimensions) if spec.dimensions else tuple(d for d in DIMENSIONS if d in dimensions)
+    for dim in allowed:
+        if dim not in dimensions:
+            raise QueryError(f"dimension {dim!r} is not available on source {spec.source!r}", field="dimensions")
+    compiled = CompiledMetric(spec=spec, source=source, rollup=rollup, terms=terms, dimensions=allowed)
+    if rollup is not None and _Target(rollup=rollup).value(compiled, {}) is None:
+        raise QueryError(f"rollup {rollup.key!r} cannot compute this aggregation", field="aggregation")
+    return compiled
+
+
+# --- Requests ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricRequest:
+    """One normalized question: a metric over [start, end) by interval, grouped and filtered."""
+
+    start: datetime
+    end: datetime
+    interval: str | None = None
+    group_by: tuple[str, ...] = ()
+    filters: tuple[tuple[str, str], ...] = ()
+    limit: int = 100
+
+    def filter_values(self) -> dict[str, list[str]]:
+        values: dict[str, list[str]] = {}
+        for dim, value in self.filters:
+            values.setdefault(dim, []).append(value)
+        return values
+
+
+@dataclass(frozen=True)
+class BuiltQuery:
+    """SQL with ``%(name)s`` placeholders, its parameters, and where it reads from."""
+
+    sql: str
+    params: dict[str, Any]
+    table: str
+    from_rollup: bool
+    group_by: tuple[str, ...]
+    has_interval: bool
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return int(round(moment.astimezone(UTC).timestamp() * 1000))
+
+
+def request_validate(metric: CompiledMetric, request: MetricRequest) -> None:
+    """Reject what the definition does not allow (dimensions) or what would be unbounded."""
+    if request.end <= request.start:
+        raise QueryError("'to' must be after 'from'", field="to")
+    if request.interval is not None:
+        if request.interval not in INTERVALS:
+            raise QueryError(f"interval must be one of {', '.join(INTERVALS)}", field="interval")
+        seconds = INTERVALS[request.interval][0]
+        points = (request.end - request.start).total_seconds() / seconds
+        if points > MAX_POINTS:
+            raise QueryError(f"more than {MAX_POINTS} {request.interval} buckets in the range", field="interval")
+    if not 1 <= request.limit <= MAX_LIMIT:
+        raise QueryError(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+    for dim in request.group_by:
+        if dim not in metric.dimensions:
+            raise QueryError(f"metric {metric.name!r} cannot be grouped by {dim!r}", field="groupBy")
+    for dim, _ in request.filters:
+        if dim not in metric.dimensions:
+            raise QueryError(f"metric {metric.name!r} cannot be filtered by {dim!r}", field="filter")
+
+
+class _Target:
+    """A table a compiled metric can be rendered on: its raw source or one of its rollups."""
+
+    def __init__(self, *, source: Source | None = None, rollup: Rollup | None = None) -> None:
+        self.source = source
+        self.rollup = rollup
+
+    @property
+    def table(self) -> str:
+        if self.rollup is not None:
+            return self.rollup.table
+        assert self.source is not None
+        return self.source.table + (" FINAL" if self.source.final else "")
+
+    @property
+    def time_column(self) -> str:
+        return self.rollup.time_column if self.rollup is not None else self._source.time_column
+
+    @property
+    def _source(self) -> Source:
+        assert self.source is not None
+        return self.source
+
+    @property
+    def dimensions(self) -> Mapping[str, str]:
+        return self.rollup.dimensions if self.rollup is not None else self._source.dimensions
+
+    def condition(self, conditions: Sequence[str]) -> str | None:
+        """SQL for the conjunction of named flags, or None when a flag is not on this table."""
+        parts = []
+        for condition in conditions:
+            negate = condition.startswith("!")
+            name = condition[1:] if negate else condition
+            if self.rollup is not None:
+                column = self.rollup.flags.get(name)
+                if column is None:
+                    return None
+                parts.append(f"{column} = {0 if negate else 1}")
+            else:
+                expr = self._source.flags[name]
+                parts.append(f"NOT ({expr})" if negate else f"({expr})")
+        return " AND ".join(parts)
+
+    def term(self, term: Term, params: dict[str, Any], index: int) -> str | None:
+        """SQL aggregate for ``term`` on this table, or None when this table cannot answer it."""
+        cond = self.condition(term.conditions)
+        if cond is None:
+            return None
+        if self.rollup is None:
+            source = self._source
+            column = source.measures.get(term.measure, "")
+            if term.aggregation == "count":
+                return f"countIf({cond})" if cond else "count()"
+            if term.aggregation == "uniq":
+                return f"uniqExactIf({column}, {cond})" if cond else f"uniqExact({column})"
+            if term.aggregation in {"sum", "avg"}:
+                return f"{term.aggregation}If({column}, {cond})" if cond else f"{term.aggregation}({column})"
+            if term.aggregation == "quantile":
+                name = f"q{index}"
+                params[name] = float(term.quantile or 0.5)
+                if cond:
+                    return f"quantileExactIf(%({name})s)({column}, {cond})"
+                return f"quantileExact(%({name})s)({column})"
+            return None
+        rollup = self.rollup
+        if term.aggregation == "count":
+            return f"sumIf({rollup.count_column}, {cond})" if cond else f"sum({rollup.count_column})"
+        if term.aggregation == "sum" and term.measure in rollup.sums:
+            col = rollup.sums[term.measure]
+            return f"sumIf({col}, {cond})" if cond else f"sum({col})"
+        if term.aggregation == "avg" and term.measure in rollup.sums:
+            col, cnt = rollup.sums[term.measure], rollup.count_column
+            if cond:
+                return f"if(sumIf({cnt}, {cond}) = 0, NULL, sumIf({col}, {cond}) / sumIf({cnt}, {cond}))"
+            return f"if(sum({cnt}) = 0, NULL, sum({col}) / sum({cnt}))"
+        if term.aggregation == "uniq" and term.measure in rollup.uniq_states:
+            col = rollup.uniq_states[term.measure]
+            return f"uniqExactMergeIf({col}, {cond})" if cond else f"uniqExactMerge({col})"
+        return None
+
+    def value(self, metric: CompiledMetric, params: dict[str, Any]) -> str | None:
+        rendered = [self.term(term, params, i) for i, term in enumerate(metric.terms)]
+        if any(r is None for r in rendered):
+            return None
+        if metric.spec.aggregation == "ratio":
+            num, den = rendered
+            return f"if({den} = 0, NULL, {num} / {den})"
+        value = rendered[0]
+        assert value is not None
+        # avg/quantile of no rows is nan in ClickHouse; series_assemble turns nan into null.
+        return value
+
+
+def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
+    """Tables that can answer, best first: matching rollups (coarsest first), then the raw table."""
+    if metric.rollup is not None:
+        return [_Target(rollup=metric.rollup)]
+    needed = set(request.group_by) | {dim for dim, _ in request.filters}
+    if metric.spec.event_types:
+        needed.add("type")
+    start_ms, end_ms = _epoch_ms(request.start), _epoch_ms(request.end)
+    candidates = []
+    for rollup in ROLLUPS.values():
+        if rollup.base != metric.spec.source:
+            continue
+        grain_ms = rollup.granularity * 1000
+        if request.interval is not None and INTERVALS[request.interval][0] % rollup.granularity:
+            continue
+        if start_ms % grain_ms or end_ms % grain_ms:
+            continue
+        if not needed <= set(rollup.dimensions):
+            continue
+        candidates.append(rollup)
+    # Coarser grain and fewer key columns mean fewer rows to read.
+    candidates.sort(key=lambda r: (-r.granularity, len(r.dimensions)))
+    targets = [_Target(rollup=r) for r in candidates]
+    assert metric.source is not None
+    targets.append(_Target(source=metric.source))
+    return targets
+
+
+def query_build(metric: CompiledMetric, request: MetricRequest) -> BuiltQuery:
+    """SQL for one metric: a row per (group, bucket) plus a total row per group.
+
+    Result columns: ``g0..gN`` (group values), ``bucket`` (epoch seconds, 0 on total rows),
+    ``is_total`` (1 on the per-group total row) and ``value``.
+    With an interval, ``GROUPING SETS`` computes bucket rows and per-group totals in one scan, so
+    totals of distinct counts and quantiles are exact (not sums of buckets). With a group-by the
+    groups are first narrowed to the ``limit`` largest by total.
+    """
+    request_validate(metric, request)
+    for target in _targets(metric, request):
+        params: dict[str, Any] = {}
+        value = target.value(metric, params)
+        if value is None:
+            continue
+        return _render(metric, request, target, value, params)
+    raise QueryError(f"metric {metric.name!r} cannot be answered from its source", field="metric")
+
+
+def _render(
+    metric: CompiledMetric, request: MetricRequest, target: _Target, value: str, params: dict[str, Any]
+) -> BuiltQuery:
+    time_col = target.time_column
+    params["start_ms"] = _epoch_ms(request.start)
+    params["end_ms"] = _epoch_ms(request.end)
+    where = [
+        f"{time_col} >= fromUnixTimestamp64Milli(%(start_ms)s, 'UTC')",
+        f"{time_col} < fromUnixTimestamp64Milli(%(end_ms)s, 'UTC')",
+    ]
+    dims = target.dimensions
+    if metric.spec.event_types:
+        params["event_types"] = list(metric.spec.event_types)
+        where.append(f"{dims['type']} IN %(event_types)s")
+    for i, (dim, values) in enumerate(sorted(request.filter_values().items())):
+        params[f"f{i}"] = values
+        where.append(f"{dims[dim]} IN %(f{i})s")
+
+    group_cols = [f"{dims[dim]} AS g{i}" for i, dim in enumerate(request.group_by)]
+    group_keys = [f"g{i}" for i in range(len(request.group_by))]
+    where_sql = " AND ".join(where)
+
+    if group_keys:
+        params["limit"] = request.limit
+        keys = ", ".join(group_keys)
+        top = (
+            f"SELECT {', '.join(group_cols)} FROM {target.table} WHERE {where_sql} "
+            f"GROUP BY {keys} ORDER BY {value} DESC NULLS LAST, {keys} LIMIT %(limit)s"
+        )
+        key_tuple = f"({', '.join(dims[d] for d in request.group_by)})"
+        if request.interval is not None:
+            where_sql += f" AND {key_tuple} IN ({top})"
+
+    select = [*group_cols]
+    if request.interval is not None:
+        unit = INTERVALS[request.interval][1]
+        select.append(f"toUnixTimestamp(toStartOfInterval({time_col}, INTERVAL 1 {unit}, 'UTC')) AS bucket")
+        select.append("grouping(bucket) AS is_total")
+        select.append(f"{value} AS value")
+        sets = f"({', '.join([*group_keys, 'bucket'])}), ({', '.join(group_keys)})"
+        sql = (
+            f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql} "
+            f"GROUP BY GROUPING SETS ({sets}) ORDER BY is_total, bucket"
+        )
+    elif group_keys:
+        select += ["0 AS bucket", "1 AS is_total", f"{value} AS value"]
+        keys = ", ".join(group_keys)
+        sql = (
+            f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql} "
+            f"GROUP BY {keys} ORDER BY value DESC NULLS LAST, {keys} LIMIT %(limit)s"
+        )
+    else:
+        select += ["0 AS bucket", "1 AS is_total", f"{value} AS value"]
+        sql = f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql}"
+    return BuiltQuery(
+        sql=sql,
+        params=params,
+        table=target.table,
+        from_rollup=target.rollup is not None,
+        group_by=request.group_by,
+        has_interval=request.interval is not None,
+    )
+
+
+# --- Results ----------------------------------------------------------------------------------
+
+
+def bucket_starts(request: MetricRequest) -> list[int]:
+    """Epoch seconds of every bucket that [start, end) touches, aligned on the UTC interval.
+
+    A range that cuts a bucket still yields that bucket; its value covers only the part inside.
+    """
+    if request.interval is None:
+        return []
+    step = INTERVALS[request.interval][0]
+    end = request.end.timestamp()
+    starts = []
+    t = int(request.start.timestamp()) // step * step
+    while t < end:
+        starts.append(t)
+        t += step
+    return starts
+
+
+def _json_number(value: Any) -> float | int | None:
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        return value
+    return int(value)
+
+
+def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequence[Sequence[Any]]) -> list[dict]:
+    """Rows of :func:`query_build`'s SQL -> API series, empty buckets filled per the metric."""
+    n = len(request.group_by)
+    empty: float | int | None = 0 if metric.zero_filled else None
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    order: list[tuple[Any, ...]] = []
+    for row in rows:
+        key = tuple(row[:n])
+        bucket, is_total, value = row[n], row[n + 1], row[n + 2]
+        entry = groups.get(key)
+        if entry is None:
+            entry = groups[key] = {"points": {}, "total": empty}
+            order.append(key)
+        if is_total:
+            entry["total"] = _json_number(value)
+        else:
+            entry["points"][int(bucket)] = _json_number(value)
+    if not groups and n == 0:
+        groups[()] = {"points": {}, "total": empty}
+        order.append(())
+    buckets = bucket_starts(request)
+    series = []
+    for key in order:
+        entry = groups[key]
+        points = [
+            {"t": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"), "value": entry["points"].get(t, empty)}
+            for t in buckets
+        ]
+        series.append({"group": dict(zip(request.group_by, key, strict=True)), "points": points, "total": entry["total"]})
+    if n:
+        series.sort(key=lambda s: (s["total"] is None, -(s["total"] or 0), tuple(str(v) for v in s["group"].values())))
+        series = series[: request.limit]
+    return series
