@@ -278,3 +278,19 @@ LOGGING: dict[str, Any] = {
 }
 PROMETHEUS_EXPORT_MIGRATIONS = False
 READINESS_TIMEOUT_SECONDS = float(env("READINESS_TIMEOUT_SECONDS", "2.0"))
+
+# --- Metrics ---------------------------------------------------------------------------------
+# GET /metrics: bearer tokens from POST /auth/token. Short-lived access tokens, refreshed by the
+# client; the signing key is the Django SECRET_KEY (required from the environment in production).
+from datetime import timedelta  # noqa: E402 - kept inside this block so the block stays self-contained
+
+SIMPLE_JWT: dict[str, Any] = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_ACCESS_TOKEN_SECONDS", 15 * 60)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_REFRESH_TOKEN_SECONDS", 24 * 3600)),
+    "AUTH_HEADER_TYPES": ("Bearer",),
+    "UPDATE_LAST_LOGIN": False,
+}
+# Identical metric queries within this window are served from Django's cache (locmem by default,
+# per process; a shared cache configured in CACHES serves every process). 0 disables it.
+METRICS_QUERY_CACHE_SECONDS = env_int("METRICS_QUERY_CACHE_SECONDS", 10)
+SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True

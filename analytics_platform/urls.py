@@ -1,7 +1,10 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView
+from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from analytics_platform import health
+from metrics.apis import MetricsQueryApi
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -9,4 +12,10 @@ urlpatterns = [
     # Prometheus text lives under /prometheus/metrics so that GET /metrics stays the metrics API.
     path("prometheus/", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
+    path("metrics", MetricsQueryApi.as_view(), name="metrics-query"),
+    path("auth/token", TokenObtainPairView.as_view(), name="auth-token"),
+    path("auth/token/refresh", TokenRefreshView.as_view(), name="auth-token-refresh"),
+    path("dashboards/", include("metrics.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-docs"),
 ]

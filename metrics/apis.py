@@ -1,0 +1,132 @@
+"""``GET /metrics``: parse and check the query string, call the selector, return its body.
+
+Authentication is the project default (simplejwt bearer tokens); tokens come from
+``POST /auth/token`` and ``POST /auth/token/refresh`` (simplejwt's own views, wired in urls.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from analytics_platform.errors import ApplicationError
+from metrics import query
+from metrics.selectors import metric_timeseries_get
+
+
+class ErrorSerializer(serializers.Serializer):
+    class ErrorBody(serializers.Serializer):
+        code = serializers.CharField()
+        message = serializers.CharField()
+        field = serializers.CharField(required=False, help_text="The query parameter at fault.")
+
+    error = ErrorBody()
+
+
+class MetricsQueryApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        metric = serializers.ListField(child=serializers.CharField(max_length=64), min_length=1, max_length=20)
+        interval = serializers.ChoiceField(choices=list(query.INTERVALS), required=False)
+        groupBy = serializers.ListField(  # noqa: N815 - the wire name of API.md
+            child=serializers.ChoiceField(choices=list(query.DIMENSIONS)), required=False, max_length=3
+        )
+        filter = serializers.ListField(child=serializers.CharField(max_length=300), required=False, max_length=20)
+        limit = serializers.IntegerField(min_value=1, max_value=query.MAX_LIMIT, required=False, default=100)
+
+        def get_fields(self) -> dict[str, serializers.Field]:
+            fields: dict[str, serializers.Field] = super().get_fields()
+            # `from` is a Python keyword, so these two cannot be class attributes.
+            fields["from"] = serializers.DateTimeField(required=False)
+            fields["to"] = serializers.DateTimeField(required=False)
+            return fields
+
+        def validate_filter(self, value: list[str]) -> list[tuple[str, str]]:
+            parsed = []
+            for item in value:
+                dim, sep, val = item.partition(":")
+                if not sep:
+                    raise serializers.ValidationError(f"{item!r} is not dimension:value")
+                if dim not in query.DIMENSIONS:
+                    raise serializers.ValidationError(f"unknown dimension {dim!r}")
+                parsed.append((dim, val))
+            return parsed
+
+    class OutputSerializer(serializers.Serializer):
+        class MetricSerializer(serializers.Serializer):
+            class SeriesSerializer(serializers.Serializer):
+                class PointSerializer(serializers.Serializer):
+                    t = serializers.DateTimeField(help_text="Bucket start, UTC")
+                    value = serializers.FloatField(allow_null=True)
+
+                group = serializers.DictField(child=serializers.CharField())
+                points = PointSerializer(many=True)
+                total = serializers.FloatField(allow_null=True)
+
+            metric = serializers.CharField()
+            unit = serializers.CharField()
+            series = SeriesSerializer(many=True)
+
+        interval = serializers.CharField(allow_null=True)
+        metrics = MetricSerializer(many=True)
+
+        def get_fields(self) -> dict[str, serializers.Field]:
+            fields: dict[str, serializers.Field] = super().get_fields()
+            fields["from"] = serializers.DateTimeField()
+            fields["to"] = serializers.DateTimeField()
+            return fields
+
+    @extend_schema(
+        operation_id="metrics_query",
+        summary="Query aggregated metrics",
+        description=(
+            "Time series (with `interval`) or totals of one or more metric definitions over "
+            "[`from`, `to`) in UTC. Empty buckets are 0 for counts and sums, null for averages, "
+            "quantiles and ratios. Several `filter` values for one dimension are alternatives (OR); "
+            "different dimensions all apply (AND). With `groupBy`, the `limit` groups with the "
+            "largest total are returned, largest first."
+        ),
+        parameters=[
+            OpenApiParameter("metric", OpenApiTypes.STR, many=True, required=True, description="Metric name"),
+            OpenApiParameter("from", OpenApiTypes.DATETIME, description="RFC 3339; default: `to` - 24 h"),
+            OpenApiParameter("to", OpenApiTypes.DATETIME, description="RFC 3339, exclusive; default: now"),
+            OpenApiParameter("interval", OpenApiTypes.STR, enum=list(query.INTERVALS)),
+            OpenApiParameter("groupBy", OpenApiTypes.STR, many=True, enum=list(query.DIMENSIONS)),
+            OpenApiParameter("filter", OpenApiTypes.STR, many=True, description="`dimension:value`"),
+            OpenApiParameter("limit", OpenApiTypes.INT, description="Groups returned (default 100)"),
+        ],
+        responses={
+            200: OutputSerializer,
+            400: OpenApiResponse(ErrorSerializer, description="A parameter is invalid; `error.field` names it"),
+            401: OpenApiResponse(ErrorSerializer, description="No, invalid or expired bearer token"),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        serializer = self.InputSerializer(data=request.query_params)
+        if not serializer.is_valid():
+            field, messages = next(iter(serializer.errors.items()))
+            message = _first_message(messages)
+            raise ApplicationError(f"{field}: {message}", code="invalid_parameter", field=field)
+        data: dict[str, Any] = serializer.validated_data
+        body = metric_timeseries_get(
+            metrics=data["metric"],
+            start=data.get("from"),
+            end=data.get("to"),
+            interval=data.get("interval"),
+            group_by=data.get("groupBy", []),
+            filters=data.get("filter", []),
+            limit=data["limit"],
+        )
+        return Response(body)
+
+
+def _first_message(messages: Any) -> str:
+    """DRF nests list-item errors in dicts keyed by index; dig out the first human message."""
+    while isinstance(messages, dict | list) and messages:
+        messages = next(iter(messages.values())) if isinstance(messages, dict) else messages[0]
+    return str(messages)
