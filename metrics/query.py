@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 # --- Vocabulary of the API -------------------------------------------------------------------
@@ -85,9 +85,12 @@ class Source:
 class Rollup:
     """A pre-aggregated table that can stand in for ``base`` when it answers the question.
 
-    ``count_column`` summed gives the number of base rows; ``sums`` maps a measure to a column
-    holding its sum; ``uniq_states`` maps a measure to a ``uniqExact`` aggregate-state column;
-    ``flags`` maps a base flag to a 0/1 key column of the rollup.
+    Rollups hold pre-computed sums, not rows, so the builder can only use one for aggregations it
+    was built for: ``counts`` maps a (sorted) tuple of base flags to the column counting the rows
+    where they hold (``()`` = every row), ``sums`` maps (measure, flags) to the column summing that
+    measure over those rows. Averages are a sum over a count with the same flags. Distinct counts
+    and quantiles are never answered from a rollup. Rows of a SummingMergeTree may not be merged
+    yet, so every column is read through ``sum()``.
     """
 
     key: str
@@ -97,12 +100,12 @@ class Rollup:
     granularity: int
     time_column: str
     dimensions: Mapping[str, str]
-    count_column: str
-    sums: Mapping[str, str] = field(default_factory=dict)
-    uniq_states: Mapping[str, str] = field(default_factory=dict)
-    flags: Mapping[str, str] = field(default_factory=dict)
+    counts: Mapping[tuple[str, ...], str]
+    sums: Mapping[tuple[str, tuple[str, ...]], str] = field(default_factory=dict)
+    #: The rollup's TTL: ranges starting further back are answered from the base table.
+    retention_days: int | None = None
     #: Analysts may name it as a definition's source (otherwise only chosen automatically).
-    selectable: bool = True
+    selectable: bool = False
 
 
 _EVENT_DIMENSIONS = {
@@ -115,13 +118,15 @@ _EVENT_DIMENSIONS = {
     "player": "player",
     "type": "type",
 }
+_VIEW_DIMENSIONS = {k: v for k, v in _EVENT_DIMENSIONS.items() if k != "type"}
 
+# Tables and columns of the streams schema (streams/models.py and its migrations).
 SOURCES: dict[str, Source] = {
     "events": Source(
         key="events",
         label="Raw events",
         table="events",
-        time_column="timestamp",
+        time_column="ts",
         dimensions=_EVENT_DIMENSIONS,
         measures={
             "user_id": "user_id",
@@ -130,33 +135,89 @@ SOURCES: dict[str, Source] = {
             "position_ms": "position_ms",
             "bitrate_kbps": "bitrate_kbps",
         },
-        flags={"fatal": "fatal = 1"},
+        flags={"fatal": "fatal", "late": "late"},
         type_column="type",
     ),
     "views": Source(
         key="views",
-        label="View summaries (one row per view, at the view's start)",
+        label="View summaries (one row per closed view, bucketed at the view's start)",
         table="view_summaries",
-        time_column="started_at",
-        dimensions={k: v for k, v in _EVENT_DIMENSIONS.items() if k != "type"},
+        time_column="start_ts",
+        dimensions=_VIEW_DIMENSIONS,
         measures={
             "user_id": "user_id",
             "session_id": "session_id",
+            "video_id": "video_id",
             "watch_time_ms": "watch_time_ms",
             "startup_time_ms": "startup_time_ms",
             "rebuffer_count": "rebuffer_count",
             "rebuffer_duration_ms": "rebuffer_duration_ms",
+            "error_count": "error_count",
+            "fatal_error_count": "fatal_error_count",
+            "max_position_ms": "max_position_ms",
+            "completion": "completion",
+            "event_count": "event_count",
         },
         flags={
-            "started": "started = 1",
-            "failed_before_start": "failed_before_start = 1",
-            "failed": "failed = 1",
-            "exited_before_start": "started = 0 AND failed = 0",
+            "has_view_start": "has_view_start",
+            "started": "started",
+            "start_failure": "start_failure",
+            "playback_failure": "playback_failure",
+            "exit_before_start": "exit_before_start",
         },
     ),
 }
 
-ROLLUPS: dict[str, Rollup] = {}
+
+def _event_rollup(grain: str, seconds: int, retention_days: int) -> Rollup:
+    return Rollup(
+        key=f"event_rollup_{grain}",
+        label=f"Event counts per {grain}",
+        table=f"event_rollup_{grain}",
+        base="events",
+        granularity=seconds,
+        time_column="bucket",
+        dimensions=_EVENT_DIMENSIONS,
+        counts={(): "events", ("late",): "late_events"},
+        retention_days=retention_days,
+    )
+
+
+def _view_rollup(grain: str, seconds: int, retention_days: int) -> Rollup:
+    return Rollup(
+        key=f"view_rollup_{grain}",
+        label=f"View QoE sums per {grain} of view start",
+        table=f"view_rollup_{grain}",
+        base="views",
+        granularity=seconds,
+        time_column="bucket",
+        dimensions=_VIEW_DIMENSIONS,
+        counts={
+            ("has_view_start",): "views",
+            ("started",): "started_views",
+            ("start_failure",): "start_failures",
+            ("playback_failure",): "playback_failures",
+            ("exit_before_start",): "exits_before_start",
+        },
+        sums={
+            ("watch_time_ms", ()): "watch_time_ms",
+            ("rebuffer_duration_ms", ()): "rebuffer_duration_ms",
+            ("rebuffer_count", ()): "rebuffer_count",
+            ("startup_time_ms", ("started",)): "startup_time_ms_sum",
+        },
+        retention_days=retention_days,
+    )
+
+
+ROLLUPS: dict[str, Rollup] = {
+    r.key: r
+    for r in (
+        _event_rollup("minute", 60, 30),
+        _event_rollup("hour", 3600, 400),
+        _view_rollup("minute", 60, 30),
+        _view_rollup("hour", 3600, 400),
+    )
+}
 
 
 def source_choices() -> list[tuple[str, str]]:
@@ -203,7 +264,7 @@ class CompiledMetric:
     """A definition checked against the registries, ready to be rendered on a table."""
 
     spec: MetricSpec
-    source: Source | None
+    source: Source  # the raw table (for a rollup-sourced definition: the rollup's base)
     rollup: Rollup | None  # set when the definition names a rollup as its source
     terms: tuple[Term, ...]  # one term, or numerator and denominator of a ratio
     dimensions: tuple[str, ...]
@@ -215,10 +276,6 @@ class CompiledMetric:
     @property
     def zero_filled(self) -> bool:
         return self.spec.aggregation in ZERO_FILLED
-
-    @property
-    def base_key(self) -> str:
-        return self.rollup.base if self.rollup else self.spec.source
 
 
 def _check_conditions(conditions: Sequence[str], flags: Mapping[str, str], *, field_name: str) -> None:
@@ -258,19 +315,18 @@ def metric_compile(spec: MetricSpec) -> CompiledMetric:
     rollup = ROLLUPS.get(spec.source) if source is None else None
     if source is None and (rollup is None or not rollup.selectable):
         raise QueryError(f"unknown source {spec.source!r}", field="source")
-    if rollup is not None:
-        measures: Mapping[str, str] = {**rollup.sums, **rollup.uniq_states}
-        flags: Mapping[str, str] = rollup.flags
-        dimensions: Mapping[str, str] = rollup.dimensions
-    else:
-        assert source is not None
-        measures, flags, dimensions = source.measures, source.flags, source.dimensions
+    base = SOURCES[rollup.base] if rollup is not None else source
+    assert base is not None
+    measures, flags = base.measures, base.flags
+    dimensions: Mapping[str, str] = rollup.dimensions if rollup is not None else base.dimensions
     if spec.aggregation not in AGGREGATIONS:
         raise QueryError(f"aggregation must be one of {', '.join(AGGREGATIONS)}", field="aggregation")
 
     if spec.aggregation == "ratio":
         if spec.numerator_aggregation not in RATIO_PARTS:
-            raise QueryError(f"a ratio's numerator must be one of {', '.join(RATIO_PARTS)}", field="numerator_aggregation")
+            raise QueryError(
+                f"a ratio's numerator must be one of {', '.join(RATIO_PARTS)}", field="numerator_aggregation"
+            )
         if spec.denominator_aggregation not in RATIO_PARTS:
             raise QueryError(
                 f"a ratio's denominator must be one of {', '.join(RATIO_PARTS)}", field="denominator_aggregation"
@@ -298,8 +354,8 @@ def metric_compile(spec: MetricSpec) -> CompiledMetric:
     for dim in allowed:
         if dim not in dimensions:
             raise QueryError(f"dimension {dim!r} is not available on source {spec.source!r}", field="dimensions")
-    compiled = CompiledMetric(spec=spec, source=source, rollup=rollup, terms=terms, dimensions=allowed)
-    if rollup is not None and _Target(rollup=rollup).value(compiled, {}) is None:
+    compiled = CompiledMetric(spec=spec, source=base, rollup=rollup, terms=terms, dimensions=allowed)
+    if rollup is not None and _Target(source=base, rollup=rollup).value(compiled, {}) is None:
         raise QueryError(f"rollup {rollup.key!r} cannot compute this aggregation", field="aggregation")
     return compiled
 
@@ -365,7 +421,7 @@ def request_validate(metric: CompiledMetric, request: MetricRequest) -> None:
 class _Target:
     """A table a compiled metric can be rendered on: its raw source or one of its rollups."""
 
-    def __init__(self, *, source: Source | None = None, rollup: Rollup | None = None) -> None:
+    def __init__(self, *, source: Source, rollup: Rollup | None = None) -> None:
         self.source = source
         self.rollup = rollup
 
@@ -373,8 +429,7 @@ class _Target:
     def table(self) -> str:
         if self.rollup is not None:
             return self.rollup.table
-        assert self.source is not None
-        return self.source.table + (" FINAL" if self.source.final else "")
+        return self._source.table + (" FINAL" if self._source.final else "")
 
     @property
     def time_column(self) -> str:
@@ -382,36 +437,26 @@ class _Target:
 
     @property
     def _source(self) -> Source:
-        assert self.source is not None
         return self.source
 
     @property
     def dimensions(self) -> Mapping[str, str]:
         return self.rollup.dimensions if self.rollup is not None else self._source.dimensions
 
-    def condition(self, conditions: Sequence[str]) -> str | None:
-        """SQL for the conjunction of named flags, or None when a flag is not on this table."""
+    def condition(self, conditions: Sequence[str]) -> str:
+        """SQL for the conjunction of named flags of the base table."""
         parts = []
         for condition in conditions:
             negate = condition.startswith("!")
-            name = condition[1:] if negate else condition
-            if self.rollup is not None:
-                column = self.rollup.flags.get(name)
-                if column is None:
-                    return None
-                parts.append(f"{column} = {0 if negate else 1}")
-            else:
-                expr = self._source.flags[name]
-                parts.append(f"NOT ({expr})" if negate else f"({expr})")
+            expr = self._source.flags[condition[1:] if negate else condition]
+            parts.append(f"NOT ({expr})" if negate else f"({expr})")
         return " AND ".join(parts)
 
     def term(self, term: Term, params: dict[str, Any], index: int) -> str | None:
         """SQL aggregate for ``term`` on this table, or None when this table cannot answer it."""
-        cond = self.condition(term.conditions)
-        if cond is None:
-            return None
         if self.rollup is None:
             source = self._source
+            cond = self.condition(term.conditions)
             column = source.measures.get(term.measure, "")
             if term.aggregation == "count":
                 return f"countIf({cond})" if cond else "count()"
@@ -427,19 +472,15 @@ class _Target:
                 return f"quantileExact(%({name})s)({column})"
             return None
         rollup = self.rollup
-        if term.aggregation == "count":
-            return f"sumIf({rollup.count_column}, {cond})" if cond else f"sum({rollup.count_column})"
-        if term.aggregation == "sum" and term.measure in rollup.sums:
-            col = rollup.sums[term.measure]
-            return f"sumIf({col}, {cond})" if cond else f"sum({col})"
-        if term.aggregation == "avg" and term.measure in rollup.sums:
-            col, cnt = rollup.sums[term.measure], rollup.count_column
-            if cond:
-                return f"if(sumIf({cnt}, {cond}) = 0, NULL, sumIf({col}, {cond}) / sumIf({cnt}, {cond}))"
-            return f"if(sum({cnt}) = 0, NULL, sum({col}) / sum({cnt}))"
-        if term.aggregation == "uniq" and term.measure in rollup.uniq_states:
-            col = rollup.uniq_states[term.measure]
-            return f"uniqExactMergeIf({col}, {cond})" if cond else f"uniqExactMerge({col})"
+        flags = tuple(sorted(term.conditions))
+        count_col = rollup.counts.get(flags)
+        sum_col = rollup.sums.get((term.measure, flags))
+        if term.aggregation == "count" and count_col:
+            return f"sum({count_col})"
+        if term.aggregation == "sum" and sum_col:
+            return f"sum({sum_col})"
+        if term.aggregation == "avg" and sum_col and count_col:
+            return f"if(sum({count_col}) = 0, NULL, sum({sum_col}) / sum({count_col}))"
         return None
 
     def value(self, metric: CompiledMetric, params: dict[str, Any]) -> str | None:
@@ -458,14 +499,15 @@ class _Target:
 def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
     """Tables that can answer, best first: matching rollups (coarsest first), then the raw table."""
     if metric.rollup is not None:
-        return [_Target(rollup=metric.rollup)]
+        return [_Target(source=metric.source, rollup=metric.rollup)]
     needed = set(request.group_by) | {dim for dim, _ in request.filters}
     if metric.spec.event_types:
         needed.add("type")
     start_ms, end_ms = _epoch_ms(request.start), _epoch_ms(request.end)
+    now = datetime.now(UTC)
     candidates = []
     for rollup in ROLLUPS.values():
-        if rollup.base != metric.spec.source:
+        if rollup.base != metric.source.key:
             continue
         grain_ms = rollup.granularity * 1000
         if request.interval is not None and INTERVALS[request.interval][0] % rollup.granularity:
@@ -474,11 +516,13 @@ def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
             continue
         if not needed <= set(rollup.dimensions):
             continue
+        # A day of margin: TTL drops whole partitions, possibly a little late, never early.
+        if rollup.retention_days is not None and request.start < now - timedelta(days=rollup.retention_days - 1):
+            continue
         candidates.append(rollup)
     # Coarser grain and fewer key columns mean fewer rows to read.
     candidates.sort(key=lambda r: (-r.granularity, len(r.dimensions)))
-    targets = [_Target(rollup=r) for r in candidates]
-    assert metric.source is not None
+    targets = [_Target(source=metric.source, rollup=r) for r in candidates]
     targets.append(_Target(source=metric.source))
     return targets
 
@@ -621,11 +665,37 @@ def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequen
     for key in order:
         entry = groups[key]
         points = [
-            {"t": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"), "value": entry["points"].get(t, empty)}
+            {
+                "t": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"),
+                "value": entry["points"].get(t, empty),
+            }
             for t in buckets
         ]
-        series.append({"group": dict(zip(request.group_by, key, strict=True)), "points": points, "total": entry["total"]})
+        series.append(
+            {"group": dict(zip(request.group_by, key, strict=True)), "points": points, "total": entry["total"]}
+        )
     if n:
         series.sort(key=lambda s: (s["total"] is None, -(s["total"] or 0), tuple(str(v) for v in s["group"].values())))
         series = series[: request.limit]
     return series
+
+
+def ingestion_lag_build(*, since: datetime) -> BuiltQuery:
+    """Freshness of the raw table: the newest receive time and event time stored since ``since``.
+
+    The events table has no insertion-time column, so "now minus the newest ``received_at``" is the
+    lag seen by a reader: an upper bound of the pipeline delay while traffic flows.
+    """
+    source = SOURCES["events"]
+    sql = (
+        "SELECT toUnixTimestamp64Milli(max(received_at)), toUnixTimestamp64Milli(max(ts)), count() "
+        f"FROM {source.table} WHERE received_at >= fromUnixTimestamp64Milli(%(since_ms)s, 'UTC')"
+    )
+    return BuiltQuery(
+        sql=sql,
+        params={"since_ms": _epoch_ms(since)},
+        table=source.table,
+        from_rollup=False,
+        group_by=(),
+        has_interval=False,
+    )

@@ -147,3 +147,20 @@ def metric_timeseries_get(
     if use_cache and timeout > 0:
         cache.set(key, body, timeout)
     return body
+
+
+def ingestion_lag_get(*, window: timedelta = timedelta(minutes=15)) -> dict[str, Any]:
+    """Seconds between now and the newest event received in ``window`` (None when nothing came)."""
+    now = datetime.now(UTC)
+    rows = query_execute(query.ingestion_lag_build(since=now - window))
+    newest_received_ms, newest_ts_ms, count = rows[0] if rows else (0, 0, 0)
+    if not count:
+        return {"now": _iso(now), "events": 0, "lag_seconds": None, "newest_received_at": None}
+    newest = datetime.fromtimestamp(newest_received_ms / 1000, UTC)
+    return {
+        "now": _iso(now),
+        "events": int(count),
+        "lag_seconds": max(0.0, (now - newest).total_seconds()),
+        "newest_received_at": _iso(newest),
+        "newest_event_at": _iso(datetime.fromtimestamp(newest_ts_ms / 1000, UTC)),
+    }

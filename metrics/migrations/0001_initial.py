@@ -4,37 +4,107 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='MetricDefinition',
+            name="MetricDefinition",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(help_text='Name used in GET /metrics?metric=…', max_length=64, unique=True)),
-                ('description', models.TextField(blank=True)),
-                ('unit', models.CharField(blank=True, help_text='e.g. count, ms, ratio, users', max_length=32)),
-                ('source', models.CharField(help_text="Raw events, view summaries (one row per view, bucketed at the view's start), or a rollup.", max_length=64)),
-                ('aggregation', models.CharField(choices=[('count', 'count of rows'), ('uniq', 'distinct count of a measure'), ('sum', 'sum of a measure'), ('avg', 'average of a measure'), ('quantile', 'quantile of a measure'), ('ratio', 'ratio of two aggregations')], max_length=16)),
-                ('measure', models.CharField(blank=True, help_text="Column aggregated (for a ratio: the numerator's). Empty for count.", max_length=64)),
-                ('quantile', models.FloatField(blank=True, help_text='Level for quantile, e.g. 0.95', null=True)),
-                ('conditions', models.JSONField(blank=True, default=list, help_text='Flags that must hold (for a ratio: on the numerator), e.g. ["started"] or ["!failed"].')),
-                ('event_types', models.JSONField(blank=True, default=list, help_text='Only events of these types, e.g. ["view_start"]. Empty: all.')),
-                ('numerator_aggregation', models.CharField(blank=True, choices=[('count', 'count of rows'), ('uniq', 'distinct count of a measure'), ('sum', 'sum of a measure')], max_length=16)),
-                ('denominator_aggregation', models.CharField(blank=True, choices=[('count', 'count of rows'), ('uniq', 'distinct count of a measure'), ('sum', 'sum of a measure')], max_length=16)),
-                ('denominator_measure', models.CharField(blank=True, max_length=64)),
-                ('denominator_conditions', models.JSONField(blank=True, default=list)),
-                ('dimensions', models.JSONField(blank=True, default=list, help_text='Dimensions it may be grouped and filtered by. Empty: every dimension of the source.')),
-                ('builtin', models.BooleanField(default=False, editable=False, help_text='Created by the data migration.')),
-                ('created_at', models.DateTimeField(auto_now_add=True)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("name", models.CharField(help_text="Name used in GET /metrics?metric=…", max_length=64, unique=True)),
+                ("description", models.TextField(blank=True)),
+                ("unit", models.CharField(blank=True, help_text="e.g. count, ms, ratio, users", max_length=32)),
+                (
+                    "source",
+                    models.CharField(
+                        help_text="Raw events, view summaries (one row per view, bucketed at the view's start), or a rollup.",
+                        max_length=64,
+                    ),
+                ),
+                (
+                    "aggregation",
+                    models.CharField(
+                        choices=[
+                            ("count", "count of rows"),
+                            ("uniq", "distinct count of a measure"),
+                            ("sum", "sum of a measure"),
+                            ("avg", "average of a measure"),
+                            ("quantile", "quantile of a measure"),
+                            ("ratio", "ratio of two aggregations"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "measure",
+                    models.CharField(
+                        blank=True,
+                        help_text="Column aggregated (for a ratio: the numerator's). Empty for count.",
+                        max_length=64,
+                    ),
+                ),
+                ("quantile", models.FloatField(blank=True, help_text="Level for quantile, e.g. 0.95", null=True)),
+                (
+                    "conditions",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text='Flags that must hold (for a ratio: on the numerator), e.g. ["started"] or ["!failed"].',
+                    ),
+                ),
+                (
+                    "event_types",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text='Only events of these types, e.g. ["view_start"]. Empty: all.',
+                    ),
+                ),
+                (
+                    "numerator_aggregation",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("count", "count of rows"),
+                            ("uniq", "distinct count of a measure"),
+                            ("sum", "sum of a measure"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "denominator_aggregation",
+                    models.CharField(
+                        blank=True,
+                        choices=[
+                            ("count", "count of rows"),
+                            ("uniq", "distinct count of a measure"),
+                            ("sum", "sum of a measure"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("denominator_measure", models.CharField(blank=True, max_length=64)),
+                ("denominator_conditions", models.JSONField(blank=True, default=list)),
+                (
+                    "dimensions",
+                    models.JSONField(
+                        blank=True,
+                        default=list,
+                        help_text="Dimensions it may be grouped and filtered by. Empty: every dimension of the source.",
+                    ),
+                ),
+                (
+                    "builtin",
+                    models.BooleanField(default=False, editable=False, help_text="Created by the data migration."),
+                ),
+                ("created_at", models.DateTimeField(auto_now_add=True)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
     ]

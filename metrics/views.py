@@ -1,0 +1,255 @@
+"""Server-rendered dashboards for staff: overview, per-video page, live view, API docs.
+
+The pages call the same selector as ``GET /metrics`` (so numbers match the API) and embed the
+series as JSON that a few lines of inline JavaScript hand to plotly.js. plotly.js itself is served
+from the installed ``plotly`` wheel: no CDN, no vendored copy, no front-end build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import plotly
+from django.contrib.admin.views.decorators import staff_member_required
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.dateparse import parse_datetime
+from django.views.decorators.cache import cache_control
+from django.views.decorators.http import require_GET
+from drf_spectacular.generators import SchemaGenerator
+
+from analytics_platform.errors import ApplicationError
+from metrics import query
+from metrics.models import MetricDefinition
+from metrics.selectors import ingestion_lag_get, metric_timeseries_get
+
+#: The QoE charts of the overview and video pages, in reading order.
+QOE_METRICS = (
+    "views",
+    "unique_viewers",
+    "watch_time_ms",
+    "video_startup_time_ms_p50",
+    "video_startup_time_ms_p95",
+    "video_start_failure_rate",
+    "exits_before_video_start_rate",
+    "rebuffer_ratio",
+    "playback_failure_rate",
+    "errors",
+    "events",
+)
+BREAKDOWN_METRICS = ("views", "watch_time_ms", "video_startup_time_ms_p95", "rebuffer_ratio", "playback_failure_rate")
+BREAKDOWN_DIMENSIONS = ("country", "device", "os", "browser", "cdn", "player", "videoId")
+LIVE_METRICS = ("events", "errors", "views")
+
+RANGES: dict[str, tuple[str, timedelta]] = {
+    "1h": ("Last hour", timedelta(hours=1)),
+    "6h": ("Last 6 hours", timedelta(hours=6)),
+    "24h": ("Last 24 hours", timedelta(hours=24)),
+    "7d": ("Last 7 days", timedelta(days=7)),
+    "30d": ("Last 30 days", timedelta(days=30)),
+}
+
+
+@dataclass(frozen=True)
+class Window:
+    start: datetime
+    end: datetime
+    interval: str
+    range_key: str
+
+
+def _auto_interval(span: timedelta) -> str:
+    if span <= timedelta(hours=6):
+        return "minute"
+    if span <= timedelta(days=7):
+        return "hour"
+    return "day"
+
+
+def _window(request: HttpRequest) -> Window:
+    """The range asked for: a preset (end rounded up to the bucket, so rollups can answer) or from/to."""
+    raw_from, raw_to = request.GET.get("from"), request.GET.get("to")
+    interval = request.GET.get("interval") or None
+    if interval is not None and interval not in query.INTERVALS:
+        raise ApplicationError("unknown interval", field="interval")
+    if raw_from and raw_to:
+        start, end = parse_datetime(raw_from), parse_datetime(raw_to)
+        if start is None or end is None:
+            raise ApplicationError("from/to must be dates like 2026-11-27T10:00", field="from")
+        start = start if start.tzinfo else start.replace(tzinfo=UTC)
+        end = end if end.tzinfo else end.replace(tzinfo=UTC)
+        return Window(start, end, interval or _auto_interval(end - start), "custom")
+    range_key = request.GET.get("range", "24h")
+    if range_key not in RANGES:
+        range_key = "24h"
+    span = RANGES[range_key][1]
+    interval = interval or _auto_interval(span)
+    step = query.INTERVALS[interval][0]
+    now = int(datetime.now(UTC).timestamp())
+    end = datetime.fromtimestamp((now // step + 1) * step, UTC)
+    return Window(end - span, end, interval, range_key)
+
+
+def _available(names: tuple[str, ...]) -> list[str]:
+    existing = set(MetricDefinition.objects.filter(name__in=names).values_list("name", flat=True))
+    return [name for name in names if name in existing]
+
+
+def _line_charts(body: dict[str, Any], prefix: str = "chart") -> list[dict[str, Any]]:
+    charts = []
+    for metric in body["metrics"]:
+        series = metric["series"][0] if metric["series"] else {"points": [], "total": None}
+        charts.append(
+            {
+                "id": f"{prefix}-{metric['metric']}",
+                "metric": metric["metric"],
+                "unit": metric["unit"],
+                "kind": "line",
+                "x": [p["t"] for p in series["points"]],
+                "y": [p["value"] for p in series["points"]],
+                "total": series["total"],
+            }
+        )
+    return charts
+
+
+def _bar_charts(body: dict[str, Any], dim: str) -> list[dict[str, Any]]:
+    charts = []
+    for metric in body["metrics"]:
+        charts.append(
+            {
+                "id": f"breakdown-{metric['metric']}",
+                "metric": metric["metric"],
+                "unit": metric["unit"],
+                "kind": "bar",
+                "x": [s["group"][dim] or "(none)" for s in metric["series"]],
+                "y": [s["total"] for s in metric["series"]],
+                "total": None,
+            }
+        )
+    return charts
+
+
+def _dashboard(request: HttpRequest, *, video_id: str | None) -> HttpResponse:
+    try:
+        window = _window(request)
+    except ApplicationError as exc:
+        return render(request, "metrics/error.html", {"message": exc.message}, status=400)
+    breakdown = request.GET.get("breakdown", "country")
+    if breakdown not in BREAKDOWN_DIMENSIONS or (video_id and breakdown == "videoId"):
+        breakdown = "country"
+    filters = [("videoId", video_id)] if video_id else []
+    common = {"start": window.start, "end": window.end, "filters": filters}
+    try:
+        series = metric_timeseries_get(metrics=_available(QOE_METRICS), interval=window.interval, **common)
+        by_dim = metric_timeseries_get(
+            metrics=_available(BREAKDOWN_METRICS), group_by=[breakdown], limit=10, **common
+        )
+        top_videos = (
+            None
+            if video_id
+            else metric_timeseries_get(metrics=_available(("views",)), group_by=["videoId"], limit=20, **common)
+        )
+    except ApplicationError as exc:
+        return render(request, "metrics/error.html", {"message": exc.message}, status=exc.status_code)
+    charts = _line_charts(series) + _bar_charts(by_dim, breakdown)
+    videos = []
+    if top_videos and top_videos["metrics"]:
+        videos = [
+            {"id": s["group"]["videoId"], "views": s["total"], "url": reverse("metrics:video", args=[s["group"]["videoId"]])}
+            for s in top_videos["metrics"][0]["series"]
+            if s["group"]["videoId"]
+        ]
+    context = {
+        "window": window,
+        "ranges": [(key, label) for key, (label, _) in RANGES.items()],
+        "intervals": list(query.INTERVALS),
+        "breakdown": breakdown,
+        "breakdowns": [d for d in BREAKDOWN_DIMENSIONS if not (video_id and d == "videoId")],
+        "line_charts": [c for c in charts if c["kind"] == "line"],
+        "bar_charts": [c for c in charts if c["kind"] == "bar"],
+        "charts": charts,
+        "videos": videos,
+        "video_id": video_id,
+    }
+    return render(request, "metrics/overview.html", context)
+
+
+@staff_member_required
+@require_GET
+def overview(request: HttpRequest) -> HttpResponse:
+    return _dashboard(request, video_id=None)
+
+
+@staff_member_required
+@require_GET
+def video(request: HttpRequest, video_id: str) -> HttpResponse:
+    return _dashboard(request, video_id=video_id)
+
+
+@staff_member_required
+@require_GET
+def live(request: HttpRequest) -> HttpResponse:
+    """The last minutes per minute, re-rendered every ``refresh`` seconds, with ingestion lag."""
+    minutes = 15
+    now = int(datetime.now(UTC).timestamp())
+    end = datetime.fromtimestamp((now // 60 + 1) * 60, UTC)
+    start = end - timedelta(minutes=minutes)
+    try:
+        body = metric_timeseries_get(metrics=_available(LIVE_METRICS), start=start, end=end, interval="minute")
+        by_type = metric_timeseries_get(metrics=_available(("events",)), start=start, end=end, group_by=["type"])
+    except ApplicationError as exc:
+        return render(request, "metrics/error.html", {"message": exc.message}, status=exc.status_code)
+    charts = _line_charts(body, prefix="live") + [
+        {**chart, "id": "live-by-type"} for chart in _bar_charts(by_type, "type")
+    ]
+    context = {
+        "charts": charts,
+        "line_charts": [c for c in charts if c["kind"] == "line"],
+        "bar_charts": [c for c in charts if c["kind"] == "bar"],
+        "lag": ingestion_lag_get(window=timedelta(minutes=minutes)),
+        "refresh": 10,
+        "start": start,
+        "end": end,
+    }
+    return render(request, "metrics/live.html", context)
+
+
+@require_GET
+@cache_control(public=True, max_age=86400)
+def plotly_js(request: HttpRequest) -> FileResponse:
+    """plotly.min.js from the installed wheel (its version is pinned in pyproject.toml)."""
+    path = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
+    if not path.exists():
+        raise Http404("plotly.min.js is not in the installed plotly package")
+    return FileResponse(path.open("rb"), content_type="application/javascript")
+
+
+@require_GET
+def api_docs(request: HttpRequest) -> HttpResponse:
+    """The OpenAPI schema rendered as HTML on the server (no CDN-hosted Swagger/Redoc assets)."""
+    schema = SchemaGenerator().get_schema(request=None, public=True)
+    operations = []
+    for path, methods in schema.get("paths", {}).items():
+        for method, operation in methods.items():
+            responses = [
+                {"status": status, "description": response.get("description", "")}
+                for status, response in operation.get("responses", {}).items()
+            ]
+            operations.append(
+                {
+                    "method": method.upper(),
+                    "path": path,
+                    "summary": operation.get("summary", ""),
+                    "description": operation.get("description", ""),
+                    "parameters": operation.get("parameters", []),
+                    "request_body": bool(operation.get("requestBody")),
+                    "responses": responses,
+                    "secured": bool(operation.get("security")),
+                }
+            )
+    return render(request, "metrics/api_docs.html", {"schema": schema, "operations": operations})
