@@ -1,0 +1,273 @@
+"""Generated views and events whose metric values are computed here, independently of the SQL.
+
+The truth functions follow API.md's wording of each built-in metric, not the stored definitions, so
+a wrong definition or a wrong query both show up as a difference.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+DIM_VALUES = {
+    "country": ["US", "DE", "FR", "BR", "JP"],
+    "device": ["mobile", "desktop", "tv"],
+    "os": ["ios", "android", "linux"],
+    "browser": ["chrome", "safari", "firefox"],
+    "cdn": ["cdn-a", "cdn-b"],
+    "player": ["web", "native"],
+}
+API_TO_COL = {
+    "videoId": "video_id",
+    "country": "country",
+    "device": "device",
+    "os": "os",
+    "browser": "browser",
+    "cdn": "cdn",
+    "player": "player",
+    "type": "type",
+}
+EVENT_COLUMNS = (
+    "event_id type ts user_id session_id video_id client_ts received_at position_ms bitrate_kbps error_code "
+    "error_message fatal device os browser country cdn player properties late kafka_partition kafka_offset"
+).split()
+VIEW_COLUMNS = (
+    "session_id user_id video_id start_ts end_ts device os browser country cdn player has_view_start started "
+    "startup_time_ms watch_time_ms rebuffer_count rebuffer_duration_ms error_count fatal_error_count start_failure "
+    "playback_failure exit_before_start max_position_ms completion event_count close_reason video_watched_id "
+    "kafka_partition kafka_offset"
+).split()
+
+
+@dataclass
+class Dataset:
+    base: datetime
+    views: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+def generate(*, base: datetime, n_views: int = 600, days: int = 3, seed: int = 7) -> Dataset:
+    """Views spread over ``days`` days from ``base``, each with a plausible event sequence."""
+    rng = random.Random(seed)
+    data = Dataset(base=base)
+    users = [f"user-{i}" for i in range(80)]
+    videos = [f"video-{i}" for i in range(9)]
+    offset = 0
+    for i in range(n_views):
+        start = base + timedelta(milliseconds=rng.randrange(days * 86_400_000))
+        dims = {dim: rng.choice(values) for dim, values in DIM_VALUES.items()}
+        # Skew videos so top-N has a clear order.
+        video = videos[min(int(rng.expovariate(0.5)), len(videos) - 1)]
+        user = rng.choice(users)
+        session = f"s-{i}"
+        has_view_start = rng.random() < 0.95
+        outcome = rng.random()
+        started = outcome < 0.8
+        start_failure = 0.8 <= outcome < 0.88
+        exit_before_start = outcome >= 0.88
+        playback_failure = start_failure or (started and rng.random() < 0.05)
+        startup = rng.randrange(100, 5000) if started else 0
+        watch = rng.randrange(1_000, 600_000) if started else 0
+        rebuffer = rng.randrange(0, watch // 10 + 1) if started and rng.random() < 0.4 else 0
+        view = {
+            "session_id": session,
+            "user_id": user,
+            "video_id": video,
+            "start_ts": start,
+            "end_ts": start + timedelta(milliseconds=startup + watch + 1000),
+            **dims,
+            "has_view_start": has_view_start,
+            "started": started,
+            "startup_time_ms": startup,
+            "watch_time_ms": watch,
+            "rebuffer_count": 1 if rebuffer else 0,
+            "rebuffer_duration_ms": rebuffer,
+            "error_count": 1 if playback_failure else 0,
+            "fatal_error_count": 1 if playback_failure else 0,
+            "start_failure": start_failure,
+            "playback_failure": playback_failure,
+            "exit_before_start": exit_before_start,
+            "max_position_ms": watch,
+            "completion": None,
+            "event_count": 0,
+            "close_reason": "ended",
+            "video_watched_id": uuid.UUID(int=rng.getrandbits(128)),
+            "kafka_partition": 0,
+            "kafka_offset": i,
+        }
+        types = (["view_start"] if has_view_start else []) + (["playing"] if started else [])
+        types += ["heartbeat"] * rng.randrange(0, 4)
+        if playback_failure:
+            types.append("error")
+        if rng.random() < 0.1:
+            types.append("share.click")
+        types.append("ended")
+        moment = start
+        for event_type in types:
+            data.events.append(
+                {
+                    "event_id": uuid.UUID(int=rng.getrandbits(128)),
+                    "type": event_type,
+                    "ts": moment,
+                    "user_id": user,
+                    "session_id": session,
+                    "video_id": video,
+                    "client_ts": moment,
+                    "received_at": moment,
+                    "position_ms": None,
+                    "bitrate_kbps": None,
+                    "error_code": "E1" if event_type == "error" else "",
+                    "error_message": "",
+                    "fatal": event_type == "error",
+                    **dims,
+                    "properties": "",
+                    "late": False,
+                    "kafka_partition": 0,
+                    "kafka_offset": offset,
+                }
+            )
+            offset += 1
+            moment += timedelta(milliseconds=rng.randrange(1, 20_000))
+        view["event_count"] = len(types)
+        data.views.append(view)
+    return data
+
+
+def insert(client: Any, data: Dataset) -> None:
+    client.execute(
+        f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES",
+        [tuple(e[c] for c in EVENT_COLUMNS) for e in data.events],
+    )
+    client.execute(
+        f"INSERT INTO view_summaries ({', '.join(VIEW_COLUMNS)}) VALUES",
+        [tuple(v[c] for c in VIEW_COLUMNS) for v in data.views],
+    )
+
+
+# --- Truth ------------------------------------------------------------------------------------
+
+
+def _quantile(values: list[float], level: float) -> float | None:
+    """ClickHouse quantileExact: the element at floor(n * level) of the sorted values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.floor(len(ordered) * level))]
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return None if den == 0 else num / den
+
+
+def _count(flag: str | None = None) -> Callable[[list[dict]], float]:
+    return lambda rows: sum(1 for r in rows if flag is None or r[flag])
+
+
+#: name -> (rows: "views" or "events", aggregate over the rows of one bucket/group, zero-filled?)
+TRUTH: dict[str, tuple[str, Callable[[list[dict]], Any], bool]] = {
+    "events": ("events", lambda rows: len(rows), True),
+    "errors": ("error_events", lambda rows: len(rows), True),
+    "views": ("views", _count("has_view_start"), True),
+    "unique_viewers": ("views", lambda rows: len({r["user_id"] for r in rows if r["has_view_start"]}), True),
+    "watch_time_ms": ("views", lambda rows: sum(r["watch_time_ms"] for r in rows), True),
+    "video_startup_time_ms_p50": (
+        "views",
+        lambda rows: _quantile([r["startup_time_ms"] for r in rows if r["started"]], 0.5),
+        False,
+    ),
+    "video_startup_time_ms_p95": (
+        "views",
+        lambda rows: _quantile([r["startup_time_ms"] for r in rows if r["started"]], 0.95),
+        False,
+    ),
+    "video_start_failure_rate": (
+        "views",
+        lambda rows: _ratio(_count("start_failure")(rows), _count("has_view_start")(rows)),
+        False,
+    ),
+    "exits_before_video_start_rate": (
+        "views",
+        lambda rows: _ratio(_count("exit_before_start")(rows), _count("has_view_start")(rows)),
+        False,
+    ),
+    "rebuffer_ratio": (
+        "views",
+        lambda rows: _ratio(sum(r["rebuffer_duration_ms"] for r in rows), sum(r["watch_time_ms"] for r in rows)),
+        False,
+    ),
+    "playback_failure_rate": (
+        "views",
+        lambda rows: _ratio(_count("playback_failure")(rows), _count("has_view_start")(rows)),
+        False,
+    ),
+}
+
+STEP = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def expected(
+    data: Dataset,
+    *,
+    rows_kind: str,
+    aggregate: Callable[[list[dict]], Any],
+    zero: bool,
+    start: datetime,
+    end: datetime,
+    interval: str | None,
+    group_by: Iterable[str] = (),
+    filters: Iterable[tuple[str, str]] = (),
+    limit: int = 100,
+    row_filter: Callable[[dict], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """The API's ``series`` list computed in Python from the generated rows."""
+    group_by = list(group_by)
+    wanted: dict[str, set[str]] = defaultdict(set)
+    for dim, value in filters:
+        wanted[API_TO_COL[dim]].add(value)
+    rows = data.views if rows_kind == "views" else data.events
+    if rows_kind == "error_events":  # an event-type filter selects rows, so groups without errors do not exist
+        rows = [r for r in data.events if r["type"] == "error"]
+    time_key = "start_ts" if rows_kind == "views" else "ts"
+    selected = [
+        r
+        for r in rows
+        if start <= r[time_key] < end
+        and all(r[col] in values for col, values in wanted.items())
+        and (row_filter is None or row_filter(r))
+    ]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in selected:
+        groups[tuple(r[API_TO_COL[d]] for d in group_by)].append(r)
+    if not group_by and not groups:
+        groups[()] = []
+    empty = 0 if zero else None
+    buckets: list[int] = []
+    if interval:
+        step = STEP[interval]
+        t = int(start.timestamp()) // step * step
+        while t < end.timestamp():
+            buckets.append(t)
+            t += step
+    series = []
+    for key, members in groups.items():
+        total = aggregate(members) if members else empty
+        per_bucket: dict[int, list[dict]] = defaultdict(list)
+        if interval:
+            for r in members:
+                per_bucket[int(r[time_key].timestamp()) // STEP[interval] * STEP[interval]].append(r)
+        points = [{"t": _iso(t), "value": aggregate(per_bucket[t]) if per_bucket.get(t) else empty} for t in buckets]
+        series.append({"group": dict(zip(group_by, key, strict=True)), "points": points, "total": total})
+    if group_by:
+        series.sort(key=lambda s: (s["total"] is None, -(s["total"] or 0), tuple(str(v) for v in s["group"].values())))
+        series = series[:limit]
+    return series

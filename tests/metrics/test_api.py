@@ -1,0 +1,287 @@
+"""GET /metrics on the embedded ClickHouse server against generated data with known truth."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+from metrics import query
+from metrics.models import MetricDefinition
+from tests.metrics import data as gen
+from tests.metrics.conftest import dataset_base
+
+pytestmark = [pytest.mark.clickhouse, pytest.mark.django_db(databases=["default", "clickhouse"])]
+
+BUILTINS = sorted(gen.TRUTH)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def _close(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def assert_series_equal(got: list[dict], want: list[dict]) -> None:
+    assert [s["group"] for s in got] == [s["group"] for s in want]
+    for g, w in zip(got, want, strict=True):
+        assert _close(g["total"], w["total"]), (g["group"], g["total"], w["total"])
+        assert [p["t"] for p in g["points"]] == [p["t"] for p in w["points"]]
+        for gp, wp in zip(g["points"], w["points"], strict=True):
+            assert _close(gp["value"], wp["value"]), (g["group"], gp, wp)
+
+
+def _query(api: APIClient, **params: Any) -> dict:
+    response = api.get("/metrics", params)
+    assert response.status_code == 200, response.content
+    body: dict = response.json()
+    return body
+
+
+BASE = dataset_base()
+# (name, from, to, interval, groupBy, filters, limit): ranges that cut buckets and aligned ones.
+CASES = [
+    ("unaligned-hourly", BASE + timedelta(hours=1, minutes=30, seconds=13), BASE + timedelta(days=1, hours=5, minutes=10), "hour", [], [], 100),
+    ("aligned-hourly-rollup", BASE, BASE + timedelta(days=2), "hour", [], [], 100),
+    ("daily-by-country-filtered", BASE + timedelta(hours=7), BASE + timedelta(days=3), "day", ["country"], [("device", "mobile")], 100),
+    ("minute-one-video", BASE + timedelta(hours=20, seconds=30), BASE + timedelta(hours=23, minutes=1), "minute", [], [("videoId", "video-0")], 100),
+    ("total-top3-videos", BASE, BASE + timedelta(days=3), None, ["videoId"], [], 3),
+    ("hourly-by-country-device-or", BASE + timedelta(days=1), BASE + timedelta(days=1, hours=12), "hour", ["country", "device"], [("cdn", "cdn-a"), ("os", "ios"), ("os", "linux")], 100),
+    ("empty-range", BASE - timedelta(days=1), BASE - timedelta(hours=20), "hour", [], [], 100),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_builtin_metrics_equal_truth(api: APIClient, loaded: gen.Dataset, case: tuple) -> None:
+    _, start, end, interval, group_by, filters, limit = case
+    params: dict[str, Any] = {"metric": BUILTINS, "from": _iso(start), "to": _iso(end), "limit": limit}
+    if interval:
+        params["interval"] = interval
+    if group_by:
+        params["groupBy"] = group_by
+    if filters:
+        params["filter"] = [f"{d}:{v}" for d, v in filters]
+    body = _query(api, **params)
+    assert body["from"] == _iso(start) and body["to"] == _iso(end) and body["interval"] == interval
+    assert [m["metric"] for m in body["metrics"]] == BUILTINS
+    for metric in body["metrics"]:
+        kind, aggregate, zero = gen.TRUTH[metric["metric"]]
+        want = gen.expected(
+            loaded,
+            rows_kind=kind,
+            aggregate=aggregate,
+            zero=zero,
+            start=start,
+            end=end,
+            interval=interval,
+            group_by=group_by,
+            filters=filters,
+            limit=limit,
+        )
+        try:
+            assert_series_equal(metric["series"], want)
+        except AssertionError as exc:
+            raise AssertionError(f"{metric['metric']}: {exc}") from exc
+
+
+def test_rollups_are_used_when_they_answer(loaded: gen.Dataset) -> None:
+    views = MetricDefinition.objects.get(name="views").compile()
+    p95 = MetricDefinition.objects.get(name="video_startup_time_ms_p95").compile()
+    aligned = query.MetricRequest(start=BASE, end=BASE + timedelta(days=2), interval="hour")
+    cut = query.MetricRequest(start=BASE + timedelta(seconds=1), end=BASE + timedelta(days=2), interval="hour")
+    minute = query.MetricRequest(start=BASE, end=BASE + timedelta(hours=2), interval="minute")
+    assert query.query_build(views, aligned).table == "view_rollup_hour"
+    assert query.query_build(views, minute).table == "view_rollup_minute"
+    assert query.query_build(views, cut).table == "view_summaries"
+    assert query.query_build(p95, aligned).table == "view_summaries"  # quantiles need rows
+    errors = MetricDefinition.objects.get(name="errors").compile()
+    assert query.query_build(errors, aligned).table == "event_rollup_hour"
+
+
+def test_metric_added_in_admin_is_queryable_at_once(loaded: gen.Dataset, staff_user: Any, api: APIClient) -> None:
+    admin = APIClient()
+    admin.force_login(staff_user)
+    form = {
+        "name": "avg_rebuffer_ms_mobile",
+        "description": "Average rebuffer duration of started views",
+        "unit": "ms",
+        "source": "views",
+        "aggregation": "avg",
+        "measure": "rebuffer_duration_ms",
+        "conditions": '["started"]',
+        "event_types": "[]",
+        "denominator_conditions": "[]",
+        "dimensions": ["country", "device"],
+    }
+    response = admin.post("/admin/metrics/metricdefinition/add/", form)
+    assert response.status_code == 302, response.content.decode()[:3000]
+    start, end = BASE, BASE + timedelta(days=3)
+    body = _query(api, metric="avg_rebuffer_ms_mobile", **{"from": _iso(start), "to": _iso(end)}, interval="day", groupBy="device")
+
+    def avg_started(rows: list[dict]) -> float | None:
+        values = [r["rebuffer_duration_ms"] for r in rows if r["started"]]
+        return sum(values) / len(values) if values else None
+
+    want = gen.expected(loaded, rows_kind="views", aggregate=avg_started, zero=False, start=start, end=end, interval="day", group_by=["device"])
+    assert body["metrics"][0]["unit"] == "ms"
+    assert_series_equal(body["metrics"][0]["series"], want)
+    # Its declared dimensions are enforced.
+    response = api.get("/metrics", {"metric": "avg_rebuffer_ms_mobile", "groupBy": "videoId"})
+    assert response.status_code == 400 and response.json()["error"]["field"] == "groupBy"
+
+    # An edit takes effect at once too (the cache key includes the definition).
+    definition = MetricDefinition.objects.get(name="avg_rebuffer_ms_mobile")
+    definition.aggregation = "sum"
+    definition.save()
+    body = _query(api, metric="avg_rebuffer_ms_mobile", **{"from": _iso(start), "to": _iso(end)})
+    assert body["metrics"][0]["series"][0]["total"] == sum(
+        v["rebuffer_duration_ms"] for v in loaded.views if v["started"] and start <= v["start_ts"] < end
+    )
+
+
+def test_admin_refuses_a_definition_that_does_not_compile(staff_user: Any) -> None:
+    admin = APIClient()
+    admin.force_login(staff_user)
+    form = {
+        "name": "broken",
+        "unit": "ms",
+        "source": "views",
+        "aggregation": "sum",
+        "measure": "watch_time_ms); DROP TABLE events; --",
+        "conditions": "[]",
+        "event_types": "[]",
+        "denominator_conditions": "[]",
+    }
+    response = admin.post("/admin/metrics/metricdefinition/add/", form)
+    assert response.status_code == 200
+    assert "needs a measure" in response.content.decode()
+    assert not MetricDefinition.objects.filter(name="broken").exists()
+    form.update(measure="", aggregation="ratio", numerator_aggregation="count", conditions='["nope"]')
+    response = admin.post("/admin/metrics/metricdefinition/add/", form)
+    assert response.status_code == 200 and "unknown condition" in response.content.decode()
+
+
+def test_admin_change_page_shows_24h_preview(loaded: gen.Dataset, staff_user: Any) -> None:
+    admin = APIClient()
+    admin.force_login(staff_user)
+    definition = MetricDefinition.objects.get(name="views")
+    response = admin.get(f"/admin/metrics/metricdefinition/{definition.pk}/change/")
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert 'id="metric-preview"' in html and "Total:" in html
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"metric": "nope"}, "metric"),
+        ({}, "metric"),
+        ({"metric": "views", "interval": "week"}, "interval"),
+        ({"metric": "views", "groupBy": "planet"}, "groupBy"),
+        ({"metric": "views", "groupBy": "type"}, "groupBy"),
+        ({"metric": "views", "filter": "country"}, "filter"),
+        ({"metric": "views", "filter": "planet:mars"}, "filter"),
+        ({"metric": "views", "from": "yesterday"}, "from"),
+        ({"metric": "views", "to": "2026-13-01T00:00:00Z"}, "to"),
+        ({"metric": "views", "from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "to"),
+        ({"metric": "views", "limit": "0"}, "limit"),
+        ({"metric": "views", "limit": "many"}, "limit"),
+        ({"metric": "events", "from": "2025-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z", "interval": "minute"}, "interval"),
+    ],
+)
+def test_invalid_parameters_give_400_naming_the_parameter(api: APIClient, params: dict, field: str) -> None:
+    response = api.get("/metrics", params)
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["field"] == field, error
+    assert error["message"]
+
+
+def test_missing_or_bad_token_gives_401(staff_user: Any) -> None:
+    response = APIClient().get("/metrics", {"metric": "views"})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "not_authenticated"
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Bearer not-a-token")
+    response = client.get("/metrics", {"metric": "views"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "token_not_valid"
+
+
+def test_expired_token_gives_401_and_refresh_gives_a_new_one(staff_user: Any, settings: Any) -> None:
+    from rest_framework_simplejwt.settings import api_settings
+
+    original = api_settings.ACCESS_TOKEN_LIFETIME
+    api_settings.ACCESS_TOKEN_LIFETIME = timedelta(seconds=1)
+    try:
+        tokens = APIClient().post("/auth/token", {"username": "analyst", "password": "correct-horse-battery-staple"}, format="json").json()
+    finally:
+        api_settings.ACCESS_TOKEN_LIFETIME = original
+    time.sleep(2.1)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
+    response = client.get("/metrics", {"metric": "views"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "token_not_valid"
+    refreshed = APIClient().post("/auth/token/refresh", {"refresh": tokens["refresh"]}, format="json")
+    assert refreshed.status_code == 200
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {refreshed.json()['access']}")
+    assert client.get("/metrics", {"metric": "events"}).status_code == 200
+    bad = APIClient().post("/auth/token", {"username": "analyst", "password": "wrong"}, format="json")
+    assert bad.status_code == 401
+
+
+def test_identical_queries_are_served_from_cache(api: APIClient, loaded: gen.Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    from metrics import selectors
+
+    cache.clear()
+    calls: list[str] = []
+    original = selectors.query_execute
+
+    def counting(built: query.BuiltQuery) -> list:
+        calls.append(built.sql)
+        return original(built)
+
+    monkeypatch.setattr(selectors, "query_execute", counting)
+    params = {"metric": "events", "from": _iso(BASE), "to": _iso(BASE + timedelta(days=1)), "interval": "hour", "filter": ["country:US", "device:tv"]}
+    first = _query(api, **params)
+    same = _query(api, **{**params, "filter": ["device:tv", "country:US"]})  # same question, other order
+    assert first == same and len(calls) == 1
+    _query(api, **{**params, "interval": "day"})
+    assert len(calls) == 2
+    with override_settings(METRICS_QUERY_CACHE_SECONDS=0):
+        _query(api, **params)
+    assert len(calls) == 3
+
+
+def test_filter_values_are_bound_not_concatenated(api: APIClient, loaded: gen.Dataset) -> None:
+    evil = "x') OR 1=1 --"
+    body = _query(api, metric="events", filter=f"country:{evil}", **{"from": _iso(BASE), "to": _iso(BASE + timedelta(days=3))})
+    assert body["metrics"][0]["series"][0]["total"] == 0
+
+
+def test_default_range_is_last_24_hours(api: APIClient, loaded: gen.Dataset) -> None:
+    body = _query(api, metric="events")
+    start = datetime.fromisoformat(body["from"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(body["to"].replace("Z", "+00:00"))
+    assert end - start == timedelta(hours=24)
+    assert abs((datetime.now(UTC) - end).total_seconds()) < 60
+
+
+def test_openapi_schema_and_docs_page(api: APIClient) -> None:
+    schema = APIClient().get("/api/schema/?format=json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    assert "/metrics" in paths and "/auth/token" in paths and "/auth/token/refresh" in paths
+    names = {p["name"] for p in paths["/metrics"]["get"]["parameters"]}
+    assert {"metric", "from", "to", "interval", "groupBy", "filter", "limit"} <= names
+    docs = APIClient().get("/api/docs/")
+    assert docs.status_code == 200 and "GET /metrics" in docs.content.decode()
