@@ -7,7 +7,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # Tests run Django on the machine's PostgreSQL, the production engine (override to taste).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/analytics
 
-.PHONY: run test lint typecheck pytest bench clean
+.PHONY: run test lint typecheck pytest bench clean chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,14 @@ lint: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(VENV)/bin/mypy .
 
-pytest: $(DEV_STAMP)
+# Browser tests drive Debian's Chromium through Playwright (never `playwright install`: no
+# browser downloads here). Installed from Debian's packages when missing and we are root.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "browser tests need Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; fi; }
+
+pytest: $(DEV_STAMP) chromium
 	DATABASE_URL=$(TEST_DATABASE_URL) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

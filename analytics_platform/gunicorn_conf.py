@@ -7,7 +7,10 @@ requests wait, and every Django library works unchanged. One process per core ta
 
 import os
 
+import structlog
 from prometheus_client import multiprocess
+
+from analytics_platform.logs import FOREIGN_PRE_CHAIN, JSON_RENDERER
 
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -20,7 +23,27 @@ max_requests = 0
 accesslog = None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# Gunicorn configures its loggers before Django loads: give them the same JSON formatter.
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "()": structlog.stdlib.ProcessorFormatter,
+            "processors": JSON_RENDERER,
+            "foreign_pre_chain": FOREIGN_PRE_CHAIN,
+        }
+    },
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+    "root": {"handlers": ["stdout"], "level": loglevel.upper()},
+    "loggers": {
+        "gunicorn.error": {"handlers": ["stdout"], "level": loglevel.upper(), "propagate": False},
+        "gunicorn.access": {"handlers": ["stdout"], "level": "WARNING", "propagate": False},
+    },
+}
 wsgi_app = "analytics_platform.wsgi:application"
+# The control socket defaults to one path per user: several stacks on one host would collide.
+control_socket_disable = True
 
 
 def child_exit(server: object, worker: object) -> None:

@@ -7,6 +7,7 @@ auto-created topics get broker defaults, and the local Tansu broker answers Desc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,12 @@ from analytics_platform import event_format
 
 def client_config(**overrides: Any) -> dict[str, Any]:
     """Base librdkafka config: bootstrap servers plus the TLS/SASL options from the environment."""
-    config: dict[str, Any] = {"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, **settings.KAFKA_SECURITY}
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        # librdkafka's own log lines go through stdlib logging, hence out as JSON like the rest.
+        "logger": logging.getLogger("kafka.librdkafka"),
+        **settings.KAFKA_SECURITY,
+    }
     config.update(overrides)
     return config
 

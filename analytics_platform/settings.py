@@ -28,16 +28,18 @@ if ANALYTICS_ENV not in {"local", "production"}:
 PRODUCTION = ANALYTICS_ENV == "production"
 
 
-def env(name: str, default: str | None = None, *, secret: bool = False) -> str:
+def env(name: str, default: str | None = None, *, secret: bool = False, production: bool = False) -> str:
     """Read ``name`` from the environment.
 
-    In production a secret has no default and any variable without a default is required, so a
-    misconfigured deployment fails at start rather than talking to the wrong place.
+    ``default`` serves the embedded default only when the variable is a secret or marked
+    ``production=True`` (an address that must point at real infrastructure): in production those
+    are required, so a misconfigured deployment fails at start rather than talking to the wrong
+    place or running with a development secret.
     """
     value = os.environ.get(name)
     if value is not None and value != "":
         return value
-    if PRODUCTION and (secret or default is None):
+    if PRODUCTION and (secret or production or default is None):
         raise ImproperlyConfigured(f"{name} must be set when ANALYTICS_ENV=production")
     if default is None:
         raise ImproperlyConfigured(f"{name} must be set")
@@ -81,6 +83,8 @@ else:
     SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or _local_secret_key()
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
+if PRODUCTION and not os.environ.get("DJANGO_ALLOWED_HOSTS"):
+    raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must be set when ANALYTICS_ENV=production")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "http://127.0.0.1:8000,http://localhost:8000")
 
 INSTALLED_APPS = [
@@ -141,7 +145,7 @@ TEMPLATES = [
 DATABASES: dict[str, dict[str, Any]] = {
     "default": dict(
         dj_database_url.parse(
-            env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+            env("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}", production=True),
             conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
             conn_health_checks=True,
         )
@@ -161,7 +165,7 @@ if CLICKHOUSE_SECURE:
 DATABASES["clickhouse"] = {
     "ENGINE": "clickhouse_backend.backend",
     "NAME": env("CLICKHOUSE_DATABASE", "analytics"),
-    "HOST": env("CLICKHOUSE_HOST", "127.0.0.1"),
+    "HOST": env("CLICKHOUSE_HOST", "127.0.0.1", production=True),
     "PORT": env_int("CLICKHOUSE_PORT", 9000),
     "USER": env("CLICKHOUSE_USER", "default"),
     "PASSWORD": env("CLICKHOUSE_PASSWORD", "", secret=True),
@@ -172,7 +176,7 @@ DATABASE_ROUTERS = ["analytics_platform.db_routers.ClickHouseRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Kafka -----------------------------------------------------------------------------------
-KAFKA_BOOTSTRAP_SERVERS = env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+KAFKA_BOOTSTRAP_SERVERS = env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", production=True)
 # librdkafka security options, passed through unchanged (SSL / SASL_SSL in production).
 KAFKA_SECURITY: dict[str, str] = {
     key: value
@@ -194,7 +198,7 @@ KAFKA_RETENTION_MS = env_int("KAFKA_RETENTION_MS", 7 * 24 * 3600 * 1000)
 
 # --- Celery ----------------------------------------------------------------------------------
 # Locally a filesystem transport (nothing to install); Redis in production.
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://", production=True)
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = (
     {
         "data_folder_in": str(VAR_DIR / "celery" / "queue"),

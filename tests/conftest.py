@@ -47,3 +47,16 @@ def django_db_modify_db_settings(
     clickhouse = settings.DATABASES["clickhouse"]
     clickhouse["HOST"] = clickhouse_server.host
     clickhouse["PORT"] = clickhouse_server.port
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The machine's Redis (production's Celery broker and cache); fails clearly when it is down."""
+    import redis
+
+    url = "redis://127.0.0.1:6379/15"
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except redis.exceptions.ConnectionError as exc:
+        pytest.fail(f"Redis is not running on 127.0.0.1:6379 ({exc}); .ci/run starts it")
+    return url

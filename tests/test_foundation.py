@@ -78,20 +78,35 @@ def test_admin_login_page_renders(client: Client) -> None:
     assert b"csrfmiddlewaretoken" in response.content
 
 
-def test_production_refuses_to_start_without_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+PRODUCTION_REQUIRED = {
+    "DJANGO_SECRET_KEY": "x" * 50,
+    "DJANGO_ALLOWED_HOSTS": "analytics.example.com",
+    "DATABASE_URL": "postgres://analytics@db.example.com:5432/analytics",
+    "CLICKHOUSE_HOST": "clickhouse.example.com",
+    "CLICKHOUSE_PASSWORD": "secret",
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka.example.com:9093",
+    "CELERY_BROKER_URL": "rediss://redis.example.com:6380/0",
+}
+
+
+def test_production_refuses_to_start_without_each_secret_and_address(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
     import analytics_platform.settings as settings_module
 
     monkeypatch.setenv("ANALYTICS_ENV", "production")
-    for name in ("DJANGO_SECRET_KEY", "DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "CLICKHOUSE_HOST"):
+    for name in PRODUCTION_REQUIRED:
         monkeypatch.delenv(name, raising=False)
     try:
-        with pytest.raises(ImproperlyConfigured, match="DJANGO_SECRET_KEY"):
-            importlib.reload(settings_module)
-        monkeypatch.setenv("DJANGO_SECRET_KEY", "x" * 50)
-        with pytest.raises(ImproperlyConfigured, match="DATABASE_URL"):
-            importlib.reload(settings_module)
+        # Each required variable, in the order settings reads them, is named when it is missing.
+        for name, value in PRODUCTION_REQUIRED.items():
+            with pytest.raises(ImproperlyConfigured, match=name):
+                importlib.reload(settings_module)
+            monkeypatch.setenv(name, value)
+        importlib.reload(settings_module)
+        assert settings_module.SESSION_COOKIE_SECURE is True
+        assert settings_module.SECURE_SSL_REDIRECT is True
+        assert settings_module.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
     finally:
         monkeypatch.undo()
         importlib.reload(settings_module)
