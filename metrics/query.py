@@ -462,14 +462,18 @@ class _Target:
                 return f"countIf({cond})" if cond else "count()"
             if term.aggregation == "uniq":
                 return f"uniqExactIf({column}, {cond})" if cond else f"uniqExact({column})"
-            if term.aggregation in {"sum", "avg"}:
-                return f"{term.aggregation}If({column}, {cond})" if cond else f"{term.aggregation}({column})"
+            if term.aggregation == "sum":
+                return f"sumIf({column}, {cond})" if cond else f"sum({column})"
+            # Over no rows avg is nan and quantileExact of an integer column is 0: both are "no value".
+            rows = f"countIf({cond})" if cond else "count()"
+            if term.aggregation == "avg":
+                return f"if({rows} = 0, NULL, {f'avgIf({column}, {cond})' if cond else f'avg({column})'})"
             if term.aggregation == "quantile":
                 name = f"q{index}"
                 params[name] = float(term.quantile or 0.5)
                 if cond:
-                    return f"quantileExactIf(%({name})s)({column}, {cond})"
-                return f"quantileExact(%({name})s)({column})"
+                    return f"if({rows} = 0, NULL, quantileExactIf(%({name})s)({column}, {cond}))"
+                return f"if({rows} = 0, NULL, quantileExact(%({name})s)({column}))"
             return None
         rollup = self.rollup
         flags = tuple(sorted(term.conditions))
@@ -492,7 +496,6 @@ class _Target:
             return f"if({den} = 0, NULL, {num} / {den})"
         value = rendered[0]
         assert value is not None
-        # avg/quantile of no rows is nan in ClickHouse; series_assemble turns nan into null.
         return value
 
 
@@ -530,8 +533,10 @@ def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
 def query_build(metric: CompiledMetric, request: MetricRequest) -> BuiltQuery:
     """SQL for one metric: a row per (group, bucket) plus a total row per group.
 
-    Result columns: ``g0..gN`` (group values), ``bucket`` (epoch seconds, 0 on total rows),
-    ``is_total`` (1 on the per-group total row) and ``value``.
+    Result columns: ``m_g0..m_gN`` (group values), ``m_bucket`` (epoch seconds, 0 on total rows),
+    ``m_total`` (1 on the per-group total row) and ``m_value``. The ``m_`` prefix matters:
+    ClickHouse resolves aliases in WHERE, so an alias equal to a column name (``bucket`` of the
+    rollups) would silently replace that column in the range filter.
     With an interval, ``GROUPING SETS`` computes bucket rows and per-group totals in one scan, so
     totals of distinct counts and quantiles are exact (not sums of buckets). With a group-by the
     groups are first narrowed to the ``limit`` largest by total.
@@ -564,8 +569,8 @@ def _render(
         params[f"f{i}"] = values
         where.append(f"{dims[dim]} IN %(f{i})s")
 
-    group_cols = [f"{dims[dim]} AS g{i}" for i, dim in enumerate(request.group_by)]
-    group_keys = [f"g{i}" for i in range(len(request.group_by))]
+    group_cols = [f"{dims[dim]} AS m_g{i}" for i, dim in enumerate(request.group_by)]
+    group_keys = [f"m_g{i}" for i in range(len(request.group_by))]
     where_sql = " AND ".join(where)
 
     if group_keys:
@@ -582,23 +587,23 @@ def _render(
     select = [*group_cols]
     if request.interval is not None:
         unit = INTERVALS[request.interval][1]
-        select.append(f"toUnixTimestamp(toStartOfInterval({time_col}, INTERVAL 1 {unit}, 'UTC')) AS bucket")
-        select.append("grouping(bucket) AS is_total")
-        select.append(f"{value} AS value")
-        sets = f"({', '.join([*group_keys, 'bucket'])}), ({', '.join(group_keys)})"
+        select.append(f"toUnixTimestamp(toStartOfInterval({time_col}, INTERVAL 1 {unit}, 'UTC')) AS m_bucket")
+        select.append("grouping(m_bucket) AS m_total")
+        select.append(f"{value} AS m_value")
+        sets = f"({', '.join([*group_keys, 'm_bucket'])}), ({', '.join(group_keys)})"
         sql = (
             f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql} "
-            f"GROUP BY GROUPING SETS ({sets}) ORDER BY is_total, bucket"
+            f"GROUP BY GROUPING SETS ({sets}) ORDER BY m_total, m_bucket"
         )
     elif group_keys:
-        select += ["0 AS bucket", "1 AS is_total", f"{value} AS value"]
+        select += ["0 AS m_bucket", "1 AS is_total", f"{value} AS m_value"]
         keys = ", ".join(group_keys)
         sql = (
             f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql} "
-            f"GROUP BY {keys} ORDER BY value DESC NULLS LAST, {keys} LIMIT %(limit)s"
+            f"GROUP BY {keys} ORDER BY m_value DESC NULLS LAST, {keys} LIMIT %(limit)s"
         )
     else:
-        select += ["0 AS bucket", "1 AS is_total", f"{value} AS value"]
+        select += ["0 AS m_bucket", "1 AS is_total", f"{value} AS m_value"]
         sql = f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql}"
     return BuiltQuery(
         sql=sql,

@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 from metrics import query
 from metrics.models import MetricDefinition
 from tests.metrics import data as gen
-from tests.metrics.conftest import dataset_base
+from tests.metrics.conftest import PASSWORD, dataset_base
 
 pytestmark = [pytest.mark.clickhouse, pytest.mark.django_db(databases=["default", "clickhouse"])]
 
@@ -166,7 +166,9 @@ def test_admin_refuses_a_definition_that_does_not_compile(staff_user: Any) -> No
     assert response.status_code == 200
     assert "needs a measure" in response.content.decode()
     assert not MetricDefinition.objects.filter(name="broken").exists()
-    form.update(measure="", aggregation="ratio", numerator_aggregation="count", conditions='["nope"]')
+    form.update(
+        measure="", aggregation="ratio", numerator_aggregation="count", denominator_aggregation="count", conditions='["nope"]'
+    )
     response = admin.post("/admin/metrics/metricdefinition/add/", form)
     assert response.status_code == 200 and "unknown condition" in response.content.decode()
 
@@ -214,23 +216,20 @@ def test_missing_or_bad_token_gives_401(staff_user: Any) -> None:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Bearer not-a-token")
     response = client.get("/metrics", {"metric": "views"})
-    assert response.status_code == 401 and response.json()["error"]["code"] == "token_not_valid"
+    assert response.status_code == 401 and response.json()["error"]["message"]
 
 
-def test_expired_token_gives_401_and_refresh_gives_a_new_one(staff_user: Any, settings: Any) -> None:
-    from rest_framework_simplejwt.settings import api_settings
+def test_expired_token_gives_401_and_refresh_gives_a_new_one(staff_user: Any) -> None:
+    from rest_framework_simplejwt.tokens import AccessToken
 
-    original = api_settings.ACCESS_TOKEN_LIFETIME
-    api_settings.ACCESS_TOKEN_LIFETIME = timedelta(seconds=1)
-    try:
-        tokens = APIClient().post("/auth/token", {"username": "analyst", "password": "correct-horse-battery-staple"}, format="json").json()
-    finally:
-        api_settings.ACCESS_TOKEN_LIFETIME = original
-    time.sleep(2.1)
+    expired = AccessToken.for_user(staff_user)
+    expired.set_exp(from_time=datetime.now(UTC) - timedelta(hours=2))  # signed, but expired an hour ago
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {expired}")
     response = client.get("/metrics", {"metric": "views"})
-    assert response.status_code == 401 and response.json()["error"]["code"] == "token_not_valid"
+    assert response.status_code == 401
+    assert response.json()["error"]["message"]
+    tokens = APIClient().post("/auth/token", {"username": "analyst", "password": PASSWORD}, format="json").json()
     refreshed = APIClient().post("/auth/token/refresh", {"refresh": tokens["refresh"]}, format="json")
     assert refreshed.status_code == 200
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {refreshed.json()['access']}")
