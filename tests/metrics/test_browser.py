@@ -1,0 +1,124 @@
+"""The dashboards in headless Chromium (Debian's, driven by the PyPI playwright package).
+
+Screenshots land in ``artifacts/screenshots/`` (git-ignored) so CI can keep them as artifacts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.apps import apps as django_apps
+from django.contrib.auth import get_user_model
+
+from metrics.models import MetricDefinition
+from tests.metrics import data as gen
+from tests.metrics.conftest import PASSWORD
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.clickhouse,
+    pytest.mark.django_db(transaction=True, databases=["default", "clickhouse"]),
+]
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+
+
+def _ensure_builtins() -> None:
+    """A transactional test may run after another flushed the tables the data migration filled."""
+    if not MetricDefinition.objects.filter(builtin=True).exists():
+        import importlib
+
+        migration = importlib.import_module("metrics.migrations.0002_builtin_metrics")
+        migration.create_builtins(django_apps, None)
+
+
+def _window(span: timedelta, step: int) -> tuple[datetime, datetime]:
+    now = int(datetime.now(UTC).timestamp())
+    end = datetime.fromtimestamp((now // step + 1) * step, UTC)
+    return end - span, end
+
+
+def _truth(data: gen.Dataset, name: str, start: datetime, end: datetime, interval: str, **kw: Any) -> list[dict]:
+    kind, aggregate, zero = gen.TRUTH[name]
+    series = gen.expected(data, rows_kind=kind, aggregate=aggregate, zero=zero, start=start, end=end, interval=interval, **kw)
+    return series[0]["points"]
+
+
+def _chart(page: Any, chart_id: str) -> dict:
+    page.wait_for_selector(f"#{chart_id}[data-drawn='1']", timeout=20_000)
+    result: dict = page.evaluate(
+        "id => { const d = document.getElementById(id).data[0]; return {x: Array.from(d.x), y: Array.from(d.y)}; }",
+        chart_id,
+    )
+    return result
+
+
+def _assert_chart(chart: dict, points: list[dict]) -> None:
+    assert [x.replace("+00:00", "Z") for x in chart["x"]] == [p["t"] for p in points]
+    assert chart["y"] == [p["value"] for p in points]
+
+
+@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed (apt-get install -y chromium)")
+def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) -> None:
+    from playwright.sync_api import sync_playwright
+
+    _ensure_builtins()
+    get_user_model().objects.create_user(username="analyst", password=PASSWORD, is_staff=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{live_server.url}/dashboards/?range=7d")
+            # Not logged in: the admin login page, then back to the dashboard.
+            assert "/admin/login/" in page.url
+            page.fill("#id_username", "analyst")
+            page.fill("#id_password", PASSWORD)
+            page.click("input[type=submit]")
+            page.wait_for_url("**/dashboards/**")
+
+            start, end = _window(timedelta(days=7), 3600)
+            _assert_chart(_chart(page, "chart-views"), _truth(loaded, "views", start, end, "hour"))
+            _assert_chart(_chart(page, "chart-rebuffer_ratio"), _truth(loaded, "rebuffer_ratio", start, end, "hour"))
+            page.screenshot(path=str(SCREENSHOTS / "overview-7d.png"), full_page=True)
+
+            # Change the range: 30 days, per day.
+            page.select_option("#range", "30d")
+            page.click("#apply")
+            page.wait_for_url("**range=30d**")
+            start, end = _window(timedelta(days=30), 86400)
+            _assert_chart(_chart(page, "chart-views"), _truth(loaded, "views", start, end, "day"))
+            _assert_chart(_chart(page, "chart-watch_time_ms"), _truth(loaded, "watch_time_ms", start, end, "day"))
+            views_total = sum(1 for v in loaded.views if v["has_view_start"] and start <= v["start_ts"] < end)
+            assert page.inner_text("#total-chart-views").split()[0] == str(views_total)
+            breakdown = _chart(page, "breakdown-views")
+            assert len(breakdown["x"]) == len(gen.DIM_VALUES["country"])
+            page.screenshot(path=str(SCREENSHOTS / "overview-30d.png"), full_page=True)
+
+            # Open the page of the most viewed video.
+            link = page.locator("#top-videos a").first
+            video_id = link.inner_text()
+            link.click()
+            page.wait_for_url(f"**/dashboards/videos/{video_id}**")
+            assert page.inner_text("#video-id") == video_id
+            start, end = _window(timedelta(days=30), 86400)
+            _assert_chart(
+                _chart(page, "chart-views"),
+                _truth(loaded, "views", start, end, "day", filters=[("videoId", video_id)]),
+            )
+            page.screenshot(path=str(SCREENSHOTS / "video.png"), full_page=True)
+
+            page.goto(f"{live_server.url}/dashboards/live")
+            page.wait_for_selector("#lag-value")
+            _chart(page, "live-events")
+            page.screenshot(path=str(SCREENSHOTS / "live.png"), full_page=True)
+        finally:
+            browser.close()
