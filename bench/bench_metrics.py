@@ -81,7 +81,7 @@ def generate(client: Any, *, events: int, days: int, end: datetime) -> dict[str,
                number % 8, number
         FROM (SELECT number, intDiv(number, {per_view}) AS v, number % {per_view} AS k, {view_cols}
               FROM numbers({views * per_view}))
-        """,  # noqa: S608 - constants of this script
+        """,
         settings={"max_insert_threads": 2},
     )
     client.execute(
@@ -98,11 +98,18 @@ def generate(client: Any, *, events: int, days: int, end: datetime) -> dict[str,
             outcome >= 95 AND outcome < 97, outcome >= 97 OR (outcome < 90 AND cityHash64(v, 8) % 50 = 0),
             outcome >= 90 AND outcome < 95, 280000, NULL, {per_view}, 'ended', generateUUIDv4(v), v % 8, v
         FROM (SELECT number AS v, {view_cols} FROM numbers({views}))
-        """,  # noqa: S608 - constants of this script
+        """,
     )
     counts = {}
-    for table in ("events", "view_summaries", "event_rollup_minute", "event_rollup_hour", "view_rollup_minute", "view_rollup_hour"):
-        counts[table] = client.execute(f"SELECT count() FROM {table}")[0][0]  # noqa: S608
+    for table in (
+        "events",
+        "view_summaries",
+        "event_rollup_minute",
+        "event_rollup_hour",
+        "view_rollup_minute",
+        "view_rollup_hour",
+    ):
+        counts[table] = client.execute(f"SELECT count() FROM {table}")[0][0]
     return counts
 
 
@@ -155,7 +162,9 @@ def main() -> None:
         client = client_get()
         started = time.perf_counter()
         counts = generate(client, events=args.events, days=args.days, end=end)
-        print(f"generated in {time.perf_counter() - started:.1f} s: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+        print(
+            f"generated in {time.perf_counter() - started:.1f} s: " + ", ".join(f"{k}={v:,}" for k, v in counts.items())
+        )
         client.execute("OPTIMIZE TABLE event_rollup_hour FINAL")  # what background merges do over time
         client.execute("OPTIMIZE TABLE view_rollup_hour FINAL")
 
@@ -181,16 +190,47 @@ def main() -> None:
         month = (end - timedelta(days=args.days), end)
         day = (end - timedelta(hours=24), end)
         queries: list[tuple[str, dict[str, Any]]] = [
-            ("30-day hourly series (views, events, rebuffer_ratio)",
-             {"metric": ["views", "events", "rebuffer_ratio"], "from": iso(month[0]), "to": iso(month[1]), "interval": "hour"}),
-            ("24-hour per-minute series (events, errors)",
-             {"metric": ["events", "errors"], "from": iso(day[0]), "to": iso(day[1]), "interval": "minute"}),
-            ("30-day breakdown by 50 videos (views, watch_time_ms)",
-             {"metric": ["views", "watch_time_ms"], "from": iso(month[0]), "to": iso(month[1]), "groupBy": "videoId", "limit": 50}),
-            ("30-day hourly startup p95 (view summaries, no rollup)",
-             {"metric": ["video_startup_time_ms_p95"], "from": iso(month[0]), "to": iso(month[1]), "interval": "hour"}),
-            ("30-day hourly events, range cut at :00:01 (raw events)",
-             {"metric": ["events"], "from": iso(month[0] + timedelta(seconds=1)), "to": iso(month[1]), "interval": "hour"}),
+            (
+                "30-day hourly series (views, events, rebuffer_ratio)",
+                {
+                    "metric": ["views", "events", "rebuffer_ratio"],
+                    "from": iso(month[0]),
+                    "to": iso(month[1]),
+                    "interval": "hour",
+                },
+            ),
+            (
+                "24-hour per-minute series (events, errors)",
+                {"metric": ["events", "errors"], "from": iso(day[0]), "to": iso(day[1]), "interval": "minute"},
+            ),
+            (
+                "30-day breakdown by 50 videos (views, watch_time_ms)",
+                {
+                    "metric": ["views", "watch_time_ms"],
+                    "from": iso(month[0]),
+                    "to": iso(month[1]),
+                    "groupBy": "videoId",
+                    "limit": 50,
+                },
+            ),
+            (
+                "30-day hourly startup p95 (view summaries, no rollup)",
+                {
+                    "metric": ["video_startup_time_ms_p95"],
+                    "from": iso(month[0]),
+                    "to": iso(month[1]),
+                    "interval": "hour",
+                },
+            ),
+            (
+                "30-day hourly events, range cut at :00:01 (raw events)",
+                {
+                    "metric": ["events"],
+                    "from": iso(month[0] + timedelta(seconds=1)),
+                    "to": iso(month[1]),
+                    "interval": "hour",
+                },
+            ),
         ]
 
         def http_get(params: dict[str, Any]) -> dict:
@@ -213,7 +253,10 @@ def main() -> None:
 
         definitions = {d.name: d.compile() for d in MetricDefinition.objects.all()}
         print(f"\n{args.requests} sequential requests per query, cache off; milliseconds")
-        print(f"{'query':58} {'tables':38} {'HTTP p50':>8} {'p95':>7} {'p99':>7} | {'driver p50':>10} {'p95':>7} {'p99':>7}")
+        print(
+            f"{'query':58} {'tables':38} {'HTTP p50':>8} {'p95':>7} {'p99':>7} | "
+            f"{'driver p50':>10} {'p95':>7} {'p99':>7}"
+        )
         for label, params in queries:
             request = query.MetricRequest(
                 start=datetime.fromisoformat(params["from"]),
@@ -226,7 +269,7 @@ def main() -> None:
             tables = ",".join(sorted({b.table for b in built}))
             http_samples = measure(lambda p=params: http_get(p), args.requests)
             direct = client_get()
-            driver_samples = measure(lambda: [direct.execute(b.sql, b.params) for b in built], args.requests)
+            driver_samples = measure(lambda c=direct, qs=built: [c.execute(b.sql, b.params) for b in qs], args.requests)
             direct.disconnect()
             h, d = percentiles(http_samples), percentiles(driver_samples)
             print(f"{label:58} {tables:38} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f} | {d[0]:10.1f} {d[1]:7.1f} {d[2]:7.1f}")

@@ -43,7 +43,22 @@ class MetricDefinitionForm(forms.ModelForm):
 
     class Meta:
         model = MetricDefinition
-        fields = "__all__"
+        fields = (
+            "name",
+            "description",
+            "unit",
+            "source",
+            "aggregation",
+            "measure",
+            "quantile",
+            "conditions",
+            "event_types",
+            "numerator_aggregation",
+            "denominator_aggregation",
+            "denominator_measure",
+            "denominator_conditions",
+            "dimensions",
+        )
         help_texts = {"measure": _vocabulary_help()}
 
 
@@ -59,7 +74,14 @@ class MetricDefinitionAdmin(admin.ModelAdmin):
         ("Aggregation", {"fields": ("aggregation", "measure", "quantile", "conditions", "event_types")}),
         (
             "Ratio (aggregation = ratio): numerator uses measure/conditions above",
-            {"fields": ("numerator_aggregation", "denominator_aggregation", "denominator_measure", "denominator_conditions")},
+            {
+                "fields": (
+                    "numerator_aggregation",
+                    "denominator_aggregation",
+                    "denominator_measure",
+                    "denominator_conditions",
+                )
+            },
         ),
         ("Dimensions", {"fields": ("dimensions",)}),
         ("Preview", {"fields": ("preview", "created_at", "updated_at")}),

@@ -33,7 +33,7 @@ class MetricsQueryApi(APIView):
     class InputSerializer(serializers.Serializer):
         metric = serializers.ListField(child=serializers.CharField(max_length=64), min_length=1, max_length=20)
         interval = serializers.ChoiceField(choices=list(query.INTERVALS), required=False)
-        groupBy = serializers.ListField(  # noqa: N815 - the wire name of API.md
+        groupBy = serializers.ListField(
             child=serializers.ChoiceField(choices=list(query.DIMENSIONS)), required=False, max_length=3
         )
         filter = serializers.ListField(child=serializers.CharField(max_length=300), required=False, max_length=20)

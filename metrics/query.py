@@ -18,6 +18,7 @@ It is pure: no Django, no connection, so it can be tested and benchmarked on its
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -297,9 +298,8 @@ def _check_term(term: Term, *, measures: Mapping[str, str], flags: Mapping[str, 
             f"{term.aggregation} needs a measure, one of: {', '.join(sorted(measures))}",
             field=f"{prefix}measure",
         )
-    if term.aggregation == "quantile":
-        if term.quantile is None or not 0 < term.quantile < 1:
-            raise QueryError("quantile needs a level strictly between 0 and 1", field="quantile")
+    if term.aggregation == "quantile" and (term.quantile is None or not 0 < term.quantile < 1):
+        raise QueryError("quantile needs a level strictly between 0 and 1", field="quantile")
     _check_conditions(term.conditions, flags, field_name=f"{prefix}conditions")
 
 
@@ -394,7 +394,7 @@ class BuiltQuery:
 
 
 def _epoch_ms(moment: datetime) -> int:
-    return int(round(moment.astimezone(UTC).timestamp() * 1000))
+    return round(moment.astimezone(UTC).timestamp() * 1000)
 
 
 def request_validate(metric: CompiledMetric, request: MetricRequest) -> None:
@@ -577,7 +577,7 @@ def _render(
         params["limit"] = request.limit
         keys = ", ".join(group_keys)
         top = (
-            f"SELECT {', '.join(group_cols)} FROM {target.table} WHERE {where_sql} "
+            f"SELECT {', '.join(group_cols)} FROM {target.table} WHERE {where_sql} "  # noqa: S608 - see module doc
             f"GROUP BY {keys} ORDER BY {value} DESC NULLS LAST, {keys} LIMIT %(limit)s"
         )
         key_tuple = f"({', '.join(dims[d] for d in request.group_by)})"
@@ -592,19 +592,19 @@ def _render(
         select.append(f"{value} AS m_value")
         sets = f"({', '.join([*group_keys, 'm_bucket'])}), ({', '.join(group_keys)})"
         sql = (
-            f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql} "
+            f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql} "  # noqa: S608 - see module doc
             f"GROUP BY GROUPING SETS ({sets}) ORDER BY m_total, m_bucket"
         )
     elif group_keys:
-        select += ["0 AS m_bucket", "1 AS is_total", f"{value} AS m_value"]
+        select += ["0 AS m_bucket", "1 AS m_total", f"{value} AS m_value"]
         keys = ", ".join(group_keys)
         sql = (
-            f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql} "
+            f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql} "  # noqa: S608 - see module doc
             f"GROUP BY {keys} ORDER BY m_value DESC NULLS LAST, {keys} LIMIT %(limit)s"
         )
     else:
-        select += ["0 AS m_bucket", "1 AS is_total", f"{value} AS m_value"]
-        sql = f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql}"
+        select += ["0 AS m_bucket", "1 AS m_total", f"{value} AS m_value"]
+        sql = f"SELECT {', '.join(select)} FROM {target.table} WHERE {where_sql}"  # noqa: S608 - see module doc
     return BuiltQuery(
         sql=sql,
         params=params,
@@ -639,7 +639,7 @@ def _json_number(value: Any) -> float | int | None:
     if value is None:
         return None
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if math.isnan(value) or math.isinf(value):
             return None
         return value
     return int(value)
@@ -693,7 +693,7 @@ def ingestion_lag_build(*, since: datetime) -> BuiltQuery:
     """
     source = SOURCES["events"]
     sql = (
-        "SELECT toUnixTimestamp64Milli(max(received_at)), toUnixTimestamp64Milli(max(ts)), count() "
+        "SELECT toUnixTimestamp64Milli(max(received_at)), toUnixTimestamp64Milli(max(ts)), count() "  # noqa: S608
         f"FROM {source.table} WHERE received_at >= fromUnixTimestamp64Milli(%(since_ms)s, 'UTC')"
     )
     return BuiltQuery(

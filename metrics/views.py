@@ -143,16 +143,20 @@ def _dashboard(request: HttpRequest, *, video_id: str | None) -> HttpResponse:
     if breakdown not in BREAKDOWN_DIMENSIONS or (video_id and breakdown == "videoId"):
         breakdown = "country"
     filters = [("videoId", video_id)] if video_id else []
-    common = {"start": window.start, "end": window.end, "filters": filters}
+    start, end = window.start, window.end
     try:
-        series = metric_timeseries_get(metrics=_available(QOE_METRICS), interval=window.interval, **common)
+        series = metric_timeseries_get(
+            metrics=_available(QOE_METRICS), start=start, end=end, filters=filters, interval=window.interval
+        )
         by_dim = metric_timeseries_get(
-            metrics=_available(BREAKDOWN_METRICS), group_by=[breakdown], limit=10, **common
+            metrics=_available(BREAKDOWN_METRICS), start=start, end=end, filters=filters, group_by=[breakdown], limit=10
         )
         top_videos = (
             None
             if video_id
-            else metric_timeseries_get(metrics=_available(("views",)), group_by=["videoId"], limit=20, **common)
+            else metric_timeseries_get(
+                metrics=_available(("views",)), start=start, end=end, filters=filters, group_by=["videoId"], limit=20
+            )
         )
     except ApplicationError as exc:
         return render(request, "metrics/error.html", {"message": exc.message}, status=exc.status_code)
@@ -160,7 +164,11 @@ def _dashboard(request: HttpRequest, *, video_id: str | None) -> HttpResponse:
     videos = []
     if top_videos and top_videos["metrics"]:
         videos = [
-            {"id": s["group"]["videoId"], "views": s["total"], "url": reverse("metrics:video", args=[s["group"]["videoId"]])}
+            {
+                "id": s["group"]["videoId"],
+                "views": s["total"],
+                "url": reverse("metrics:video", args=[s["group"]["videoId"]]),
+            }
             for s in top_videos["metrics"][0]["series"]
             if s["group"]["videoId"]
         ]

@@ -13,7 +13,7 @@ from rest_framework.test import APIClient
 from analytics_platform.clickhouse import client_get
 from tests.metrics import data as gen
 
-PASSWORD = "correct-horse-battery-staple"  # noqa: S105 - test user
+PASSWORD = "correct-horse-battery-staple"
 
 
 def dataset_base() -> datetime:

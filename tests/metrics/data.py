@@ -33,16 +33,62 @@ API_TO_COL = {
     "player": "player",
     "type": "type",
 }
-EVENT_COLUMNS = (
-    "event_id type ts user_id session_id video_id client_ts received_at position_ms bitrate_kbps error_code "
-    "error_message fatal device os browser country cdn player properties late kafka_partition kafka_offset"
-).split()
-VIEW_COLUMNS = (
-    "session_id user_id video_id start_ts end_ts device os browser country cdn player has_view_start started "
-    "startup_time_ms watch_time_ms rebuffer_count rebuffer_duration_ms error_count fatal_error_count start_failure "
-    "playback_failure exit_before_start max_position_ms completion event_count close_reason video_watched_id "
-    "kafka_partition kafka_offset"
-).split()
+EVENT_COLUMNS = [
+    "event_id",
+    "type",
+    "ts",
+    "user_id",
+    "session_id",
+    "video_id",
+    "client_ts",
+    "received_at",
+    "position_ms",
+    "bitrate_kbps",
+    "error_code",
+    "error_message",
+    "fatal",
+    "device",
+    "os",
+    "browser",
+    "country",
+    "cdn",
+    "player",
+    "properties",
+    "late",
+    "kafka_partition",
+    "kafka_offset",
+]
+VIEW_COLUMNS = [
+    "session_id",
+    "user_id",
+    "video_id",
+    "start_ts",
+    "end_ts",
+    "device",
+    "os",
+    "browser",
+    "country",
+    "cdn",
+    "player",
+    "has_view_start",
+    "started",
+    "startup_time_ms",
+    "watch_time_ms",
+    "rebuffer_count",
+    "rebuffer_duration_ms",
+    "error_count",
+    "fatal_error_count",
+    "start_failure",
+    "playback_failure",
+    "exit_before_start",
+    "max_position_ms",
+    "completion",
+    "event_count",
+    "close_reason",
+    "video_watched_id",
+    "kafka_partition",
+    "kafka_offset",
+]
 
 
 @dataclass
@@ -171,8 +217,8 @@ def _count(flag: str | None = None) -> Callable[[list[dict]], float]:
 
 #: name -> (rows: "views" or "events", aggregate over the rows of one bucket/group, zero-filled?)
 TRUTH: dict[str, tuple[str, Callable[[list[dict]], Any], bool]] = {
-    "events": ("events", lambda rows: len(rows), True),
-    "errors": ("error_events", lambda rows: len(rows), True),
+    "events": ("events", len, True),
+    "errors": ("error_events", len, True),
     "views": ("views", _count("has_view_start"), True),
     "unique_viewers": ("views", lambda rows: len({r["user_id"] for r in rows if r["has_view_start"]}), True),
     "watch_time_ms": ("views", lambda rows: sum(r["watch_time_ms"] for r in rows), True),
@@ -258,7 +304,7 @@ def expected(
         while t < end.timestamp():
             buckets.append(t)
             t += step
-    series = []
+    series: list[dict[str, Any]] = []
     for key, members in groups.items():
         total = aggregate(members) if members else empty
         per_bucket: dict[int, list[dict]] = defaultdict(list)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,12 +50,44 @@ def _query(api: APIClient, **params: Any) -> dict:
 BASE = dataset_base()
 # (name, from, to, interval, groupBy, filters, limit): ranges that cut buckets and aligned ones.
 CASES = [
-    ("unaligned-hourly", BASE + timedelta(hours=1, minutes=30, seconds=13), BASE + timedelta(days=1, hours=5, minutes=10), "hour", [], [], 100),
+    (
+        "unaligned-hourly",
+        BASE + timedelta(hours=1, minutes=30, seconds=13),
+        BASE + timedelta(days=1, hours=5, minutes=10),
+        "hour",
+        [],
+        [],
+        100,
+    ),
     ("aligned-hourly-rollup", BASE, BASE + timedelta(days=2), "hour", [], [], 100),
-    ("daily-by-country-filtered", BASE + timedelta(hours=7), BASE + timedelta(days=3), "day", ["country"], [("device", "mobile")], 100),
-    ("minute-one-video", BASE + timedelta(hours=20, seconds=30), BASE + timedelta(hours=23, minutes=1), "minute", [], [("videoId", "video-0")], 100),
+    (
+        "daily-by-country-filtered",
+        BASE + timedelta(hours=7),
+        BASE + timedelta(days=3),
+        "day",
+        ["country"],
+        [("device", "mobile")],
+        100,
+    ),
+    (
+        "minute-one-video",
+        BASE + timedelta(hours=20, seconds=30),
+        BASE + timedelta(hours=23, minutes=1),
+        "minute",
+        [],
+        [("videoId", "video-0")],
+        100,
+    ),
     ("total-top3-videos", BASE, BASE + timedelta(days=3), None, ["videoId"], [], 3),
-    ("hourly-by-country-device-or", BASE + timedelta(days=1), BASE + timedelta(days=1, hours=12), "hour", ["country", "device"], [("cdn", "cdn-a"), ("os", "ios"), ("os", "linux")], 100),
+    (
+        "hourly-by-country-device-or",
+        BASE + timedelta(days=1),
+        BASE + timedelta(days=1, hours=12),
+        "hour",
+        ["country", "device"],
+        [("cdn", "cdn-a"), ("os", "ios"), ("os", "linux")],
+        100,
+    ),
     ("empty-range", BASE - timedelta(days=1), BASE - timedelta(hours=20), "hour", [], [], 100),
 ]
 
@@ -126,13 +157,24 @@ def test_metric_added_in_admin_is_queryable_at_once(loaded: gen.Dataset, staff_u
     response = admin.post("/admin/metrics/metricdefinition/add/", form)
     assert response.status_code == 302, response.content.decode()[:3000]
     start, end = BASE, BASE + timedelta(days=3)
-    body = _query(api, metric="avg_rebuffer_ms_mobile", **{"from": _iso(start), "to": _iso(end)}, interval="day", groupBy="device")
+    body = _query(
+        api, metric="avg_rebuffer_ms_mobile", **{"from": _iso(start), "to": _iso(end)}, interval="day", groupBy="device"
+    )
 
     def avg_started(rows: list[dict]) -> float | None:
         values = [r["rebuffer_duration_ms"] for r in rows if r["started"]]
         return sum(values) / len(values) if values else None
 
-    want = gen.expected(loaded, rows_kind="views", aggregate=avg_started, zero=False, start=start, end=end, interval="day", group_by=["device"])
+    want = gen.expected(
+        loaded,
+        rows_kind="views",
+        aggregate=avg_started,
+        zero=False,
+        start=start,
+        end=end,
+        interval="day",
+        group_by=["device"],
+    )
     assert body["metrics"][0]["unit"] == "ms"
     assert_series_equal(body["metrics"][0]["series"], want)
     # Its declared dimensions are enforced.
@@ -167,7 +209,11 @@ def test_admin_refuses_a_definition_that_does_not_compile(staff_user: Any) -> No
     assert "needs a measure" in response.content.decode()
     assert not MetricDefinition.objects.filter(name="broken").exists()
     form.update(
-        measure="", aggregation="ratio", numerator_aggregation="count", denominator_aggregation="count", conditions='["nope"]'
+        measure="",
+        aggregation="ratio",
+        numerator_aggregation="count",
+        denominator_aggregation="count",
+        conditions='["nope"]',
     )
     response = admin.post("/admin/metrics/metricdefinition/add/", form)
     assert response.status_code == 200 and "unknown condition" in response.content.decode()
@@ -198,7 +244,10 @@ def test_admin_change_page_shows_24h_preview(loaded: gen.Dataset, staff_user: An
         ({"metric": "views", "from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "to"),
         ({"metric": "views", "limit": "0"}, "limit"),
         ({"metric": "views", "limit": "many"}, "limit"),
-        ({"metric": "events", "from": "2025-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z", "interval": "minute"}, "interval"),
+        (
+            {"metric": "events", "from": "2025-01-01T00:00:00Z", "to": "2026-01-01T00:00:00Z", "interval": "minute"},
+            "interval",
+        ),
     ],
 )
 def test_invalid_parameters_give_400_naming_the_parameter(api: APIClient, params: dict, field: str) -> None:
@@ -238,7 +287,9 @@ def test_expired_token_gives_401_and_refresh_gives_a_new_one(staff_user: Any) ->
     assert bad.status_code == 401
 
 
-def test_identical_queries_are_served_from_cache(api: APIClient, loaded: gen.Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_identical_queries_are_served_from_cache(
+    api: APIClient, loaded: gen.Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from metrics import selectors
 
     cache.clear()
@@ -250,7 +301,13 @@ def test_identical_queries_are_served_from_cache(api: APIClient, loaded: gen.Dat
         return original(built)
 
     monkeypatch.setattr(selectors, "query_execute", counting)
-    params = {"metric": "events", "from": _iso(BASE), "to": _iso(BASE + timedelta(days=1)), "interval": "hour", "filter": ["country:US", "device:tv"]}
+    params = {
+        "metric": "events",
+        "from": _iso(BASE),
+        "to": _iso(BASE + timedelta(days=1)),
+        "interval": "hour",
+        "filter": ["country:US", "device:tv"],
+    }
     first = _query(api, **params)
     same = _query(api, **{**params, "filter": ["device:tv", "country:US"]})  # same question, other order
     assert first == same and len(calls) == 1
@@ -263,7 +320,9 @@ def test_identical_queries_are_served_from_cache(api: APIClient, loaded: gen.Dat
 
 def test_filter_values_are_bound_not_concatenated(api: APIClient, loaded: gen.Dataset) -> None:
     evil = "x') OR 1=1 --"
-    body = _query(api, metric="events", filter=f"country:{evil}", **{"from": _iso(BASE), "to": _iso(BASE + timedelta(days=3))})
+    body = _query(
+        api, metric="events", filter=f"country:{evil}", **{"from": _iso(BASE), "to": _iso(BASE + timedelta(days=3))}
+    )
     assert body["metrics"][0]["series"][0]["total"] == 0
 
 

@@ -45,7 +45,9 @@ def _window(span: timedelta, step: int) -> tuple[datetime, datetime]:
 
 def _truth(data: gen.Dataset, name: str, start: datetime, end: datetime, interval: str, **kw: Any) -> list[dict]:
     kind, aggregate, zero = gen.TRUTH[name]
-    series = gen.expected(data, rows_kind=kind, aggregate=aggregate, zero=zero, start=start, end=end, interval=interval, **kw)
+    series = gen.expected(
+        data, rows_kind=kind, aggregate=aggregate, zero=zero, start=start, end=end, interval=interval, **kw
+    )
     return series[0]["points"]
 
 
@@ -63,7 +65,9 @@ def _assert_chart(chart: dict, points: list[dict]) -> None:
     assert chart["y"] == [p["value"] for p in points]
 
 
-@pytest.mark.skipif(shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed (apt-get install -y chromium)")
+@pytest.mark.skipif(
+    shutil.which(CHROMIUM) is None, reason="Debian chromium is not installed (apt-get install -y chromium)"
+)
 def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -73,7 +77,13 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})

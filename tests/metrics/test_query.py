@@ -1,0 +1,134 @@
+"""The query builder on plain data: compilation errors, rollup choice, parameters never inlined."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from metrics import query
+
+NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def spec(**overrides: object) -> query.MetricSpec:
+    fields: dict = {"name": "m", "source": "views", "aggregation": "count", "conditions": ("has_view_start",)}
+    fields.update(overrides)
+    return query.MetricSpec(**fields)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"name": "Bad Name"}, "name"),
+        ({"source": "users"}, "source"),
+        ({"aggregation": "median"}, "aggregation"),
+        ({"aggregation": "sum", "measure": "watch_time_ms; DROP TABLE events"}, "measure"),
+        ({"aggregation": "count", "measure": "watch_time_ms"}, "measure"),
+        ({"aggregation": "quantile", "measure": "startup_time_ms", "quantile": 1.5}, "quantile"),
+        ({"conditions": ("started) OR (1=1",)}, "conditions"),
+        (
+            {"aggregation": "ratio", "numerator_aggregation": "avg", "denominator_aggregation": "count"},
+            "numerator_aggregation",
+        ),
+        ({"aggregation": "ratio", "numerator_aggregation": "count"}, "denominator_aggregation"),
+        ({"event_types": ("view_start",)}, "event_types"),  # view summaries have no event type
+        ({"dimensions": ("type",)}, "dimensions"),
+        ({"source": "events", "event_types": ("x' OR '1",), "conditions": ()}, "event_types"),
+        ({"source": "event_rollup_hour"}, "source"),  # rollups are chosen, not named, unless selectable
+    ],
+)
+def test_definitions_that_do_not_compile_name_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(query.QueryError) as excinfo:
+        query.metric_compile(spec(**overrides))
+    assert excinfo.value.field == field
+
+
+def test_values_are_parameters_never_sql() -> None:
+    metric = query.metric_compile(spec(source="events", conditions=(), event_types=("error",)))
+    evil = "US') OR 1=1 --"
+    request = query.MetricRequest(
+        start=NOW - timedelta(hours=5, seconds=3),
+        end=NOW,
+        interval="hour",
+        group_by=("country",),
+        filters=(("country", evil),),
+        limit=7,
+    )
+    built = query.query_build(metric, request)
+    assert evil not in built.sql and "error" not in built.sql.replace("%(event_types)s", "")
+    assert built.params["f0"] == [evil] and built.params["event_types"] == ["error"] and built.params["limit"] == 7
+    assert "%(start_ms)s" in built.sql and "%(end_ms)s" in built.sql
+
+
+def test_rollup_choice() -> None:
+    views = query.metric_compile(spec())
+    p95 = query.metric_compile(
+        spec(aggregation="quantile", measure="startup_time_ms", quantile=0.95, conditions=("started",))
+    )
+    day = NOW.replace(hour=0)
+
+    def table(metric: query.CompiledMetric, **kw: object) -> str:
+        return query.query_build(metric, query.MetricRequest(**kw)).table  # type: ignore[arg-type]
+
+    assert table(views, start=day - timedelta(days=7), end=day, interval="day") == "view_rollup_hour"
+    assert table(views, start=day - timedelta(days=7), end=day) == "view_rollup_hour"
+    assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="minute") == "view_rollup_minute"
+    assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="hour") == "view_rollup_minute"
+    assert table(views, start=NOW - timedelta(minutes=90, seconds=1), end=NOW, interval="hour") == "view_summaries"
+    # Beyond the minute rollup's 30-day TTL, the hour rollup; beyond 400 days, the raw table.
+    assert table(
+        views, start=NOW - timedelta(days=40), end=NOW - timedelta(days=39, minutes=59), interval="minute"
+    ) == ("view_summaries")
+    assert table(views, start=NOW - timedelta(days=500), end=NOW, interval="day") == "view_summaries"
+    assert table(p95, start=day - timedelta(days=7), end=day, interval="day") == "view_summaries"
+    avg_startup = query.metric_compile(spec(aggregation="avg", measure="startup_time_ms", conditions=("started",)))
+    assert table(avg_startup, start=day - timedelta(days=1), end=day, interval="hour") == "view_rollup_hour"
+    negated = query.metric_compile(spec(conditions=("!started",)))
+    assert table(negated, start=day - timedelta(days=1), end=day, interval="hour") == "view_summaries"
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"end": NOW - timedelta(days=2)}, "to"),
+        ({"interval": "fortnight"}, "interval"),
+        ({"interval": "minute", "start": NOW - timedelta(days=60)}, "interval"),
+        ({"limit": 0}, "limit"),
+        ({"group_by": ("type",)}, "groupBy"),
+        ({"filters": (("type", "error"),)}, "filter"),
+    ],
+)
+def test_requests_outside_the_definition_are_refused(kw: dict, field: str) -> None:
+    fields: dict = {"start": NOW - timedelta(days=1), "end": NOW}
+    fields.update(kw)
+    with pytest.raises(query.QueryError) as excinfo:
+        query.query_build(query.metric_compile(spec()), query.MetricRequest(**fields))
+    assert excinfo.value.field == field
+
+
+def test_empty_buckets_are_zero_for_counts_and_null_for_ratios() -> None:
+    request = query.MetricRequest(start=NOW - timedelta(hours=3, minutes=30), end=NOW, interval="hour")
+    count = query.metric_compile(spec())
+    ratio = query.metric_compile(
+        spec(
+            aggregation="ratio",
+            numerator_aggregation="count",
+            conditions=("start_failure",),
+            denominator_aggregation="count",
+            denominator_conditions=("has_view_start",),
+        )
+    )
+    first = int((NOW - timedelta(hours=4)).timestamp())
+    rows = [(first + 3600, 0, 5), (0, 1, 5)]
+    assert [p["value"] for p in query.series_assemble(count, request, rows)[0]["points"]] == [0, 5, 0, 0]
+    assert [
+        p["value"] for p in query.series_assemble(ratio, request, [(first + 3600, 0, 0.5), (0, 1, 0.5)])[0]["points"]
+    ] == [
+        None,
+        0.5,
+        None,
+        None,
+    ]
+    assert query.series_assemble(ratio, request, [])[0]["total"] is None
+    assert query.series_assemble(count, request, [])[0]["total"] == 0
