@@ -50,6 +50,10 @@ def quote_literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def quote_identifier(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
 @dataclass(slots=True)
 class _Applied:
     value: str
@@ -62,14 +66,25 @@ class EngineConnection:
     def __init__(self, data_dir: str) -> None:
         with _CONNECT_LOCK:
             self._conn: Any = _chdb.connect(data_dir)
+        self._data_dir = data_dir
         # Query-scoped settings currently applied with SET, restored lazily: clients usually send
         # the same settings with every query, so most queries need no extra statement.
         self._applied: dict[str, _Applied] = {}
+        self.database = "default"
+        # Second connection for DESCRIBE while a stream is open on the first (see describe_query).
+        self._side: EngineConnection | None = None
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+        if self._side is not None:
+            self._side.close()
+            self._side = None
+
+    def refresh_database(self) -> None:
+        """Re-read the current database after a ``USE``."""
+        self.database = str(self.execute_text("SELECT currentDatabase()")[0][0])
 
     # --- statements -----------------------------------------------------------------------
 
@@ -121,11 +136,23 @@ class EngineConnection:
             raise ServerError.make(16, f"No such column {missing[0]} in table {table}")
         return [(name, types[name]) for name in columns]
 
-    def describe_query(self, sql: str) -> list[tuple[str, str]] | None:
-        """Result columns of a SELECT, for the header of an empty result; None if unknown."""
+    def describe_query(self, sql: str, *, while_streaming: bool = False) -> list[tuple[str, str]] | None:
+        """Result columns of a SELECT; None if chdb cannot describe it.
+
+        ``while_streaming`` runs the DESCRIBE on a second connection (opened on first use, set to
+        the same current database), because any statement on this one ends its open stream.
+        """
+        target = self
+        if while_streaming:
+            if self._side is None:
+                self._side = EngineConnection(self._data_dir)
+            target = self._side
+            if target.database != self.database:
+                target.execute(f"USE {quote_identifier(self.database)}")
+                target.database = self.database
         body = sql.strip().rstrip(";")
         try:
-            rows = self.execute_text(f"DESCRIBE ({body})")
+            rows = target.execute_text(f"DESCRIBE ({body})")
         except ServerError:
             return None
         return [(row[0], row[1]) for row in rows]

@@ -23,8 +23,17 @@ import uuid
 from dataclasses import dataclass
 
 from .compression import METHOD_LZ4, FrameSource, compress_frames
-from .engine import EngineConnection, Stream
-from .native import BlockShape, UnsupportedType, encode_header, header_of, skip_block, skip_block_info, split_blocks
+from .engine import EngineConnection, Stream, quote_identifier
+from .native import (
+    BlockShape,
+    UnsupportedType,
+    encode_header,
+    header_of,
+    retype_block,
+    skip_block,
+    skip_block_info,
+    split_blocks,
+)
 from .protocol import (
     BLOCK_INFO,
     END_OF_STREAM,
@@ -177,7 +186,8 @@ class Session:
         self.engine = EngineConnection(self.config.data_dir)
         if hello.database:
             try:
-                self.engine.execute(f"USE `{hello.database.replace('`', '``')}`")
+                self.engine.execute(f"USE {quote_identifier(hello.database)}")
+                self.engine.database = hello.database
             except ServerError as error:
                 self._send_error(error)
                 return False
@@ -273,6 +283,8 @@ class Session:
                 self._select(sql, stream)
         else:
             self._statement(sql)
+            if keyword == "USE":
+                self.engine.refresh_database()
 
     def _select(self, sql: str, stream: Stream) -> None:
         assert self.engine is not None
@@ -285,22 +297,41 @@ class Session:
                     self._send_block(encode_header(columns))
                 self._finish_select(stream, 0)
                 return
+            retype: dict[int, str] = {}
             try:
-                self._send_block(encode_header(header_of(first).columns))
+                columns = header_of(first).columns
+                retype = self._declared_datetime_types(sql, columns)
+                for index, type_name in retype.items():
+                    columns[index] = (columns[index][0], type_name)
+                self._send_block(encode_header(columns))
             except UnsupportedType:
                 pass  # rows still reach the client; only with_column_types misses the names
-            self._send_block(first)
+            self._send_block(retype_block(first, retype) if retype else first)
             count = 1
             for chunk in chunks:
                 if self._cancel_requested():
                     stream.cancel()
                     break
-                self._send_block(chunk)
+                self._send_block(retype_block(chunk, retype) if retype else chunk)
                 count += 1
             self._finish_select(stream, count)
         except BaseException:
             stream.cancel()
             raise
+
+    def _declared_datetime_types(self, sql: str, columns: list[tuple[str, str]]) -> dict[int, str]:
+        """Time zones chdb's Native output dropped from ``DateTime('tz')`` columns (see retype_block)."""
+        assert self.engine is not None
+        if not any(type_name == "DateTime" for _, type_name in columns):
+            return {}
+        declared = self.engine.describe_query(sql, while_streaming=True)
+        if declared is None or len(declared) != len(columns):
+            return {}
+        return {
+            index: declared[index][1]
+            for index, (_, type_name) in enumerate(columns)
+            if type_name == "DateTime" and declared[index][1].startswith("DateTime(")
+        }
 
     def _finish_select(self, stream: Stream, blocks: int) -> None:
         progress = Progress(rows=stream.rows, bytes=stream.bytes)
