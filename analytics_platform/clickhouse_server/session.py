@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from .compression import METHOD_LZ4, FrameSource, compress_frames
 from .engine import EngineConnection, Stream, quote_identifier
@@ -70,6 +71,7 @@ class SessionConfig:
     timezone: str
     version: tuple[int, int, int]
     display_name: str
+    spool_dir: Path
     user: str | None = None
     password: str | None = None
 
@@ -374,19 +376,13 @@ class Session:
     def _insert(self, target: InsertTarget, blocks: ByteReader) -> None:
         assert self.engine is not None
         columns = self.engine.insert_columns(target.table, target.columns)
-        insert = self.engine.begin_insert(target.statement)
+        insert = self.engine.begin_insert(target.head, target.settings, self.config.spool_dir)
         try:
             self._send_block(encode_header(columns))
-            error: ServerError | None = None
             while (block := self._read_block(blocks)) is not None:
                 shape, data = block
-                if error is None and shape.rows:
-                    try:
-                        insert.append(data)
-                    except ServerError as exc:
-                        error = exc  # keep reading: the client sends all its blocks first
-            if error is not None:
-                raise error
+                if shape.rows:
+                    insert.append(data)
             rows, nbytes = insert.finish()
         except _Cancelled:
             insert.cancel()
