@@ -17,6 +17,10 @@ from clickhouse_driver import Client
 from analytics_platform.clickhouse_server.testing import ServerProcess, start_server_process
 
 
+# Runs in a subprocess with its own Django settings (see test_django.py).
+collect_ignore = ["django_part"]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "clickhouse: needs the embedded ClickHouse server (started by the test)")
 
