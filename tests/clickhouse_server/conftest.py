@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from clickhouse_driver import Client
 
 from analytics_platform.clickhouse_server.testing import ServerProcess, start_server_process
-
 
 # Runs in a subprocess with its own Django settings (see test_django.py).
 collect_ignore = ["django_part"]
@@ -61,4 +59,3 @@ def table_name(client: Client) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
     client.execute(f"DROP TABLE IF EXISTS {name}")
-

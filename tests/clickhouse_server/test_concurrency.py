@@ -20,10 +20,13 @@ pytestmark = pytest.mark.clickhouse
 WORKERS = 4
 
 
-def test_four_processes_insert_and_query_concurrently(clickhouse_server: ServerProcess, client: Client, table_name: str) -> None:
+def test_four_processes_insert_and_query_concurrently(
+    clickhouse_server: ServerProcess, client: Client, table_name: str
+) -> None:
     seconds = float(os.environ.get("CH_CONCURRENCY_SECONDS", "60"))
     client.execute(
-        f"CREATE TABLE {table_name} (worker UInt8, seq UInt64, payload String) ENGINE = MergeTree ORDER BY (worker, seq)"
+        f"CREATE TABLE {table_name} (worker UInt8, seq UInt64, payload String)"
+        " ENGINE = MergeTree ORDER BY (worker, seq)"
     )
     context = multiprocessing.get_context("spawn")
 
@@ -35,7 +38,9 @@ def test_four_processes_insert_and_query_concurrently(clickhouse_server: ServerP
 
     counts = dict(client.execute(f"SELECT worker, count() FROM {table_name} GROUP BY worker"))
     assert counts == {w: inserted for w, (inserted, _) in enumerate(results)}
-    distinct = client.execute(f"SELECT worker, uniqExact(seq), max(seq) + 1 FROM {table_name} GROUP BY worker ORDER BY worker")
+    distinct = client.execute(
+        f"SELECT worker, uniqExact(seq), max(seq) + 1 FROM {table_name} GROUP BY worker ORDER BY worker"
+    )
     assert distinct == [(w, inserted, inserted) for w, (inserted, _) in enumerate(results)]
     assert all(queries > 0 for _, queries in results)
     print(f"{seconds:.0f}s: rows per worker {[r for r, _ in results]}, queries {[q for _, q in results]}")

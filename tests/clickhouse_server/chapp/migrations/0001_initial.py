@@ -7,29 +7,29 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='VideoView',
+            name="VideoView",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('video_id', clickhouse_backend.models.UInt32Field()),
-                ('country', clickhouse_backend.models.StringField(default='', low_cardinality=True)),
-                ('watched_seconds', clickhouse_backend.models.UInt32Field(default=0)),
-                ('completed', clickhouse_backend.models.BoolField(default=False)),
-                ('started_at', clickhouse_backend.models.DateTime64Field(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("video_id", clickhouse_backend.models.UInt32Field()),
+                ("country", clickhouse_backend.models.StringField(default="", low_cardinality=True)),
+                ("watched_seconds", clickhouse_backend.models.UInt32Field(default=0)),
+                ("completed", clickhouse_backend.models.BoolField(default=False)),
+                ("started_at", clickhouse_backend.models.DateTime64Field(default=django.utils.timezone.now)),
             ],
             options={
-                'engine': clickhouse_backend.models.MergeTree(order_by=('video_id', 'started_at'), partition_by=clickhouse_backend.models.toYYYYMM('started_at')),
+                "engine": clickhouse_backend.models.MergeTree(
+                    order_by=("video_id", "started_at"), partition_by=clickhouse_backend.models.toYYYYMM("started_at")
+                ),
             },
             managers=[
-                ('objects', django.db.models.manager.Manager()),
-                ('_overwrite_base_manager', django.db.models.manager.Manager()),
+                ("objects", django.db.models.manager.Manager()),
+                ("_overwrite_base_manager", django.db.models.manager.Manager()),
             ],
         ),
     ]
