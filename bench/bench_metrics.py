@@ -56,7 +56,7 @@ def _dim(name: str, salt: int) -> str:
 def generate(client: Any, *, events: int, days: int, end: datetime) -> dict[str, int]:
     """Raw events and view summaries with ClickHouse generators; returns row counts."""
     per_view = 30
-    views = events // per_view
+    views = -(-events // per_view)  # at least `events` rows
     span_ms = days * 86_400_000
     start_ms = int(end.timestamp() * 1000) - span_ms
     dims = ", ".join(_dim(name, salt) for salt, name in enumerate(DIMS, start=10))

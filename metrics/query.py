@@ -105,6 +105,9 @@ class Rollup:
     sums: Mapping[tuple[str, tuple[str, ...]], str] = field(default_factory=dict)
     #: The rollup's TTL: ranges starting further back are answered from the base table.
     retention_days: int | None = None
+    #: Planner hint: rows per bucket to expect (the cardinality of the key's dimensions). The
+    #: builder reads from the rollup with the fewest expected rows for the range.
+    rows_per_bucket: int = 1
     #: Analysts may name it as a definition's source (otherwise only chosen automatically).
     selectable: bool = False
 
@@ -170,55 +173,98 @@ SOURCES: dict[str, Source] = {
 }
 
 
-def _event_rollup(grain: str, seconds: int, retention_days: int) -> Rollup:
-    return Rollup(
-        key=f"event_rollup_{grain}",
-        label=f"Event counts per {grain}",
-        table=f"event_rollup_{grain}",
-        base="events",
-        granularity=seconds,
-        time_column="bucket",
-        dimensions=_EVENT_DIMENSIONS,
-        counts={(): "events", ("late",): "late_events"},
-        retention_days=retention_days,
-    )
-
-
-def _view_rollup(grain: str, seconds: int, retention_days: int) -> Rollup:
-    return Rollup(
-        key=f"view_rollup_{grain}",
-        label=f"View QoE sums per {grain} of view start",
-        table=f"view_rollup_{grain}",
-        base="views",
-        granularity=seconds,
-        time_column="bucket",
-        dimensions=_VIEW_DIMENSIONS,
-        counts={
-            ("has_view_start",): "views",
-            ("started",): "started_views",
-            ("start_failure",): "start_failures",
-            ("playback_failure",): "playback_failures",
-            ("exit_before_start",): "exits_before_start",
-        },
-        sums={
-            ("watch_time_ms", ()): "watch_time_ms",
-            ("rebuffer_duration_ms", ()): "rebuffer_duration_ms",
-            ("rebuffer_count", ()): "rebuffer_count",
-            ("startup_time_ms", ("started",)): "startup_time_ms_sum",
-        },
-        retention_days=retention_days,
-    )
-
-
-ROLLUPS: dict[str, Rollup] = {
-    r.key: r
-    for r in (
-        _event_rollup("minute", 60, 30),
-        _event_rollup("hour", 3600, 400),
-        _view_rollup("minute", 60, 30),
-        _view_rollup("hour", 3600, 400),
-    )
+_VIEW_COUNTS = {
+    ("has_view_start",): "views",
+    ("started",): "started_views",
+    ("start_failure",): "start_failures",
+    ("playback_failure",): "playback_failures",
+    ("exit_before_start",): "exits_before_start",
 }
+_VIEW_SUMS = {
+    ("watch_time_ms", ()): "watch_time_ms",
+    ("rebuffer_duration_ms", ()): "rebuffer_duration_ms",
+    ("rebuffer_count", ()): "rebuffer_count",
+    ("startup_time_ms", ("started",)): "startup_time_ms_sum",
+}
+_GRAINS = {"minute": (60, 30), "hour": (3600, 400)}  # seconds, TTL days (the tables' TTLs)
+
+
+def _rollups() -> list[Rollup]:
+    rollups = []
+    for grain, (seconds, ttl) in _GRAINS.items():
+        rollups += [
+            # streams: every dimension in the key (streams/migrations/0002_ttl_and_rollup_views.py)
+            Rollup(
+                key=f"event_rollup_{grain}",
+                label=f"Event counts per {grain} and every dimension",
+                table=f"event_rollup_{grain}",
+                base="events",
+                granularity=seconds,
+                time_column="bucket",
+                dimensions=_EVENT_DIMENSIONS,
+                counts={(): "events", ("late",): "late_events"},
+                retention_days=ttl,
+                rows_per_bucket=100_000,
+            ),
+            Rollup(
+                key=f"view_rollup_{grain}",
+                label=f"View QoE sums per {grain} of view start and every dimension",
+                table=f"view_rollup_{grain}",
+                base="views",
+                granularity=seconds,
+                time_column="bucket",
+                dimensions=_VIEW_DIMENSIONS,
+                counts=_VIEW_COUNTS,
+                sums=_VIEW_SUMS,
+                retention_days=ttl,
+                rows_per_bucket=100_000,
+            ),
+            # metrics: coarse keys for dashboard-sized questions (metrics/migrations/0003_...)
+            Rollup(
+                key=f"metrics_event_type_{grain}",
+                label=f"Event counts per {grain} and type",
+                table=f"metrics_event_type_{grain}",
+                base="events",
+                granularity=seconds,
+                time_column="bucket",
+                dimensions={"type": "type"},
+                counts={(): "events", ("late",): "late_events"},
+                retention_days=ttl,
+                rows_per_bucket=10,
+            ),
+            Rollup(
+                key=f"metrics_view_{grain}",
+                label=f"View QoE sums per {grain} of view start",
+                table=f"metrics_view_{grain}",
+                base="views",
+                granularity=seconds,
+                time_column="bucket",
+                dimensions={},
+                counts=_VIEW_COUNTS,
+                sums=_VIEW_SUMS,
+                retention_days=ttl,
+                rows_per_bucket=1,
+            ),
+        ]
+    rollups.append(
+        Rollup(
+            key="metrics_view_video_day",
+            label="View QoE sums per day of view start and video",
+            table="metrics_view_video_day",
+            base="views",
+            granularity=86400,
+            time_column="bucket",
+            dimensions={"videoId": "video_id"},
+            counts=_VIEW_COUNTS,
+            sums=_VIEW_SUMS,
+            retention_days=400,
+            rows_per_bucket=1_000,
+        )
+    )
+    return rollups
+
+
+ROLLUPS: dict[str, Rollup] = {r.key: r for r in _rollups()}
 
 
 def source_choices() -> list[tuple[str, str]]:
@@ -523,8 +569,9 @@ def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
         if rollup.retention_days is not None and request.start < now - timedelta(days=rollup.retention_days - 1):
             continue
         candidates.append(rollup)
-    # Coarser grain and fewer key columns mean fewer rows to read.
-    candidates.sort(key=lambda r: (-r.granularity, len(r.dimensions)))
+    # Fewest rows to read first: buckets in the range times the rows a bucket holds.
+    span = max(1, end_ms - start_ms) // 1000
+    candidates.sort(key=lambda r: (span // r.granularity + 1) * r.rows_per_bucket)
     targets = [_Target(source=metric.source, rollup=r) for r in candidates]
     targets.append(_Target(source=metric.source))
     return targets

@@ -97,7 +97,7 @@ def metric_timeseries_get(
     compiled = metric_definitions_get(names=metrics)
     defaulted = start is None and end is None
     now = datetime.now(UTC).replace(microsecond=0)
-    end = end or (start + timedelta(hours=24) if start else now)
+    end = end or now
     start = start or end - timedelta(hours=24)
     request = query.MetricRequest(
         start=start,

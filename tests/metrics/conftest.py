@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from analytics_platform.clickhouse import client_get
+from metrics import query
 from tests.metrics import data as gen
 
 PASSWORD = "correct-horse-battery-staple"
@@ -31,6 +32,9 @@ def _load(dataset: gen.Dataset) -> None:
     client = client_get()
     try:
         if client.execute("SELECT count() FROM events")[0][0] == 0:
+            # A flush empties the model tables, not the metrics rollups: empty those too.
+            for rollup in query.ROLLUPS.values():
+                client.execute(f"TRUNCATE TABLE {rollup.table}")
             gen.insert(client, dataset)
     finally:
         client.disconnect()

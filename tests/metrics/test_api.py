@@ -131,12 +131,17 @@ def test_rollups_are_used_when_they_answer(loaded: gen.Dataset) -> None:
     aligned = query.MetricRequest(start=BASE, end=BASE + timedelta(days=2), interval="hour")
     cut = query.MetricRequest(start=BASE + timedelta(seconds=1), end=BASE + timedelta(days=2), interval="hour")
     minute = query.MetricRequest(start=BASE, end=BASE + timedelta(hours=2), interval="minute")
-    assert query.query_build(views, aligned).table == "view_rollup_hour"
-    assert query.query_build(views, minute).table == "view_rollup_minute"
+    by_country = query.MetricRequest(start=BASE, end=BASE + timedelta(days=2), interval="hour", group_by=("country",))
+    by_video = query.MetricRequest(start=BASE, end=BASE + timedelta(days=2), group_by=("videoId",))
+    assert query.query_build(views, aligned).table == "metrics_view_hour"
+    assert query.query_build(views, minute).table == "metrics_view_minute"
+    assert query.query_build(views, by_country).table == "view_rollup_hour"
+    assert query.query_build(views, by_video).table == "metrics_view_video_day"
     assert query.query_build(views, cut).table == "view_summaries"
     assert query.query_build(p95, aligned).table == "view_summaries"  # quantiles need rows
     errors = MetricDefinition.objects.get(name="errors").compile()
-    assert query.query_build(errors, aligned).table == "event_rollup_hour"
+    assert query.query_build(errors, aligned).table == "metrics_event_type_hour"
+    assert query.query_build(errors, by_video).table == "event_rollup_hour"
 
 
 def test_metric_added_in_admin_is_queryable_at_once(loaded: gen.Dataset, staff_user: Any, api: APIClient) -> None:

@@ -71,10 +71,18 @@ def test_rollup_choice() -> None:
     def table(metric: query.CompiledMetric, **kw: object) -> str:
         return query.query_build(metric, query.MetricRequest(**kw)).table  # type: ignore[arg-type]
 
-    assert table(views, start=day - timedelta(days=7), end=day, interval="day") == "view_rollup_hour"
-    assert table(views, start=day - timedelta(days=7), end=day) == "view_rollup_hour"
-    assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="minute") == "view_rollup_minute"
-    assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="hour") == "view_rollup_minute"
+    assert table(views, start=day - timedelta(days=7), end=day, interval="day") == "metrics_view_hour"
+    assert table(views, start=day - timedelta(days=7), end=day) == "metrics_view_hour"
+    assert table(views, start=day - timedelta(days=7), end=day, group_by=("videoId",)) == "metrics_view_video_day"
+    hour = day + timedelta(hours=5)  # hour-aligned, not day-aligned
+    assert table(views, start=hour - timedelta(days=7), end=hour, group_by=("videoId",)) == "view_rollup_hour"
+    assert table(views, start=day - timedelta(days=7), end=day, group_by=("country",)) == "view_rollup_hour"
+    assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="minute") == "metrics_view_minute"
+    assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="hour") == "metrics_view_minute"
+    assert (
+        table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="minute", filters=(("country", "US"),))
+        == "view_rollup_minute"
+    )
     assert table(views, start=NOW - timedelta(minutes=90, seconds=1), end=NOW, interval="hour") == "view_summaries"
     # Beyond the minute rollup's 30-day TTL, the hour rollup; beyond 400 days, the raw table.
     assert table(
@@ -83,7 +91,7 @@ def test_rollup_choice() -> None:
     assert table(views, start=NOW - timedelta(days=500), end=NOW, interval="day") == "view_summaries"
     assert table(p95, start=day - timedelta(days=7), end=day, interval="day") == "view_summaries"
     avg_startup = query.metric_compile(spec(aggregation="avg", measure="startup_time_ms", conditions=("started",)))
-    assert table(avg_startup, start=day - timedelta(days=1), end=day, interval="hour") == "view_rollup_hour"
+    assert table(avg_startup, start=day - timedelta(days=1), end=day, interval="hour") == "metrics_view_hour"
     negated = query.metric_compile(spec(conditions=("!started",)))
     assert table(negated, start=day - timedelta(days=1), end=day, interval="hour") == "view_summaries"
 
