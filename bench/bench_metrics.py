@@ -53,8 +53,8 @@ def _dim(name: str, salt: int) -> str:
     return f"arrayElement({values}, 1 + cityHash64(v, {salt}) % length({values})) AS {name}"
 
 
-def generate(client: Any, *, events: int, days: int, end: datetime) -> dict[str, int]:
-    """Raw events and view summaries with ClickHouse generators; returns row counts."""
+def generate(client: Any, *, events: int, days: int, end: datetime) -> None:
+    """Raw events and view summaries with ClickHouse generators (the materialized views fill the rollups)."""
     per_view = 30
     views = -(-events // per_view)  # at least `events` rows
     span_ms = days * 86_400_000
@@ -100,17 +100,6 @@ def generate(client: Any, *, events: int, days: int, end: datetime) -> dict[str,
         FROM (SELECT number AS v, {view_cols} FROM numbers({views}))
         """,
     )
-    counts = {}
-    for table in (
-        "events",
-        "view_summaries",
-        "event_rollup_minute",
-        "event_rollup_hour",
-        "view_rollup_minute",
-        "view_rollup_hour",
-    ):
-        counts[table] = client.execute(f"SELECT count() FROM {table}")[0][0]
-    return counts
 
 
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
@@ -124,10 +113,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=10_000_000)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--data-dir", type=Path, help="reuse (or create and keep) this directory's data")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-metrics-"))
+    keep = args.data_dir is not None
+    tmp = args.data_dir or Path(tempfile.mkdtemp(prefix="bench-metrics-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    reuse = (tmp / "db.sqlite3").exists()
     ch = processes.clickhouse_start(data_dir=tmp / "clickhouse")
     web: subprocess.Popen[bytes] | None = None
     try:
@@ -153,20 +145,26 @@ def main() -> None:
         from metrics import query
         from metrics.models import MetricDefinition
 
-        database_ensure()
-        call_command("migrate", interactive=False, verbosity=0)
-        call_command("migrate", database="clickhouse", interactive=False, verbosity=0)
-        get_user_model().objects.create_user(username="bench", password="bench-password-123", is_staff=True)
-
-        end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        if not reuse:
+            database_ensure()
+            call_command("migrate", interactive=False, verbosity=0)
+            call_command("migrate", database="clickhouse", interactive=False, verbosity=0)
+            get_user_model().objects.create_user(username="bench", password="bench-password-123", is_staff=True)
+            client = client_get()
+            started = time.perf_counter()
+            end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+            (tmp / "end").write_text(end.isoformat())
+            generate(client, events=args.events, days=args.days, end=end)
+            print(f"generated in {time.perf_counter() - started:.1f} s", flush=True)
+            for table in query.ROLLUPS:  # what background merges do over time
+                client.execute(f"OPTIMIZE TABLE {table} FINAL")
+            client.disconnect()
         client = client_get()
-        started = time.perf_counter()
-        counts = generate(client, events=args.events, days=args.days, end=end)
-        print(
-            f"generated in {time.perf_counter() - started:.1f} s: " + ", ".join(f"{k}={v:,}" for k, v in counts.items())
-        )
-        client.execute("OPTIMIZE TABLE event_rollup_hour FINAL")  # what background merges do over time
-        client.execute("OPTIMIZE TABLE view_rollup_hour FINAL")
+        end = datetime.fromisoformat((tmp / "end").read_text())
+        print(f"data ends {end.isoformat()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        for table in ("events", "view_summaries", *query.ROLLUPS):
+            print(f"  {table:28} {client.execute(f'SELECT count() FROM {table}')[0][0]:>12,} rows")
+        client.disconnect()
 
         port = processes.free_port()
         web = subprocess.Popen(
@@ -186,12 +184,18 @@ def main() -> None:
         token = json.loads(conn.getresponse().read())["access"]
         headers = {"Authorization": f"Bearer {token}"}
 
-        iso = lambda d: d.isoformat().replace("+00:00", "Z")  # noqa: E731
-        month = (end - timedelta(days=args.days), end)
-        day = (end - timedelta(hours=24), end)
+        def iso(moment: datetime) -> str:
+            return moment.isoformat().replace("+00:00", "Z")
+
+        # The windows the dashboards send: a preset range ends at the next bucket boundary (views.py).
+        now = end - timedelta(hours=5, minutes=17, seconds=23)  # "now": a few hours before the data ends
+        next_hour = now.replace(minute=0, second=0) + timedelta(hours=1)
+        next_minute = now.replace(second=0) + timedelta(minutes=1)
+        next_day = now.replace(hour=0, minute=0, second=0) + timedelta(days=1)
+        month = (next_hour - timedelta(days=args.days), next_hour)
         queries: list[tuple[str, dict[str, Any]]] = [
             (
-                "30-day hourly series (views, events, rebuffer_ratio)",
+                "30-day hourly series: views, events, rebuffer_ratio",
                 {
                     "metric": ["views", "events", "rebuffer_ratio"],
                     "from": iso(month[0]),
@@ -200,11 +204,26 @@ def main() -> None:
                 },
             ),
             (
-                "24-hour per-minute series (events, errors)",
-                {"metric": ["events", "errors"], "from": iso(day[0]), "to": iso(day[1]), "interval": "minute"},
+                "24-hour per-minute series: events, errors",
+                {
+                    "metric": ["events", "errors"],
+                    "from": iso(next_minute - timedelta(hours=24)),
+                    "to": iso(next_minute),
+                    "interval": "minute",
+                },
             ),
             (
-                "30-day breakdown by 50 videos (views, watch_time_ms)",
+                "30-day breakdown by 50 videos: views, watch_time_ms",
+                {
+                    "metric": ["views", "watch_time_ms"],
+                    "from": iso(next_day - timedelta(days=args.days)),
+                    "to": iso(next_day),
+                    "groupBy": "videoId",
+                    "limit": 50,
+                },
+            ),
+            (
+                "  same, range ending on the hour (no day rollup)",
                 {
                     "metric": ["views", "watch_time_ms"],
                     "from": iso(month[0]),
@@ -214,7 +233,7 @@ def main() -> None:
                 },
             ),
             (
-                "30-day hourly startup p95 (view summaries, no rollup)",
+                "30-day hourly startup p95 (rows, quantile)",
                 {
                     "metric": ["video_startup_time_ms_p95"],
                     "from": iso(month[0]),
@@ -223,7 +242,7 @@ def main() -> None:
                 },
             ),
             (
-                "30-day hourly events, range cut at :00:01 (raw events)",
+                "30-day hourly events, range cut at :00:01 (raw)",
                 {
                     "metric": ["events"],
                     "from": iso(month[0] + timedelta(seconds=1)),
@@ -232,8 +251,12 @@ def main() -> None:
                 },
             ),
         ]
+        http_state: dict[str, Any] = {"port": port}
 
         def http_get(params: dict[str, Any]) -> dict:
+            conn = http_state.get("conn")
+            if conn is None:  # one keep-alive connection per phase (gunicorn closes idle ones after 30 s)
+                conn = http_state["conn"] = http.client.HTTPConnection("127.0.0.1", http_state["port"], timeout=60)
             conn.request("GET", "/metrics?" + urllib.parse.urlencode(params, doseq=True), headers=headers)
             response = conn.getresponse()
             body = response.read()
@@ -254,7 +277,7 @@ def main() -> None:
         definitions = {d.name: d.compile() for d in MetricDefinition.objects.all()}
         print(f"\n{args.requests} sequential requests per query, cache off; milliseconds")
         print(
-            f"{'query':58} {'tables':38} {'HTTP p50':>8} {'p95':>7} {'p99':>7} | "
+            f"{'query':52} {'tables':44} {'HTTP p50':>8} {'p95':>7} {'p99':>7} | "
             f"{'driver p50':>10} {'p95':>7} {'p99':>7}"
         )
         for label, params in queries:
@@ -267,13 +290,13 @@ def main() -> None:
             )
             built = [query.query_build(definitions[name], request) for name in params["metric"]]
             tables = ",".join(sorted({b.table for b in built}))
+            http_state["conn"] = None
             http_samples = measure(lambda p=params: http_get(p), args.requests)
             direct = client_get()
             driver_samples = measure(lambda c=direct, qs=built: [c.execute(b.sql, b.params) for b in qs], args.requests)
             direct.disconnect()
             h, d = percentiles(http_samples), percentiles(driver_samples)
-            print(f"{label:58} {tables:38} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f} | {d[0]:10.1f} {d[1]:7.1f} {d[2]:7.1f}")
-        conn.close()
+            print(f"{label:52} {tables:44} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f} | {d[0]:10.1f} {d[1]:7.1f} {d[2]:7.1f}")
 
         # The same first three queries with the 10 s query cache on (a fresh server, same data).
         web.terminate()
@@ -286,18 +309,18 @@ def main() -> None:
             stdout=subprocess.DEVNULL,
         )
         processes.wait_for_port("127.0.0.1", port, timeout=30, process=web)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        http_state["port"] = port
         print(f"\nwith the query cache on (identical repeated queries), {args.requests} requests; milliseconds")
         for label, params in queries[:3]:
+            http_state["conn"] = None
             h = percentiles(measure(lambda p=params: http_get(p), args.requests))
-            print(f"{label:58} {'':38} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f}")
-        conn.close()
+            print(f"{label:52} {'':44} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f}")
     finally:
         if web is not None and web.poll() is None:
             web.terminate()
             web.wait(20)
         ch.stop()
-        if not args.keep:
+        if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
