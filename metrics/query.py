@@ -173,14 +173,14 @@ SOURCES: dict[str, Source] = {
 }
 
 
-_VIEW_COUNTS = {
+_VIEW_COUNTS: dict[tuple[str, ...], str] = {
     ("has_view_start",): "views",
     ("started",): "started_views",
     ("start_failure",): "start_failures",
     ("playback_failure",): "playback_failures",
     ("exit_before_start",): "exits_before_start",
 }
-_VIEW_SUMS = {
+_VIEW_SUMS: dict[tuple[str, tuple[str, ...]], str] = {
     ("watch_time_ms", ()): "watch_time_ms",
     ("rebuffer_duration_ms", ()): "rebuffer_duration_ms",
     ("rebuffer_count", ()): "rebuffer_count",
