@@ -489,6 +489,9 @@ class _Target:
     def dimensions(self) -> Mapping[str, str]:
         return self.rollup.dimensions if self.rollup is not None else self._source.dimensions
 
+    def bind(self, params: dict[str, Any]) -> None:
+        """Add the parameters ``table`` refers to (none for a plain table)."""
+
     def condition(self, conditions: Sequence[str]) -> str:
         """SQL for the conjunction of named flags of the base table."""
         parts = []
@@ -545,8 +548,78 @@ class _Target:
         return value
 
 
+class _SplitTarget(_Target):
+    """A coarse rollup for the whole coarse buckets inside the range, a finer one for the edges.
+
+    A 30-day breakdown whose range ends on the hour reads 29 days from the per-day rollup and
+    about a day of hours from the hourly one, instead of 720 hours. Both rollups hold the same
+    sums under the same column names (checked: the metric renders to the same SQL on both), so
+    the outer query aggregates their ``UNION ALL`` exactly like one table.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: Source,
+        coarse: Rollup,
+        fine: Rollup,
+        dims: Sequence[str],
+        columns: Sequence[str],
+        mid: tuple[int, int],
+    ) -> None:
+        super().__init__(source=source, rollup=coarse)
+        self.fine = fine
+        self.dims = dims
+        self.columns = columns
+        self.mid = mid
+
+    @property
+    def time_column(self) -> str:
+        return "bucket"
+
+    @property
+    def dimensions(self) -> Mapping[str, str]:
+        assert self.rollup is not None
+        return {dim: self.rollup.dimensions[dim] for dim in self.dims}
+
+    def bind(self, params: dict[str, Any]) -> None:
+        params["mid_start_ms"], params["mid_end_ms"] = self.mid
+
+    @property
+    def table(self) -> str:
+        assert self.rollup is not None
+        coarse, fine = self.rollup, self.fine
+        dims = [coarse.dimensions[d] for d in self.dims]
+
+        def select(rollup: Rollup) -> str:
+            return ", ".join([f"{rollup.time_column} AS bucket", *dims, *self.columns])
+
+        t_c, t_f = coarse.time_column, fine.time_column
+        ms = "fromUnixTimestamp64Milli(%({})s, 'UTC')".format
+        middle = f"{t_c} >= {ms('mid_start_ms')} AND {t_c} < {ms('mid_end_ms')}"
+        edges = (
+            f"({t_f} >= {ms('start_ms')} AND {t_f} < {ms('mid_start_ms')}) "
+            f"OR ({t_f} >= {ms('mid_end_ms')} AND {t_f} < {ms('end_ms')})"
+        )
+        return (
+            f"(SELECT {select(coarse)} FROM {coarse.table} WHERE {middle} "  # noqa: S608 - see module doc
+            f"UNION ALL SELECT {select(fine)} FROM {fine.table} WHERE {edges})"
+        )
+
+
+def _rollup_columns(rollup: Rollup, metric: CompiledMetric) -> list[str]:
+    columns: list[str] = []
+    for term in metric.terms:
+        flags = tuple(sorted(term.conditions))
+        for column in (rollup.counts.get(flags), rollup.sums.get((term.measure, flags))):
+            if column and column not in columns:
+                columns.append(column)
+    return columns
+
+
 def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
-    """Tables that can answer, best first: matching rollups (coarsest first), then the raw table."""
+    """Tables that can answer, cheapest first: rollups (alone, or a coarse one with a finer one
+    for the range's edges) by expected rows read, then the raw table."""
     if metric.rollup is not None:
         return [_Target(source=metric.source, rollup=metric.rollup)]
     needed = set(request.group_by) | {dim for dim, _ in request.filters}
@@ -554,27 +627,55 @@ def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
         needed.add("type")
     start_ms, end_ms = _epoch_ms(request.start), _epoch_ms(request.end)
     now = datetime.now(UTC)
-    candidates = []
+    usable = []
     for rollup in ROLLUPS.values():
         if rollup.base != metric.source.key:
             continue
-        grain_ms = rollup.granularity * 1000
         if request.interval is not None and INTERVALS[request.interval][0] % rollup.granularity:
-            continue
-        if start_ms % grain_ms or end_ms % grain_ms:
             continue
         if not needed <= set(rollup.dimensions):
             continue
         # A day of margin: TTL drops whole partitions, possibly a little late, never early.
         if rollup.retention_days is not None and request.start < now - timedelta(days=rollup.retention_days - 1):
             continue
-        candidates.append(rollup)
-    # Fewest rows to read first: buckets in the range times the rows a bucket holds.
-    span = max(1, end_ms - start_ms) // 1000
-    candidates.sort(key=lambda r: (span // r.granularity + 1) * r.rows_per_bucket)
-    targets = [_Target(source=metric.source, rollup=r) for r in candidates]
-    targets.append(_Target(source=metric.source))
-    return targets
+        if _Target(source=metric.source, rollup=rollup).value(metric, {}) is None:
+            continue
+        usable.append(rollup)
+
+    def rows(rollup: Rollup, span_ms: int) -> int:
+        """Expected rows read: buckets in the span times the rows a bucket holds."""
+        return (span_ms // (rollup.granularity * 1000) + 1) * rollup.rows_per_bucket
+
+    options: list[tuple[int, _Target]] = []
+    for coarse in usable:
+        grain_ms = coarse.granularity * 1000
+        if not start_ms % grain_ms and not end_ms % grain_ms:
+            options.append((rows(coarse, end_ms - start_ms), _Target(source=metric.source, rollup=coarse)))
+            continue
+        mid = (-(-start_ms // grain_ms) * grain_ms, end_ms // grain_ms * grain_ms)
+        if mid[1] <= mid[0]:
+            continue
+        columns = _rollup_columns(coarse, metric)
+        for fine in usable:
+            fine_ms = fine.granularity * 1000
+            if grain_ms % fine_ms or fine_ms == grain_ms or start_ms % fine_ms or end_ms % fine_ms:
+                continue
+            if (
+                _Target(source=metric.source, rollup=fine).value(metric, {})
+                != _Target(source=metric.source, rollup=coarse).value(metric, {})
+                or _rollup_columns(fine, metric) != columns
+            ):
+                continue
+            if any(coarse.dimensions[d] != fine.dimensions[d] for d in needed):
+                continue
+            # The fixed term keeps small ranges on one table: a union is not free.
+            cost = 1_000 + rows(coarse, mid[1] - mid[0]) + rows(fine, (mid[0] - start_ms) + (end_ms - mid[1]))
+            split = _SplitTarget(
+                source=metric.source, coarse=coarse, fine=fine, dims=sorted(needed), columns=columns, mid=mid
+            )
+            options.append((cost, split))
+    options.sort(key=lambda option: option[0])
+    return [target for _, target in options] + [_Target(source=metric.source)]
 
 
 def query_build(metric: CompiledMetric, request: MetricRequest) -> BuiltQuery:
@@ -591,6 +692,7 @@ def query_build(metric: CompiledMetric, request: MetricRequest) -> BuiltQuery:
     request_validate(metric, request)
     for target in _targets(metric, request):
         params: dict[str, Any] = {}
+        target.bind(params)
         value = target.value(metric, params)
         if value is None:
             continue
@@ -712,17 +814,12 @@ def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequen
     if not groups and n == 0:
         groups[()] = {"points": {}, "total": empty}
         order.append(())
-    buckets = bucket_starts(request)
+    buckets = [(t, datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")) for t in bucket_starts(request)]
     series = []
     for key in order:
         entry = groups[key]
-        points = [
-            {
-                "t": datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z"),
-                "value": entry["points"].get(t, empty),
-            }
-            for t in buckets
-        ]
+        values = entry["points"]
+        points = [{"t": label, "value": values.get(t, empty)} for t, label in buckets]
         series.append(
             {"group": dict(zip(request.group_by, key, strict=True)), "points": points, "total": entry["total"]}
         )

@@ -88,6 +88,25 @@ CASES = [
         [("cdn", "cdn-a"), ("os", "ios"), ("os", "linux")],
         100,
     ),
+    # Ranges not aligned on the coarse rollup: whole days/hours from it, the edges from a finer one.
+    (
+        "split-days-and-hours-by-video",
+        BASE + timedelta(hours=5),
+        BASE + timedelta(days=2, hours=3),
+        "day",
+        ["videoId"],
+        [],
+        4,
+    ),
+    (
+        "split-hours-and-minutes",
+        BASE + timedelta(hours=5, minutes=7),
+        BASE + timedelta(days=1, hours=2, minutes=3),
+        "hour",
+        [],
+        [],
+        100,
+    ),
     ("empty-range", BASE - timedelta(days=1), BASE - timedelta(hours=20), "hour", [], [], 100),
 ]
 

@@ -75,7 +75,10 @@ def test_rollup_choice() -> None:
     assert table(views, start=day - timedelta(days=7), end=day) == "metrics_view_hour"
     assert table(views, start=day - timedelta(days=7), end=day, group_by=("videoId",)) == "metrics_view_video_day"
     hour = day + timedelta(hours=5)  # hour-aligned, not day-aligned
-    assert table(views, start=hour - timedelta(days=7), end=hour, group_by=("videoId",)) == "view_rollup_hour"
+    split = table(views, start=hour - timedelta(days=7), end=hour, group_by=("videoId",))
+    assert split.startswith("(SELECT") and "FROM metrics_view_video_day" in split and "FROM view_rollup_hour" in split
+    split = table(views, start=hour - timedelta(days=3, minutes=3), end=hour, interval="hour")
+    assert "FROM metrics_view_hour" in split and "FROM metrics_view_minute" in split
     assert table(views, start=day - timedelta(days=7), end=day, group_by=("country",)) == "view_rollup_hour"
     assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="minute") == "metrics_view_minute"
     assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="hour") == "metrics_view_minute"
