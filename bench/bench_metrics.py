@@ -22,6 +22,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -100,6 +101,30 @@ def generate(client: Any, *, events: int, days: int, end: datetime) -> None:
         FROM (SELECT number AS v, {view_cols} FROM numbers({views}))
         """,
     )
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes (and all their threads), from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+    return found
 
 
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
@@ -275,10 +300,11 @@ def main() -> None:
             return samples
 
         definitions = {d.name: d.compile() for d in MetricDefinition.objects.all()}
-        print(f"\n{args.requests} sequential requests per query, cache off; milliseconds")
+        web_pids = [web.pid, *children(web.pid)]
+        print(f"\n{args.requests} sequential requests per query, cache off; milliseconds (CPU: ms per request)")
         print(
-            f"{'query':52} {'tables':44} {'HTTP p50':>8} {'p95':>7} {'p99':>7} | "
-            f"{'driver p50':>10} {'p95':>7} {'p99':>7}"
+            f"{'query':52} {'tables':44} {'HTTP p50':>8} {'p95':>7} {'p99':>7} {'CPU web':>7} {'CPU ch':>6} | "
+            f"{'driver p50':>10} {'p95':>7} {'p99':>7} {'CPU ch':>6}"
         )
         for label, params in queries:
             request = query.MetricRequest(
@@ -289,14 +315,24 @@ def main() -> None:
                 limit=params.get("limit", 100),
             )
             built = [query.query_build(definitions[name], request) for name in params["metric"]]
-            tables = ",".join(sorted({b.table for b in built}))
+            tables = "+".join(sorted({t for b in built for t in re.findall(r"FROM (\w+)", b.sql)}))
             http_state["conn"] = None
-            http_samples = measure(lambda p=params: http_get(p), args.requests)
+            n = args.requests
+            web_cpu, ch_cpu = cpu_seconds(web_pids), cpu_seconds([ch.process.pid])
+            http_samples = measure(lambda p=params: http_get(p), n)
+            web_cpu, ch_cpu = cpu_seconds(web_pids) - web_cpu, cpu_seconds([ch.process.pid]) - ch_cpu
             direct = client_get()
-            driver_samples = measure(lambda c=direct, qs=built: [c.execute(b.sql, b.params) for b in qs], args.requests)
+            driver_ch = cpu_seconds([ch.process.pid])
+            driver_samples = measure(lambda c=direct, qs=built: [c.execute(b.sql, b.params) for b in qs], n)
+            driver_ch = cpu_seconds([ch.process.pid]) - driver_ch
             direct.disconnect()
             h, d = percentiles(http_samples), percentiles(driver_samples)
-            print(f"{label:52} {tables:44} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f} | {d[0]:10.1f} {d[1]:7.1f} {d[2]:7.1f}")
+            per_request = [cpu * 1000 / (n + 5) for cpu in (web_cpu, ch_cpu, driver_ch)]  # + the 5 warm-ups
+            print(
+                f"{label:52} {tables:44} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f} {per_request[0]:7.1f} "
+                f"{per_request[1]:6.1f} | {d[0]:10.1f} {d[1]:7.1f} {d[2]:7.1f} {per_request[2]:6.1f}",
+                flush=True,
+            )
 
         # The same first three queries with the 10 s query cache on (a fresh server, same data).
         web.terminate()
@@ -314,7 +350,7 @@ def main() -> None:
         for label, params in queries[:3]:
             http_state["conn"] = None
             h = percentiles(measure(lambda p=params: http_get(p), args.requests))
-            print(f"{label:52} {'':44} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f}")
+            print(f"{label:52} {'':44} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f}", flush=True)
     finally:
         if web is not None and web.poll() is None:
             web.terminate()
