@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import serializers
+from rest_framework import renderers, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -29,7 +30,19 @@ class ErrorSerializer(serializers.Serializer):
     error = ErrorBody()
 
 
+class OrjsonRenderer(renderers.JSONRenderer):
+    """JSON through orjson: a 30-day hourly answer has thousands of points, and the stdlib encoder
+    spent a visible share of the request's CPU on them."""
+
+    def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
+        if data is None:
+            return b""
+        return orjson.dumps(data)
+
+
 class MetricsQueryApi(APIView):
+    renderer_classes = [OrjsonRenderer]
+
     class InputSerializer(serializers.Serializer):
         metric = serializers.ListField(child=serializers.CharField(max_length=64), min_length=1, max_length=20)
         interval = serializers.ChoiceField(choices=list(query.INTERVALS), required=False)

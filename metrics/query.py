@@ -80,6 +80,8 @@ class Source:
     type_column: str | None = None
     #: FINAL for tables whose rows are replaced (ReplacingMergeTree) until merges collapse them.
     final: bool = False
+    #: Planner hint: rows per second of time range (relative to the rollups' ``rows_per_bucket``).
+    rows_per_second: int = 1
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ SOURCES: dict[str, Source] = {
         },
         flags={"fatal": "fatal", "late": "late"},
         type_column="type",
+        rows_per_second=1_000,
     ),
     "views": Source(
         key="views",
@@ -169,6 +172,7 @@ SOURCES: dict[str, Source] = {
             "playback_failure": "playback_failure",
             "exit_before_start": "exit_before_start",
         },
+        rows_per_second=30,
     ),
 }
 
@@ -187,6 +191,9 @@ _VIEW_SUMS: dict[tuple[str, tuple[str, ...]], str] = {
     ("startup_time_ms", ("started",)): "startup_time_ms_sum",
 }
 _GRAINS = {"minute": (60, 30), "hour": (3600, 400)}  # seconds, TTL days (the tables' TTLs)
+# Planner hints, in the units of Source.rows_per_second (1000 events/s, 30 views/s): rows per bucket
+# of the rollups keyed by every dimension, which barely collapse the rows they aggregate.
+_FULL_KEY_ROWS = {("events", 60): 20_000, ("events", 3600): 300_000, ("views", 60): 1_500, ("views", 3600): 60_000}
 
 
 def _rollups() -> list[Rollup]:
@@ -204,7 +211,7 @@ def _rollups() -> list[Rollup]:
                 dimensions=_EVENT_DIMENSIONS,
                 counts={(): "events", ("late",): "late_events"},
                 retention_days=ttl,
-                rows_per_bucket=100_000,
+                rows_per_bucket=_FULL_KEY_ROWS["events", seconds],
             ),
             Rollup(
                 key=f"view_rollup_{grain}",
@@ -217,7 +224,7 @@ def _rollups() -> list[Rollup]:
                 counts=_VIEW_COUNTS,
                 sums=_VIEW_SUMS,
                 retention_days=ttl,
-                rows_per_bucket=100_000,
+                rows_per_bucket=_FULL_KEY_ROWS["views", seconds],
             ),
             # metrics: coarse keys for dashboard-sized questions (metrics/migrations/0003_...)
             Rollup(
@@ -549,12 +556,15 @@ class _Target:
 
 
 class _SplitTarget(_Target):
-    """A coarse rollup for the whole coarse buckets inside the range, a finer one for the edges.
+    """A coarse rollup for the whole coarse buckets inside the range; the edges from a finer
+    rollup, or from the raw table when the range is not aligned on any rollup.
 
     A 30-day breakdown whose range ends on the hour reads 29 days from the per-day rollup and
-    about a day of hours from the hourly one, instead of 720 hours. Both rollups hold the same
-    sums under the same column names (checked: the metric renders to the same SQL on both), so
-    the outer query aggregates their ``UNION ALL`` exactly like one table.
+    about a day of hours from the hourly one, instead of 720 hours; "the last 24 hours" to the
+    second reads 23 whole hours from a rollup and two partial hours of raw rows. The parts hold the
+    same sums under the same column names (raw rows are projected to them: a counted row is 1, a
+    summed measure is its value where the flags hold), so the outer query aggregates their
+    ``UNION ALL`` exactly like one table.
     """
 
     def __init__(
@@ -562,15 +572,15 @@ class _SplitTarget(_Target):
         *,
         source: Source,
         coarse: Rollup,
-        fine: Rollup,
+        fine: Rollup | None,
         dims: Sequence[str],
-        columns: Sequence[str],
+        columns: Sequence[tuple[str, str]],
         mid: tuple[int, int],
     ) -> None:
         super().__init__(source=source, rollup=coarse)
         self.fine = fine
         self.dims = dims
-        self.columns = columns
+        self.columns = columns  # (rollup column, raw-row expression)
         self.mid = mid
 
     @property
@@ -588,32 +598,39 @@ class _SplitTarget(_Target):
     @property
     def table(self) -> str:
         assert self.rollup is not None
-        coarse, fine = self.rollup, self.fine
+        coarse = self.rollup
         dims = [coarse.dimensions[d] for d in self.dims]
-
-        def select(rollup: Rollup) -> str:
-            return ", ".join([f"{rollup.time_column} AS bucket", *dims, *self.columns])
-
-        t_c, t_f = coarse.time_column, fine.time_column
         ms = "fromUnixTimestamp64Milli(%({})s, 'UTC')".format
-        middle = f"{t_c} >= {ms('mid_start_ms')} AND {t_c} < {ms('mid_end_ms')}"
-        edges = (
-            f"({t_f} >= {ms('start_ms')} AND {t_f} < {ms('mid_start_ms')}) "
-            f"OR ({t_f} >= {ms('mid_end_ms')} AND {t_f} < {ms('end_ms')})"
-        )
+        t_c = coarse.time_column
+        middle = ", ".join([f"{t_c} AS bucket", *dims, *(column for column, _ in self.columns)])
+        if self.fine is not None:
+            t_f, fine_table = self.fine.time_column, self.fine.table
+            edge = ", ".join([f"{t_f} AS bucket", *dims, *(column for column, _ in self.columns)])
+        else:
+            t_f, fine_table = self._source.time_column, self.source.table
+            edge = ", ".join([f"{t_f} AS bucket", *dims, *(f"{expr} AS {column}" for column, expr in self.columns)])
         return (
-            f"(SELECT {select(coarse)} FROM {coarse.table} WHERE {middle} "  # noqa: S608 - see module doc
-            f"UNION ALL SELECT {select(fine)} FROM {fine.table} WHERE {edges})"
+            f"(SELECT {middle} FROM {coarse.table} "  # noqa: S608 - see module doc
+            f"WHERE {t_c} >= {ms('mid_start_ms')} AND {t_c} < {ms('mid_end_ms')} "
+            f"UNION ALL SELECT {edge} FROM {fine_table} "
+            f"WHERE ({t_f} >= {ms('start_ms')} AND {t_f} < {ms('mid_start_ms')}) "
+            f"OR ({t_f} >= {ms('mid_end_ms')} AND {t_f} < {ms('end_ms')}))"
         )
 
 
-def _rollup_columns(rollup: Rollup, metric: CompiledMetric) -> list[str]:
-    columns: list[str] = []
+def _rollup_columns(rollup: Rollup, metric: CompiledMetric) -> list[tuple[str, str]]:
+    """The rollup columns the metric reads, each with the expression giving it for one raw row."""
+    raw = _Target(source=metric.source)
+    columns: list[tuple[str, str]] = []
     for term in metric.terms:
         flags = tuple(sorted(term.conditions))
-        for column in (rollup.counts.get(flags), rollup.sums.get((term.measure, flags))):
-            if column and column not in columns:
-                columns.append(column)
+        cond = raw.condition(flags)
+        count, total = rollup.counts.get(flags), rollup.sums.get((term.measure, flags))
+        measure = metric.source.measures.get(term.measure, "")
+        if count and all(count != c for c, _ in columns):
+            columns.append((count, f"toUInt64({cond})" if cond else "toUInt64(1)"))
+        if total and all(total != c for c, _ in columns):
+            columns.append((total, f"if({cond}, {measure}, 0)" if cond else measure))
     return columns
 
 
@@ -656,26 +673,33 @@ def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
         if mid[1] <= mid[0]:
             continue
         columns = _rollup_columns(coarse, metric)
+        coarse_sql = _Target(source=metric.source, rollup=coarse).value(metric, {})
+        edges_ms = (mid[0] - start_ms) + (end_ms - mid[1])
+        # The fixed term keeps small ranges on one table: a union is not free.
+        middle_cost = 1_000 + rows(coarse, mid[1] - mid[0])
         for fine in usable:
             fine_ms = fine.granularity * 1000
             if grain_ms % fine_ms or fine_ms == grain_ms or start_ms % fine_ms or end_ms % fine_ms:
                 continue
-            if (
-                _Target(source=metric.source, rollup=fine).value(metric, {})
-                != _Target(source=metric.source, rollup=coarse).value(metric, {})
-                or _rollup_columns(fine, metric) != columns
-            ):
+            if _Target(source=metric.source, rollup=fine).value(metric, {}) != coarse_sql:
+                continue
+            if [c for c, _ in _rollup_columns(fine, metric)] != [c for c, _ in columns]:
                 continue
             if any(coarse.dimensions[d] != fine.dimensions[d] for d in needed):
                 continue
-            # The fixed term keeps small ranges on one table: a union is not free.
-            cost = 1_000 + rows(coarse, mid[1] - mid[0]) + rows(fine, (mid[0] - start_ms) + (end_ms - mid[1]))
             split = _SplitTarget(
                 source=metric.source, coarse=coarse, fine=fine, dims=sorted(needed), columns=columns, mid=mid
             )
-            options.append((cost, split))
+            options.append((middle_cost + rows(fine, edges_ms), split))
+        if all(coarse.dimensions[d] == metric.source.dimensions[d] for d in needed):
+            split = _SplitTarget(
+                source=metric.source, coarse=coarse, fine=None, dims=sorted(needed), columns=columns, mid=mid
+            )
+            options.append((middle_cost + edges_ms // 1000 * metric.source.rows_per_second, split))
+    raw_cost = (end_ms - start_ms) // 1000 * metric.source.rows_per_second
+    options.append((raw_cost, _Target(source=metric.source)))
     options.sort(key=lambda option: option[0])
-    return [target for _, target in options] + [_Target(source=metric.source)]
+    return [target for _, target in options]
 
 
 def query_build(metric: CompiledMetric, request: MetricRequest) -> BuiltQuery:

@@ -156,7 +156,8 @@ def test_rollups_are_used_when_they_answer(loaded: gen.Dataset) -> None:
     assert query.query_build(views, minute).table == "metrics_view_minute"
     assert query.query_build(views, by_country).table == "view_rollup_hour"
     assert query.query_build(views, by_video).table == "metrics_view_video_day"
-    assert query.query_build(views, cut).table == "view_summaries"
+    cut_table = query.query_build(views, cut).table
+    assert "FROM metrics_view_" in cut_table and "FROM view_summaries" in cut_table
     assert query.query_build(p95, aligned).table == "view_summaries"  # quantiles need rows
     errors = MetricDefinition.objects.get(name="errors").compile()
     assert query.query_build(errors, aligned).table == "metrics_event_type_hour"
