@@ -267,12 +267,21 @@ def main() -> None:
                 },
             ),
             (
-                "30-day hourly events, range cut at :00:01 (raw)",
+                "30-day hourly events, range cut at :00:01",
                 {
                     "metric": ["events"],
                     "from": iso(month[0] + timedelta(seconds=1)),
                     "to": iso(month[1]),
                     "interval": "hour",
+                },
+            ),
+            (
+                "last 24 h to the second, per minute: events, errors",
+                {
+                    "metric": ["events", "errors"],
+                    "from": iso(now - timedelta(hours=24)),
+                    "to": iso(now),
+                    "interval": "minute",
                 },
             ),
         ]
