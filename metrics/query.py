@@ -10,10 +10,18 @@ of the metrics capability are enforced:
 * every value (time range, filter values, event types, quantile levels, limits) is a
   clickhouse-driver parameter (``%(name)s``), escaped by the driver, never formatted into SQL.
 
-The builder reads from a rollup when one answers the question exactly (same source, time grain
-that divides the interval, a range aligned on that grain, every grouped/filtered dimension kept by
-the rollup, every aggregation expressible from its columns) and from the raw table otherwise.
-It is pure: no Django, no connection, so it can be tested and benchmarked on its own.
+How a table is chosen (``_targets``): a rollup can answer when it aggregates the metric's source,
+its grain divides the interval, it keeps every grouped/filtered dimension (and ``type`` for an
+event-type filter), every aggregation of the metric is a sum of its columns (counts and sums, and
+averages as sum/count; never distinct counts or quantiles) and its TTL covers the range. A range
+aligned on the grain reads the rollup alone; otherwise the whole buckets inside the range come
+from that rollup and the edges from a finer rollup aligned on them or, failing that, from the raw
+rows (projected to the rollup's columns). Among the candidates, and the raw table, the one with
+the fewest expected rows wins (``rows_per_bucket`` / ``rows_per_second`` hints). Every candidate
+gives the same numbers: the tests check each built-in metric against Python-computed truth over
+ranges that exercise every path.
+
+It is pure (no Django, no connection; only the clock, for TTLs), so it can be tested on its own.
 """
 
 from __future__ import annotations
