@@ -26,6 +26,7 @@ It is pure (no Django, no connection; only the clock, for TTLs), so it can be te
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -816,6 +817,15 @@ def bucket_starts(request: MetricRequest) -> list[int]:
     return starts
 
 
+@functools.lru_cache(maxsize=256)
+def _bucket_labels(start: float, end: float, interval: str) -> tuple[tuple[int, str], ...]:
+    """(epoch seconds, RFC 3339 label) of each bucket; shared by every metric and group of a request."""
+    request = MetricRequest(
+        start=datetime.fromtimestamp(start, UTC), end=datetime.fromtimestamp(end, UTC), interval=interval
+    )
+    return tuple((t, datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")) for t in bucket_starts(request))
+
+
 def _json_number(value: Any) -> float | int | None:
     if value is None:
         return None
@@ -846,7 +856,9 @@ def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequen
     if not groups and n == 0:
         groups[()] = {"points": {}, "total": empty}
         order.append(())
-    buckets = [(t, datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")) for t in bucket_starts(request)]
+    buckets = (
+        _bucket_labels(request.start.timestamp(), request.end.timestamp(), request.interval) if request.interval else ()
+    )
     series = []
     for key in order:
         entry = groups[key]
