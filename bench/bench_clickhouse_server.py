@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import multiprocessing
 import os
 import statistics
@@ -30,10 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import chdb  # noqa: E402
-import pandas as pd  # noqa: E402
 from clickhouse_driver import Client  # noqa: E402
 
 from analytics_platform.clickhouse_server.testing import start_server_process  # noqa: E402
+
+pd: Any = importlib.import_module("pandas")  # untyped here (no pandas-stubs)
 
 COUNTRIES = ["DE", "FR", "US", "GB", "IN", "BR", "JP"]
 TABLE_DDL = (
@@ -64,7 +66,7 @@ def make_rows(n: int) -> list[tuple[Any, ...]]:
     ]
 
 
-def make_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:
+def make_frame(rows: list[tuple[Any, ...]]) -> Any:
     columns = list(zip(*rows, strict=True))
     return pd.DataFrame(
         {
