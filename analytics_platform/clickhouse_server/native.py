@@ -286,6 +286,35 @@ def header_of(chunk: bytes) -> BlockShape:
     return skip_block(ByteReader(initial=chunk))
 
 
+def retype_block(chunk: bytes, types: dict[int, str]) -> bytes:
+    """Replace the type names of columns ``types`` (index -> type) in one Native block.
+
+    chdb writes Native output as for a client of revision 0, which drops the time zone of a
+    top-level ``DateTime('tz')`` column (ClickHouse ``NativeWriter``: "for compatibility with old
+    clients"). The values are the same UTC seconds, but clickhouse-driver would return naive
+    datetimes instead of zone-aware ones, so the server puts the declared type back. Only the
+    columns up to the last retyped one are walked; the rest is copied as is.
+    """
+    r = ByteReader(initial=chunk)
+    ncols = r.read_varint()
+    rows = r.read_varint()
+    out = bytearray(chunk[: r.pos])
+    for index in range(max(types) + 1):
+        if index >= ncols:
+            break
+        name = r.read_bytes()
+        type_name = r.read_str()
+        data_start = r.pos
+        if rows:
+            column = column_for(type_name)
+            column.prefix(r)
+            column.data(r, rows)
+        out += encode_varint(len(name)) + name + encode_str(types.get(index, type_name))
+        out += chunk[data_start : r.pos]
+    out += chunk[r.pos :]
+    return bytes(out)
+
+
 def encode_header(columns: list[tuple[str, str]]) -> bytes:
     """A zero-row block: the header a result or an INSERT starts with."""
     out = bytearray(encode_varint(len(columns)) + encode_varint(0))
