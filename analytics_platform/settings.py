@@ -296,9 +296,7 @@ INGEST_MAX_MESSAGE_BYTES = env_int("INGEST_MAX_MESSAGE_BYTES", 900_000)
 # IP allowlist (rules in the admin). Enabled, an empty allowlist admits nobody: the embedded
 # default has loopback built in, production nothing but the rules ops add.
 INGEST_ALLOWLIST_ENABLED = env_bool("INGEST_ALLOWLIST_ENABLED", True)
-INGEST_ALLOWLIST_BUILTIN_CIDRS = env_list(
-    "INGEST_ALLOWLIST_BUILTIN_CIDRS", "" if PRODUCTION else "127.0.0.0/8,::1/128"
-)
+INGEST_ALLOWLIST_BUILTIN_CIDRS = env_list("INGEST_ALLOWLIST_BUILTIN_CIDRS", "" if PRODUCTION else "127.0.0.0/8,::1/128")
 INGEST_ALLOWLIST_CACHE_SECONDS = float(env("INGEST_ALLOWLIST_CACHE_SECONDS", "5"))
 # Proxies in front of the service that append to X-Forwarded-For (0: use the socket's address).
 INGEST_TRUSTED_PROXY_COUNT = env_int("INGEST_TRUSTED_PROXY_COUNT", 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 
 from django.core.exceptions import ValidationError
@@ -46,7 +47,5 @@ class AllowlistRule(models.Model):
 
     def clean(self) -> None:
         # Store the canonical form, so "10.0.0.1" and "10.0.0.1/32" are one rule.
-        try:
+        with contextlib.suppress(ValueError):  # the field validator reports a bad one
             self.cidr = str(ipaddress.ip_network(self.cidr.strip(), strict=True))
-        except ValueError:
-            pass  # the field validator reports it

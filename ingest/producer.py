@@ -147,9 +147,13 @@ def producer_get() -> EventProducer:
     """The process's producer for the current settings (built on first use, rebuilt when stale)."""
     global _current
     producer = _current
-    if producer is not None and producer.pid == os.getpid() and producer.fatal is None:
-        if producer.config["bootstrap.servers"] == settings.KAFKA_BOOTSTRAP_SERVERS:
-            return producer
+    if (
+        producer is not None
+        and producer.pid == os.getpid()
+        and producer.fatal is None
+        and producer.config["bootstrap.servers"] == settings.KAFKA_BOOTSTRAP_SERVERS
+    ):
+        return producer
     with _lock:
         producer = _current
         config = producer_config()

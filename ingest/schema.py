@@ -78,22 +78,22 @@ class Batch(msgspec.Struct, gc=False):
     """The fast path: a whole valid body in one decode."""
 
     events: list[Event]
-    sentAt: Rfc3339 | EpochMs | UnsetType = UNSET  # noqa: N815 - wire name
+    sentAt: Rfc3339 | EpochMs | UnsetType = UNSET  # wire name
 
 
 class RawBatch(msgspec.Struct, gc=False):
     """The slow path: the envelope only, each event kept as raw JSON to validate on its own."""
 
     events: list[msgspec.Raw]
-    sentAt: Rfc3339 | EpochMs | UnsetType = UNSET  # noqa: N815 - wire name
+    sentAt: Rfc3339 | EpochMs | UnsetType = UNSET  # wire name
 
 
 class Message(msgspec.Struct, gc=False):
     """The Kafka message value (analytics_platform.event_format)."""
 
     v: int
-    userId: str  # noqa: N815 - wire name
-    receivedAt: int  # noqa: N815 - wire name
+    userId: str  # wire name
+    receivedAt: int  # wire name
     events: list[Event]
 
 
@@ -175,8 +175,7 @@ def _error_from_validation(index: int | None, exc: msgspec.ValidationError) -> E
     elif "matching regex" in detail and last == "type":
         code = "unknown_type"
         detail = (
-            "type is neither a playback type nor a custom interaction type matching "
-            f"{event_format.CUSTOM_TYPE_PATTERN}"
+            f"type is neither a playback type nor a custom interaction type matching {event_format.CUSTOM_TYPE_PATTERN}"
         )
     elif field == "properties" and "of length <=" in detail:
         code = "too_many_properties"
@@ -223,7 +222,7 @@ def batch_decode(body: bytes) -> DecodedBatch:
     _check_utf8(body)
     try:
         batch = _batch_decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except msgspec.DecodeError:  # ValidationError included
         return _batch_decode_slow(body)
     if len(batch.events) > MAX_EVENTS_PER_BATCH:
         raise TooManyEvents(len(batch.events))
@@ -234,10 +233,10 @@ def batch_decode(body: bytes) -> DecodedBatch:
 def _batch_decode_slow(body: bytes) -> DecodedBatch:
     try:
         raw = _raw_batch_decoder.decode(body)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: first
+        raise BodyError(_body_validation_error(exc)) from None
     except msgspec.DecodeError as exc:
         raise BodyError(EventError(None, None, "malformed_json", f"the body is not valid JSON: {exc}")) from None
-    except msgspec.ValidationError as exc:
-        raise BodyError(_body_validation_error(exc)) from None
     if len(raw.events) > MAX_EVENTS_PER_BATCH:
         raise TooManyEvents(len(raw.events))
     sent_at = None if raw.sentAt is UNSET else epoch_ms(raw.sentAt)

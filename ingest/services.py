@@ -162,9 +162,7 @@ def messages_encode(*, groups: dict[str, list[Event]], received_at_ms: int) -> l
 
 
 def _split(user_id: str, events: list[Event], received_at_ms: int, limit: int) -> Iterator[bytes]:
-    value = schema.message_encoder.encode(
-        schema.Message(event_format.MESSAGE_VERSION, user_id, received_at_ms, events)
-    )
+    value = schema.message_encoder.encode(schema.Message(event_format.MESSAGE_VERSION, user_id, received_at_ms, events))
     if len(value) <= limit or len(events) == 1:
         yield value
         return

@@ -57,7 +57,9 @@ class TopicReader:
         partitions = metadata.topics[self.topic].partitions
         self.consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
 
-    def messages_for(self, user_ids: set[str], *, expected: int, settle: float = 1.0, timeout: float = 20.0) -> list[Any]:
+    def messages_for(
+        self, user_ids: set[str], *, expected: int, settle: float = 1.0, timeout: float = 20.0
+    ) -> list[Any]:
         """Messages keyed by one of ``user_ids``; waits for ``expected`` then ``settle`` s more for extras."""
         found: list[Any] = []
         deadline = time.monotonic() + timeout

@@ -57,8 +57,12 @@ def test_event_is_normalised_as_event_format_documents(client: Client, topic_rea
     user = f"user-{uuid.uuid4().hex}"
     upper_id = str(uuid.uuid4()).upper()
     events = [
-        event_make(eventId=upper_id, userId=user, type="error", errorCode="E42", errorMessage="decoder", unknownField=1),
-        event_make(userId=user, type="ui.like_clicked", sessionId=..., videoId=..., timestamp="2026-01-02T03:04:05.678+01:00"),
+        event_make(
+            eventId=upper_id, userId=user, type="error", errorCode="E42", errorMessage="decoder", unknownField=1
+        ),
+        event_make(
+            userId=user, type="ui.like_clicked", sessionId=..., videoId=..., timestamp="2026-01-02T03:04:05.678+01:00"
+        ),
     ]
     response = post(client, body_of(events))
     assert response.status_code == 202, response.content
@@ -77,7 +81,10 @@ def test_sent_at_corrects_the_client_clock(client: Client, topic_reader: TopicRe
     user = f"user-{uuid.uuid4().hex}"
     skew_ms = 3_600_000  # the client's clock is one hour ahead
     client_now = int(time.time() * 1000) + skew_ms
-    events = [event_make(userId=user, timestamp=client_now - 5000), event_make(userId=user, timestamp=client_now - 1000)]
+    events = [
+        event_make(userId=user, timestamp=client_now - 5000),
+        event_make(userId=user, timestamp=client_now - 1000),
+    ]
     response = post(client, body_of(events, sentAt=client_now))
     assert response.status_code == 202, response.content
     [msg] = topic_reader.messages_for({user}, expected=1)
