@@ -303,6 +303,9 @@ INGEST_TRUSTED_PROXY_COUNT = env_int("INGEST_TRUSTED_PROXY_COUNT", 0)
 # Per client address; 0 disables. The counter cache is shared by all processes.
 INGEST_RATE_LIMIT_REQUESTS = env_int("INGEST_RATE_LIMIT_REQUESTS", 1000)
 INGEST_RATE_LIMIT_WINDOW_SECONDS = env_int("INGEST_RATE_LIMIT_WINDOW_SECONDS", 1)
+# Each process adds its local count to the shared counter at most this often per client (and at
+# once when over the limit): one cache round trip per client per interval, not per request.
+INGEST_RATE_LIMIT_SYNC_SECONDS = float(env("INGEST_RATE_LIMIT_SYNC_SECONDS", "0.1"))
 _ratelimit_redis = env(
     "INGEST_RATE_LIMIT_REDIS_URL",
     CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ("" if not PRODUCTION else None),

@@ -93,7 +93,14 @@ def children(pid: int) -> list[int]:
 
 # --- load generator (separate processes) --------------------------------------------------------
 def client_process(
-    port: int, bodies: list[bytes], gz: bool, connections: int, start_at: float, stop_at: float, measure_from: float, queue: Any
+    port: int,
+    bodies: list[bytes],
+    gz: bool,
+    connections: int,
+    start_at: float,
+    stop_at: float,
+    measure_from: float,
+    queue: Any,
 ) -> None:
     results: list[tuple[float, float, int, int]] = []  # (sent at, latency, status, accepted)
     lock = threading.Lock()
@@ -243,13 +250,18 @@ def main() -> None:
     broker_base_cpu = cpu_seconds(broker.process.pid) - broker_cpu0
     print(
         f"baseline (one process, produce straight to Kafka, no HTTP/validation): {base['events_per_s']:,.0f} events/s, "
-        f"{base['cpu_s_per_1000']*1000:.2f} CPU-ms per 1000 events in the producer, "
+        f"{base['cpu_s_per_1000'] * 1000:.2f} CPU-ms per 1000 events in the producer, "
         f"broker {broker_base_cpu / (base['events_per_s'] * args.baseline_seconds) * 1e6:.2f} CPU-ms/1000"
     )
 
     port = processes.free_port()
     gunicorn = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "python:analytics_platform.gunicorn_conf", f"--bind=127.0.0.1:{port}"],
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "-c",
+            "python:analytics_platform.gunicorn_conf",
+            f"--bind=127.0.0.1:{port}",
+        ],
         env=env,
         cwd=ROOT,
     )
@@ -267,7 +279,16 @@ def main() -> None:
         procs = [
             mp.get_context("fork").Process(
                 target=client_process,
-                args=(port, wire[k::args.clients], args.gzip, args.connections, start_at, stop_at, measure_from, queue),
+                args=(
+                    port,
+                    wire[k :: args.clients],
+                    args.gzip,
+                    args.connections,
+                    start_at,
+                    stop_at,
+                    measure_from,
+                    queue,
+                ),
             )
             for k in range(args.clients)
         ]
@@ -278,9 +299,22 @@ def main() -> None:
         broker_start = cpu_seconds(broker.process.pid)
         if args.profile:
             profiler = subprocess.Popen(
-                [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(server_pids[1]), "-d",
-                 str(int(args.seconds)), "-r", "200", "-f", "raw", "-o", str(tmp / "profile.txt"), "--nonblocking"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "-p",
+                    str(server_pids[1]),
+                    "-d",
+                    str(int(args.seconds)),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(tmp / "profile.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp / "py-spy.log", "w"),  # noqa: SIM115 - lives as long as py-spy
             )
         time.sleep(max(0.0, stop_at - time.time()))
         cpu_end = {pid: cpu_seconds(pid) for pid in server_pids}

@@ -10,6 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from ingest import ratelimit
 from ingest.models import AllowlistRule
 
 # A body that fails validation: passing access control shows as 400, never touching Kafka.
@@ -163,5 +164,8 @@ def test_rate_limit_is_per_client_with_retry_after(client: Client, settings: Any
     assert response.status_code == 429, response.content
     assert response.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(response["Retry-After"]) <= 30
+    # The count is shared: a process that has not seen this client yet refuses it too.
+    ratelimit._window = ratelimit._Window(slot=-1)
+    assert post(client, REMOTE_ADDR=ip).status_code == 429
     other = f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
     assert post(client, REMOTE_ADDR=other).status_code == 400  # another client is not limited
