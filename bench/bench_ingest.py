@@ -14,7 +14,7 @@ processes (gunicorn master + workers, from /proc/<pid>/stat), of the broker and 
 generator. Usage::
 
     PYTHONPATH=. python bench/bench_ingest.py --seconds 30
-    PYTHONPATH=. python bench/bench_ingest.py --gzip --profile   # py-spy top of one worker
+    PYTHONPATH=. python bench/bench_ingest.py --gzip --profile   # py-spy (GIL holder) of every worker
 """
 
 from __future__ import annotations
@@ -81,6 +81,21 @@ def cpu_seconds(pid: int) -> float:
     except FileNotFoundError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def thread_cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds per thread name (librdkafka names its threads rdk:*; Python threads keep the process name)."""
+    out: dict[str, float] = defaultdict(float)
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                comm = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            name = "rdk:broker*" if comm.startswith("rdk:broker") else comm
+            out[name] += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 def children(pid: int) -> list[int]:
@@ -197,9 +212,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured duration")
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--clients", type=int, default=2, help="load-generator processes")
-    parser.add_argument("--connections", type=int, default=8, help="keep-alive connections per client process")
+    parser.add_argument("--connections", type=int, default=16, help="keep-alive connections per client process")
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "2")))
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "8")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("WEB_THREADS", "16")))
     parser.add_argument("--gzip", action="store_true", help="send Content-Encoding: gzip bodies")
     parser.add_argument("--baseline-seconds", type=float, default=10.0)
     parser.add_argument("--profile", action="store_true", help="py-spy record of one worker during the run")
@@ -265,7 +280,7 @@ def main() -> None:
         env=env,
         cwd=ROOT,
     )
-    profiler = None
+    profiler: list[subprocess.Popen[bytes]] | None = None
     try:
         processes.wait_for_port("127.0.0.1", port, timeout=30, process=gunicorn)
         time.sleep(1.0)
@@ -296,28 +311,34 @@ def main() -> None:
             p.start()
         time.sleep(max(0.0, measure_from - time.time()))
         cpu_start = {pid: cpu_seconds(pid) for pid in server_pids}
+        threads_start = thread_cpu(server_pids[1:])
         broker_start = cpu_seconds(broker.process.pid)
-        if args.profile:
-            profiler = subprocess.Popen(
-                [
-                    str(Path(sys.executable).parent / "py-spy"),
-                    "record",
-                    "-p",
-                    str(server_pids[1]),
-                    "-d",
-                    str(int(args.seconds)),
-                    "-r",
-                    "200",
-                    "-f",
-                    "raw",
-                    "-o",
-                    str(tmp / "profile.txt"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=open(tmp / "py-spy.log", "w"),  # noqa: SIM115 - lives as long as py-spy
-            )
+        if args.profile:  # every worker: connections are not spread evenly between them
+            profiler = [
+                subprocess.Popen(
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "-p",
+                        str(pid),
+                        "-d",
+                        str(int(args.seconds)),
+                        "-r",
+                        "100",
+                        "-f",
+                        "raw",
+                        "--gil",
+                        "-o",
+                        str(tmp / f"profile-{pid}.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for pid in server_pids[1:]
+            ]
         time.sleep(max(0.0, stop_at - time.time()))
         cpu_end = {pid: cpu_seconds(pid) for pid in server_pids}
+        threads_end = thread_cpu(server_pids[1:])
         broker_end = cpu_seconds(broker.process.pid)
         results: list[Any] = []
         client_cpu = 0.0
@@ -327,8 +348,8 @@ def main() -> None:
             results.extend(res)
         for p in procs:
             p.join()
-        if profiler is not None:
-            profiler.wait(timeout=60)
+        for spy in profiler or []:
+            spy.wait(timeout=60)
     finally:
         gunicorn.terminate()
         gunicorn.wait(timeout=30)
@@ -357,9 +378,24 @@ def main() -> None:
         f"  broker CPU: {(broker_end - broker_start) / accepted * 1e6 if accepted else 0:.2f} CPU-ms per 1000 events; "
         f"load generator CPU (whole run incl. warm-up): {client_cpu:.1f} s"
     )
+    split = {name: threads_end[name] - threads_start.get(name, 0.0) for name in threads_end}
+    print(
+        "  worker CPU by thread: "
+        + ", ".join(
+            f"{name} {cpu / accepted * 1e6:.2f}"
+            for name, cpu in sorted(split.items(), key=lambda kv: -kv[1])
+            if accepted and cpu > 0.05
+        )
+        + " CPU-ms/1000 events (Python threads carry the process name)"
+    )
+    print(
+        "  CPU per server process: "
+        + ", ".join(f"{pid} {cpu_end[pid] - cpu_start[pid]:.1f} s" for pid in server_pids)
+        + f" (master {server_pids[0]})"
+    )
     print(f"  ratio to baseline: {rate / base['events_per_s']:.2f}")
     if args.profile:
-        print(f"  profile (py-spy raw, one worker): {tmp / 'profile.txt'}")
+        print(f"  profiles (py-spy raw, one per worker): {tmp}/profile-*.txt")
     if not args.keep and not args.profile:
         import shutil
 

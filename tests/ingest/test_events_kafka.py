@@ -167,3 +167,23 @@ def test_a_large_user_batch_is_split_to_fit_the_broker(client: Client, topic_rea
     ids = [e["eventId"] for m in messages for e in msgspec.json.decode(m.value())["events"]]
     assert sorted(ids) == sorted(e["eventId"] for e in events)
     assert len({m.partition() for m in messages}) == 1
+
+
+def test_prometheus_counts_accepted_rejected_latency_and_queue(client: Client, topic_reader: TopicReader) -> None:
+    def sample(text: str, name: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+    before = client.get("/prometheus/metrics").content.decode()
+    events = [event_make(), event_make(), event_make(eventId="bad"), event_make(type="NOPE")]
+    assert post(client, body_of(events)).status_code == 202
+    after = client.get("/prometheus/metrics").content.decode()
+    assert sample(after, "ingest_events_accepted_total") - sample(before, "ingest_events_accepted_total") == 2
+    for reason in ("invalid_uuid", "unknown_type"):
+        name = f'ingest_events_rejected_total{{reason="{reason}"}}'
+        assert sample(after, name) - sample(before, name) == 1
+    name = 'ingest_request_duration_seconds_count{status="202"}'
+    assert sample(after, name) - sample(before, name) == 1
+    name = 'ingest_requests_total{code="accepted",status="202"}'
+    assert sample(after, name) - sample(before, name) == 1
+    assert "ingest_producer_queue_messages" in after
+    assert "ingest_delivery_failures_total" in after or "ingest_delivery_failures" in after
