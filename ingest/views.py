@@ -32,13 +32,18 @@ def _body_read(request: HttpRequest) -> bytes:
     is below this endpoint's 5 MiB.
     """
     limit = settings.INGEST_MAX_BODY_BYTES
-    try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        length = 0
-    if length > limit:
-        raise services.body_too_large(limit)
-    body = request.read(limit + 1)
+    declared = request.META.get("CONTENT_LENGTH") or ""
+    if not declared and "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+        # No length to check first: the server (gunicorn) de-chunks wsgi.input; read one byte over.
+        body = request.META["wsgi.input"].read(limit + 1)
+    else:
+        try:
+            length = int(declared or 0)
+        except ValueError:
+            length = 0
+        if length > limit:
+            raise services.body_too_large(limit)
+        body = request.read(limit + 1)
     if len(body) > limit:
         raise services.body_too_large(limit)
     return body

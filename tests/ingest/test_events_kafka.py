@@ -187,3 +187,20 @@ def test_prometheus_counts_accepted_rejected_latency_and_queue(client: Client, t
     assert sample(after, name) - sample(before, name) == 1
     assert "ingest_producer_queue_messages" in after
     assert "ingest_delivery_failures_total" in after or "ingest_delivery_failures" in after
+
+
+def test_chunked_body_without_content_length(client: Client, topic_reader: TopicReader) -> None:
+    import io
+
+    user = f"user-{uuid.uuid4().hex}"
+    body = body_of([event_make(userId=user), event_make(userId=user)])
+    response = client.generic(
+        "POST",
+        "/events",
+        data=b"",
+        content_type="application/json",
+        **{"wsgi.input": io.BytesIO(body), "HTTP_TRANSFER_ENCODING": "chunked", "CONTENT_TYPE": "application/json"},  # type: ignore[arg-type]
+    )
+    assert response.status_code == 202, response.content
+    assert response.json()["accepted"] == 2
+    assert len(topic_reader.messages_for({user}, expected=1)) == 1
