@@ -219,6 +219,12 @@ def main() -> None:
     parser.add_argument("--baseline-seconds", type=float, default=10.0)
     parser.add_argument("--profile", action="store_true", help="py-spy record of one worker during the run")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--worker-connections",
+        type=int,
+        default=0,
+        help="cap keep-alive connections per worker (gunicorn --worker-connections); 0: gunicorn's default",
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -276,6 +282,7 @@ def main() -> None:
             "-c",
             "python:analytics_platform.gunicorn_conf",
             f"--bind=127.0.0.1:{port}",
+            *([f"--worker-connections={args.worker_connections}"] if args.worker_connections else []),
         ],
         env=env,
         cwd=ROOT,
