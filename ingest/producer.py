@@ -102,7 +102,10 @@ class EventProducer:
     def _poll_loop(self) -> None:
         next_gauge = 0.0
         while not self._stop.is_set():
-            self._producer.poll(0.05)
+            try:
+                self._producer.poll(0.05)
+            except Exception:  # a raising callback must not end the thread: every request would time out
+                log.exception("kafka producer poll failed")
             now = time.monotonic()
             if now >= next_gauge:
                 instrumentation.producer_queue_depth.set(len(self._producer))
@@ -130,6 +133,9 @@ class EventProducer:
         if acks.error is not None:
             raise DeliveryFailed(acks.error.name(), f"Kafka refused the events: {acks.error.str()}")
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def close(self, timeout: float = 0.0) -> None:
         self._stop.set()
         self._thread.join(1.0)
@@ -152,6 +158,7 @@ def producer_get() -> EventProducer:
         and producer.pid == os.getpid()
         and producer.fatal is None
         and producer.config["bootstrap.servers"] == settings.KAFKA_BOOTSTRAP_SERVERS
+        and producer.alive()
     ):
         return producer
     with _lock:
@@ -162,6 +169,7 @@ def producer_get() -> EventProducer:
             producer is None
             or producer.pid != os.getpid()
             or producer.fatal is not None
+            or not producer.alive()
             or producer.config != config
             or producer.topic != topic
         ):
