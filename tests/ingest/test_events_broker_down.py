@@ -43,3 +43,20 @@ def test_stopped_broker_gives_503_with_retry_after_and_nothing_accepted(client: 
     finally:
         broker.kill()
         producer.producer_reset()
+
+
+def test_full_producer_queue_gives_503_not_202(client: Client, settings: Any, kafka_broker: Any) -> None:
+    settings.INGEST_PRODUCER_QUEUE_MESSAGES = 1  # room for one message: a batch of five users cannot fit
+    settings.INGEST_PRODUCER_LINGER_MS = 200
+    producer.producer_reset()
+    try:
+        events = [event_make(userId=f"user-{i}-{time.monotonic_ns()}") for i in range(5)]
+        response = client.post("/events", data=body_of(events), content_type="application/json")
+        assert response.status_code == 503, response.content
+        assert int(response["Retry-After"]) > 0
+        body = response.json()
+        assert body["error"]["code"] == "broker_unavailable"
+        assert "queue is full" in body["error"]["message"]
+        assert body["accepted"] == 0
+    finally:
+        producer.producer_reset()
