@@ -110,10 +110,10 @@ def events_prepare(
     """
     errors = decoded.errors
     skew = 0 if decoded.sent_at_ms is None else received_at_ms - decoded.sent_at_ms
-    seen: dict[Any, int] = {}
+    seen: dict[int, int] = {}
     groups: dict[str, list[Event]] = {}
     playback = _PLAYBACK_TYPES
-    to_ms = schema.epoch_ms
+    epoch, one_ms = schema.EPOCH, schema.ONE_MS
     for index, event in decoded.events:
         event_type = event.type
         if event_type in playback:
@@ -125,13 +125,14 @@ def events_prepare(
                 continue
             if event_type == "error" and event.fatal is UNSET:
                 event.fatal = True
-        event_id = event.event_id
+        event_id = event.event_id.int  # an int hashes in C; a UUID calls Python's __hash__
         first = seen.get(event_id)
         if first is not None:
             errors.append(EventError(index, "eventId", "duplicate", f"same eventId as event {first}; counted once"))
             continue
         seen[event_id] = index
-        client_ms = to_ms(event.timestamp)
+        timestamp = event.timestamp
+        client_ms = timestamp if timestamp.__class__ is int else (timestamp - epoch) // one_ms  # type: ignore[operator]
         event.client_timestamp = client_ms
         # received - (sentAt - timestamp): the client's clock offset removed.
         event.timestamp = client_ms + skew
