@@ -13,6 +13,7 @@ urlpatterns = [
     # Prometheus text lives under /prometheus/metrics so that GET /metrics stays the metrics API.
     path("prometheus/", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
+    path("", include("ingest.urls")),
     path("metrics", MetricsQueryApi.as_view(), name="metrics-query"),
     path("auth/token", TokenObtainPairView.as_view(), name="auth-token"),
     path("auth/token/refresh", TokenRefreshView.as_view(), name="auth-token-refresh"),

