@@ -343,3 +343,7 @@ SIMPLE_JWT: dict[str, Any] = {
 # per process; a shared cache configured in CACHES serves every process). 0 disables it.
 METRICS_QUERY_CACHE_SECONDS = env_int("METRICS_QUERY_CACHE_SECONDS", 10)
 SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
+SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
+    "drf_spectacular.hooks.postprocess_schema_enums",
+    "metrics.openapi.events_endpoint_document",
+]

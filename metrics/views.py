@@ -107,6 +107,7 @@ def _line_charts(body: dict[str, Any], prefix: str = "chart") -> list[dict[str, 
             {
                 "id": f"{prefix}-{metric['metric']}",
                 "metric": metric["metric"],
+                "title": metric["metric"],
                 "unit": metric["unit"],
                 "kind": "line",
                 "x": [p["t"] for p in series["points"]],
@@ -124,6 +125,7 @@ def _bar_charts(body: dict[str, Any], dim: str) -> list[dict[str, Any]]:
             {
                 "id": f"breakdown-{metric['metric']}",
                 "metric": metric["metric"],
+                "title": f"{metric['metric']} by {dim}",
                 "unit": metric["unit"],
                 "kind": "bar",
                 "x": [s["group"][dim] or "(none)" for s in metric["series"]],

@@ -364,7 +364,10 @@ def test_openapi_schema_and_docs_page(api: APIClient) -> None:
     assert schema.status_code == 200
     paths = schema.json()["paths"]
     assert "/metrics" in paths and "/auth/token" in paths and "/auth/token/refresh" in paths
+    assert "202" in paths["/events"]["post"]["responses"]
     names = {p["name"] for p in paths["/metrics"]["get"]["parameters"]}
     assert {"metric", "from", "to", "interval", "groupBy", "filter", "limit"} <= names
     docs = APIClient().get("/api/docs/")
-    assert docs.status_code == 200 and "GET /metrics" in docs.content.decode()
+    assert (
+        docs.status_code == 200 and "GET /metrics" in docs.content.decode() and "POST /events" in docs.content.decode()
+    )

@@ -6,6 +6,7 @@ Screenshots land in ``artifacts/screenshots/`` (git-ignored) so CI can keep them
 from __future__ import annotations
 
 import shutil
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from django.apps import apps as django_apps
 from django.contrib.auth import get_user_model
 
+from analytics_platform.clickhouse import client_get
 from metrics.models import MetricDefinition
 from tests.metrics import data as gen
 from tests.metrics.conftest import PASSWORD
@@ -126,9 +128,33 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
             )
             page.screenshot(path=str(SCREENSHOTS / "video.png"), full_page=True)
 
+            # Live: a few events that arrived seconds ago show up, with the ingestion lag.
+            now = datetime.now(UTC)
+            fresh = gen.Dataset(base=now)
+            for i, event in enumerate(loaded.events[:7]):
+                fresh.events.append(
+                    {
+                        **event,
+                        "event_id": uuid.uuid4(),
+                        "ts": now - timedelta(seconds=30 + i),
+                        "received_at": now - timedelta(seconds=3 + i),
+                    }
+                )
+            client = client_get()
+            try:
+                gen.insert(client, fresh)
+            finally:
+                client.disconnect()
             page.goto(f"{live_server.url}/dashboards/live")
-            page.wait_for_selector("#lag-value")
-            _chart(page, "live-events")
+            lag = float(page.inner_text("#lag-value").split()[0])
+            assert 3 <= lag < 60
+            assert page.inner_text("#total-live-events").split()[0] == "7"
+            assert sum(_chart(page, "live-events")["y"]) == 7
             page.screenshot(path=str(SCREENSHOTS / "live.png"), full_page=True)
+
+            page.goto(f"{live_server.url}/api/docs/")
+            assert page.locator("h2", has_text="GET /metrics").count() == 1
+            assert page.locator("h2", has_text="POST /events").count() == 1
+            page.screenshot(path=str(SCREENSHOTS / "api-docs.png"), full_page=True)
         finally:
             browser.close()
