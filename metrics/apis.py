@@ -107,7 +107,9 @@ class MetricsQueryApi(APIView):
         parameters=[
             OpenApiParameter("metric", OpenApiTypes.STR, many=True, required=True, description="Metric name"),
             OpenApiParameter("from", OpenApiTypes.DATETIME, description="RFC 3339; default: `to` - 24 h"),
-            OpenApiParameter("to", OpenApiTypes.DATETIME, description="RFC 3339, exclusive; default: now"),
+            OpenApiParameter(
+                "to", OpenApiTypes.DATETIME, description="RFC 3339, exclusive; default: now, rounded up to the minute"
+            ),
             OpenApiParameter("interval", OpenApiTypes.STR, enum=list(query.INTERVALS)),
             OpenApiParameter("groupBy", OpenApiTypes.STR, many=True, enum=list(query.DIMENSIONS)),
             OpenApiParameter("filter", OpenApiTypes.STR, many=True, description="`dimension:value`"),

@@ -93,14 +93,15 @@ def metric_timeseries_get(
     """The body of ``GET /metrics``: each metric's series over [start, end), UTC buckets.
 
     Identical questions within ``METRICS_QUERY_CACHE_SECONDS`` are answered from the cache. The key
-    is the normalized question (sorted filters, resolved range or "last 24 h", definitions'
-    versions), so editing a definition in the admin takes effect at once.
+    is the normalized question (resolved range, sorted filters, de-duplicated groupBy, the
+    definitions' contents), so editing a definition in the admin takes effect at once.
     """
     if not metrics:
         raise ApplicationError("at least one metric is required", code="required", field="metric")
     compiled = metric_definitions_get(names=metrics)
-    defaulted = start is None and end is None
-    now = datetime.now(UTC).replace(microsecond=0)
+    # A default end is the next whole minute: everything received so far is inside, the range is
+    # aligned so rollups answer it, and identical default queries share a cache entry for a minute.
+    now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
     end = end or now
     start = start or end - timedelta(hours=24)
     request = query.MetricRequest(
@@ -121,7 +122,7 @@ def metric_timeseries_get(
     key = _cache_key(
         {
             "metrics": [(m.name, m.spec) for m in compiled],
-            "range": "last24h" if defaulted else (_iso(start), _iso(end)),
+            "range": (_iso(start), _iso(end)),
             "interval": interval,
             "group_by": request.group_by,
             "filters": request.filters,
