@@ -276,6 +276,10 @@ def main() -> None:
                 },
             ),
             (
+                "default range (no from/to), per minute: events, errors",
+                {"metric": ["events", "errors"], "interval": "minute"},
+            ),
+            (
                 "last 24 h to the second, per minute: events, errors",
                 {
                     "metric": ["events", "errors"],
@@ -316,9 +320,10 @@ def main() -> None:
             f"{'driver p50':>10} {'p95':>7} {'p99':>7} {'CPU ch':>6}"
         )
         for label, params in queries:
+            default_end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
             request = query.MetricRequest(
-                start=datetime.fromisoformat(params["from"]),
-                end=datetime.fromisoformat(params["to"]),
+                start=datetime.fromisoformat(params["from"]) if "from" in params else default_end - timedelta(hours=24),
+                end=datetime.fromisoformat(params["to"]) if "to" in params else default_end,
                 interval=params.get("interval"),
                 group_by=(params["groupBy"],) if "groupBy" in params else (),
                 limit=params.get("limit", 100),
