@@ -276,7 +276,7 @@ def main() -> None:
                 },
             ),
             (
-                "default range (no from/to), per minute: events, errors",
+                "default last 24 h (no from/to), per minute",
                 {"metric": ["events", "errors"], "interval": "minute"},
             ),
             (
