@@ -1,0 +1,70 @@
+"""Celery tasks: parse arguments, call the service, retry failures with exponential backoff.
+
+``acks_late`` (set globally in settings) means a worker killed mid-export leaves the message on the
+broker and another worker runs it again; that is safe because an export replaces its partition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from celery import Task, shared_task
+from django.conf import settings
+from django.utils import timezone
+
+from etl.locks import LeaseLost
+from etl.services import PartitionNotClosed, partition_export
+from etl.tables import EXPORT_TABLES, UnknownTable, previous_closed_day, previous_closed_hour
+
+logger = logging.getLogger(__name__)
+
+# Errors a retry cannot fix: fail at once instead of backing off for an hour.
+_PERMANENT = (PartitionNotClosed, UnknownTable, LeaseLost)
+
+
+def _retry_countdown(retries: int) -> float:
+    return float(min(settings.ETL_TASK_RETRY_BACKOFF * (2**retries), settings.ETL_TASK_RETRY_BACKOFF_MAX))
+
+
+@shared_task(bind=True, acks_late=True, name="etl.tasks.export_partition")
+def export_partition(self: Task, table: str, day: str, hour: int | None = None) -> dict[str, Any]:
+    """Export one partition; on failure retry with backoff ``ETL_TASK_RETRY_BACKOFF * 2**n``."""
+    try:
+        run = partition_export(
+            table=table,
+            day=dt.date.fromisoformat(day),
+            hour=hour,
+            attempt=self.request.retries + 1,
+            task_id=self.request.id or "",
+        )
+    except _PERMANENT:
+        raise
+    except Exception as exc:
+        countdown = _retry_countdown(self.request.retries)
+        logger.warning(
+            "etl.export_retry",
+            extra={"table": table, "day": day, "hour": hour, "retries": self.request.retries, "countdown": countdown},
+        )
+        raise self.retry(exc=exc, countdown=countdown, max_retries=settings.ETL_TASK_MAX_RETRIES) from exc
+    return {"run": run.pk, "status": run.status, "rows": run.rows}
+
+
+@shared_task(name="etl.tasks.export_closed_day")
+def export_closed_day(day: str | None = None) -> list[str]:
+    """Beat entry: enqueue one export per table for the last closed UTC day (or ``day``)."""
+    target = day or previous_closed_day(timezone.now()).isoformat()
+    for table in sorted(EXPORT_TABLES):
+        export_partition.delay(table, target)
+    return [f"{table}/{target}" for table in sorted(EXPORT_TABLES)]
+
+
+@shared_task(name="etl.tasks.export_closed_hour")
+def export_closed_hour() -> list[str]:
+    """Beat entry: enqueue the last closed UTC hour of every table partitioned on a time."""
+    partition = previous_closed_hour(timezone.now())
+    tables = sorted(name for name, spec in EXPORT_TABLES.items() if spec.hourly)
+    for table in tables:
+        export_partition.delay(table, partition.day.isoformat(), partition.hour)
+    return [f"{table}/{partition.label}" for table in tables]
