@@ -305,10 +305,15 @@ ETL_LOCK_TTL_SECONDS = env_int("ETL_LOCK_TTL_SECONDS", 900)  # lease, renewed wh
 ETL_TASK_MAX_RETRIES = env_int("ETL_TASK_MAX_RETRIES", 6)
 ETL_TASK_RETRY_BACKOFF = env_int("ETL_TASK_RETRY_BACKOFF", 30)  # seconds; doubles per retry
 ETL_TASK_RETRY_BACKOFF_MAX = env_int("ETL_TASK_RETRY_BACKOFF_MAX", 1800)
+ETL_CATCHUP_DAYS = env_int("ETL_CATCHUP_DAYS", 3)  # the daily task also retries missed days this far back
+# Client-side retries of BigQuery calls; past them the Celery task retries with backoff instead.
+ETL_BIGQUERY_RETRY_DEADLINE = float(env("ETL_BIGQUERY_RETRY_DEADLINE", "120"))
+ETL_BIGQUERY_UPLOAD_RETRIES = env_int("ETL_BIGQUERY_UPLOAD_RETRIES", 6)
+ETL_BIGQUERY_JOB_TIMEOUT = float(env("ETL_BIGQUERY_JOB_TIMEOUT", "3600"))
 ETL_HOURLY = env_bool("ETL_HOURLY", False)
-CELERY_BEAT_SCHEDULE["etl-export-previous-day"] = {
+CELERY_BEAT_SCHEDULE["etl-export-closed-days"] = {
     # 00:15 UTC: late events of the closed day have had a quarter of an hour to land.
-    "task": "etl.tasks.export_closed_day",
+    "task": "etl.tasks.export_closed_days",
     "schedule": crontab(minute=15, hour=0),
 }
 if ETL_HOURLY:

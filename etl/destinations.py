@@ -25,6 +25,7 @@ from typing import Protocol
 from django.conf import settings
 from google.api_core.exceptions import NotFound
 from google.cloud import bigquery
+from google.cloud.bigquery.retry import DEFAULT_RETRY
 
 from etl.schema import Column, bigquery_schema
 from etl.tables import ExportTable, Partition
@@ -113,6 +114,8 @@ class BigQueryDestination:
         dataset: str,
         replace_mode: str = "decorator",
         job_timeout: float = 3600.0,
+        retry_deadline: float = 120.0,
+        upload_retries: int = 6,
     ) -> None:
         if replace_mode not in {"decorator", "merge"}:
             raise ValueError(f"replace_mode must be 'decorator' or 'merge', not {replace_mode!r}")
@@ -120,6 +123,10 @@ class BigQueryDestination:
         self.dataset = dataset
         self.replace_mode = replace_mode
         self.job_timeout = job_timeout
+        # The client's default retries API calls for up to 600 s; a shorter deadline hands long
+        # outages to the Celery task's backoff, which frees the worker and records the attempt.
+        self.retry = DEFAULT_RETRY.with_deadline(retry_deadline)
+        self.upload_retries = upload_retries
 
     def table_id(self, table: ExportTable) -> str:
         return f"{self.client.project}.{self.dataset}.{table.name}"
@@ -129,17 +136,19 @@ class BigQueryDestination:
 
     def table_ensure(self, table: ExportTable, columns: list[Column]) -> bigquery.Table:
         """Create the dataset and the day-partitioned table if missing; add new columns if any."""
-        self.client.create_dataset(bigquery.Dataset(f"{self.client.project}.{self.dataset}"), exists_ok=True)
+        self.client.create_dataset(
+            bigquery.Dataset(f"{self.client.project}.{self.dataset}"), exists_ok=True, retry=self.retry
+        )
         schema = bigquery_schema(columns)
         try:
-            existing = self.client.get_table(self.table_id(table))
+            existing = self.client.get_table(self.table_id(table), retry=self.retry)
         except NotFound:
             new = bigquery.Table(self.table_id(table), schema=schema)
             new.time_partitioning = bigquery.TimePartitioning(
                 type_=bigquery.TimePartitioningType.DAY, field=table.time_column
             )
             new.description = table.description or None
-            return self.client.create_table(new, exists_ok=True)
+            return self.client.create_table(new, exists_ok=True, retry=self.retry)
         known = {field.name for field in existing.schema}
         added = [
             bigquery.SchemaField(
@@ -152,7 +161,7 @@ class BigQueryDestination:
             # A ClickHouse migration added columns: widen the table (BigQuery only allows
             # NULLABLE/REPEATED additions); the old partitions read them as NULL.
             existing.schema = [*existing.schema, *added]
-            existing = self.client.update_table(existing, ["schema"])
+            existing = self.client.update_table(existing, ["schema"], retry=self.retry)
         return existing
 
     def _load(self, parquet: Path, destination: str, *, write_disposition: str, partitioned_on: str | None) -> int:
@@ -165,8 +174,10 @@ class BigQueryDestination:
             )
         with open(parquet, "rb") as handle:
             # Resumable upload: no size= (which switches to a multipart upload).
-            job = self.client.load_table_from_file(handle, destination, job_config=config, job_id_prefix="etl_")
-        job.result(timeout=self.job_timeout)
+            job = self.client.load_table_from_file(
+                handle, destination, job_config=config, job_id_prefix="etl_", num_retries=self.upload_retries
+            )
+        job.result(timeout=self.job_timeout, retry=self.retry)
         return int(job.output_rows or 0)
 
     def replace(self, *, table: ExportTable, partition: Partition, columns: list[Column], parquet: Path) -> None:
@@ -186,7 +197,7 @@ class BigQueryDestination:
         staging = bigquery.Table(staging_id, schema=bigquery_schema(columns))
         # If a worker dies between load and cleanup the staging table removes itself.
         staging.expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-        self.client.create_table(staging, exists_ok=True)
+        self.client.create_table(staging, exists_ok=True, retry=self.retry)
         try:
             self._load(parquet, staging_id, write_disposition="WRITE_TRUNCATE", partitioned_on=None)
             names = ", ".join(_quote(column.name) for column in columns)
@@ -209,11 +220,13 @@ class BigQueryDestination:
                 f"WHEN NOT MATCHED BY SOURCE AND {condition} THEN DELETE "
                 f"WHEN NOT MATCHED THEN INSERT ({names}) VALUES ({names})"
             )
-            job = self.client.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=parameters))
-            job.result(timeout=self.job_timeout)
+            job = self.client.query(
+                sql, job_config=bigquery.QueryJobConfig(query_parameters=parameters), retry=self.retry
+            )
+            job.result(timeout=self.job_timeout, retry=self.retry)
         finally:
             try:
-                self.client.delete_table(staging_id, not_found_ok=True)
+                self.client.delete_table(staging_id, not_found_ok=True, retry=self.retry)
             except Exception:  # the table expires by itself; keep the real error
                 logger.warning("etl.staging_cleanup_failed", extra={"table": staging_id}, exc_info=True)
 
@@ -225,5 +238,8 @@ def destination_get() -> Destination:
             client=bigquery_client_get(),
             dataset=settings.BIGQUERY_DATASET,
             replace_mode=settings.BIGQUERY_REPLACE_MODE,
+            job_timeout=settings.ETL_BIGQUERY_JOB_TIMEOUT,
+            retry_deadline=settings.ETL_BIGQUERY_RETRY_DEADLINE,
+            upload_retries=settings.ETL_BIGQUERY_UPLOAD_RETRIES,
         )
     return LocalParquetDestination(Path(settings.ETL_LOCAL_DIR))

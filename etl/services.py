@@ -29,7 +29,7 @@ from etl.destinations import Destination, destination_get
 from etl.locks import partition_lease
 from etl.models import ExportRun
 from etl.schema import Column, arrow_schema, column_from_clickhouse
-from etl.tables import ExportTable, Partition, days_between, export_table_get
+from etl.tables import EXPORT_TABLES, ExportTable, Partition, days_between, export_table_get, previous_closed_day
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ def partition_batches(
     where, params = _where(table, columns, partition)
     select = ", ".join(column.select_expression for column in columns)
     # Identifiers come from the export registry and DESCRIBE; values are bound parameters.
-    sql = f"SELECT {select} FROM {_quote(table.clickhouse_table)} WHERE {where}"  # noqa: S608
+    final = " FINAL" if table.final else ""
+    sql = f"SELECT {select} FROM {_quote(table.clickhouse_table)}{final} WHERE {where}"  # noqa: S608
     schema = arrow_schema(columns)
     converters = [_converter(column) for column in columns]
     chunks = client.execute_iter(sql, params, settings={"max_block_size": block_size}, chunk_size=block_size)
@@ -110,7 +111,8 @@ def partition_batches(
 
 def partition_row_count(*, client: Client, table: ExportTable, columns: list[Column], partition: Partition) -> int:
     where, params = _where(table, columns, partition)
-    rows = client.execute(f"SELECT count() FROM {_quote(table.clickhouse_table)} WHERE {where}", params)  # noqa: S608
+    final = " FINAL" if table.final else ""
+    rows = client.execute(f"SELECT count() FROM {_quote(table.clickhouse_table)}{final} WHERE {where}", params)  # noqa: S608
     return int(rows[0][0])
 
 
@@ -230,3 +232,14 @@ def partitions_pending(
         ).values_list("day", "hour")
     )
     return [partition for partition in wanted if (partition.day, partition.hour) not in done]
+
+
+def closed_days_pending(*, now: dt.datetime, lookback_days: int) -> list[tuple[str, Partition]]:
+    """(table, day) of every table for the closed days of the last ``lookback_days`` without a success."""
+    last = previous_closed_day(now)
+    first = last - dt.timedelta(days=max(lookback_days, 1) - 1)
+    return [
+        (table, partition)
+        for table in sorted(EXPORT_TABLES)
+        for partition in partitions_pending(table=table, first=first, last=last)
+    ]

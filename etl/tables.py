@@ -17,18 +17,39 @@ class ExportTable:
     ``name`` names the BigQuery table and the local archive folder; ``time_column`` is the
     ClickHouse ``DateTime``/``DateTime64``/``Date`` column that decides which day (and hour) a row
     belongs to, and is also the BigQuery partitioning column. Hourly exports need a time of day, so
-    they are refused for ``Date`` columns (set ``hourly=False``).
+    they are refused for ``Date`` columns (set ``hourly=False``). ``final`` reads with ``FINAL``:
+    for Replacing/Collapsing engines, so an archive never holds a row twice because ClickHouse had
+    not merged its parts yet.
     """
 
     name: str
     clickhouse_table: str
     time_column: str
     hourly: bool = True
+    final: bool = False
     description: str = ""
 
 
-# Filled once the streams schema lands (raw events, per-view summaries).
-EXPORT_TABLES: dict[str, ExportTable] = {}
+# The streams schema (streams/models.py): raw events by event time, and one row per closed view
+# by the view's start (the bucket metrics count it in). Rollups are derived and not exported.
+EXPORT_TABLES: dict[str, ExportTable] = {
+    table.name: table
+    for table in (
+        ExportTable(
+            name="events",
+            clickhouse_table="events",
+            time_column="ts",
+            description="Every accepted player event, partitioned by event time (UTC).",
+        ),
+        ExportTable(
+            name="view_summaries",
+            clickhouse_table="view_summaries",
+            time_column="start_ts",
+            final=True,  # ReplacingMergeTree
+            description="One row per closed view with its QoE figures, partitioned by view start (UTC).",
+        ),
+    )
+}
 
 
 class UnknownTable(KeyError):

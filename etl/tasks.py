@@ -15,8 +15,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from etl.locks import LeaseLost
-from etl.services import PartitionNotClosed, partition_export
-from etl.tables import EXPORT_TABLES, UnknownTable, previous_closed_day, previous_closed_hour
+from etl.services import PartitionNotClosed, closed_days_pending, partition_export
+from etl.tables import EXPORT_TABLES, UnknownTable, previous_closed_hour
 
 logger = logging.getLogger(__name__)
 
@@ -51,20 +51,28 @@ def export_partition(self: Task, table: str, day: str, hour: int | None = None) 
     return {"run": run.pk, "status": run.status, "rows": run.rows}
 
 
-@shared_task(name="etl.tasks.export_closed_day")
-def export_closed_day(day: str | None = None) -> list[str]:
-    """Beat entry: enqueue one export per table for the last closed UTC day (or ``day``)."""
-    target = day or previous_closed_day(timezone.now()).isoformat()
-    for table in sorted(EXPORT_TABLES):
-        export_partition.delay(table, target)
-    return [f"{table}/{target}" for table in sorted(EXPORT_TABLES)]
+@shared_task(name="etl.tasks.export_closed_days")
+def export_closed_days() -> list[str]:
+    """Beat entry (00:15 UTC): enqueue each closed day of the last ``ETL_CATCHUP_DAYS`` not yet exported.
+
+    Normally that is yesterday. The day is worked out when the task runs, not when beat fired, and
+    by looking at what already succeeded, so a worker outage or a message that waited in the queue
+    past midnight catches up on every missed day instead of skipping one.
+    """
+    pending = closed_days_pending(now=timezone.now(), lookback_days=settings.ETL_CATCHUP_DAYS)
+    for table, partition in pending:
+        export_partition.delay(table, partition.day.isoformat())
+    return [partition.lease_key(table) for table, partition in pending]
 
 
 @shared_task(name="etl.tasks.export_closed_hour")
 def export_closed_hour() -> list[str]:
-    """Beat entry: enqueue the last closed UTC hour of every table partitioned on a time."""
+    """Beat entry (hh:05 UTC, with ``ETL_HOURLY``): enqueue the last closed hour of each hourly table.
+
+    Provisional data: the day's export at 00:15 replaces the day as a whole.
+    """
     partition = previous_closed_hour(timezone.now())
     tables = sorted(name for name, spec in EXPORT_TABLES.items() if spec.hourly)
     for table in tables:
         export_partition.delay(table, partition.day.isoformat(), partition.hour)
-    return [f"{table}/{partition.label}" for table in tables]
+    return [partition.lease_key(table) for table in tables]
