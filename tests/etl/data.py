@@ -28,8 +28,10 @@ def _next_offset() -> int:
     return _offset
 
 
-def events_insert(client: Any, *, day: dt.date, count: int, videos: int = 5, seed: int = 0) -> dict[str, tuple[int, int]]:
-    """Insert ``count`` events spread over ``day`` (UTC), plus one just before and one just after it.
+def events_insert(
+    client: Any, *, day: dt.date, count: int, videos: int = 5, seed: int = 0, neighbours: bool = True
+) -> dict[str, tuple[int, int]]:
+    """Insert ``count`` events spread over ``day`` (UTC), plus (``neighbours``) one just before and one just after it.
 
     Returns {video_id: (events, sum(position_ms))} for the day only.
     """
@@ -50,9 +52,9 @@ def events_insert(client: Any, *, day: dt.date, count: int, videos: int = 5, see
         rows.append(_event(ts, video, position, rng))
         sums[video][0] += 1
         sums[video][1] += position
-    # Neighbours that must not be exported with this day.
-    rows.append(_event(start - dt.timedelta(milliseconds=1), "video-0", 1, rng))
-    rows.append(_event(start + dt.timedelta(days=1), "video-0", 1, rng))
+    if neighbours:  # rows that must not be exported with this day
+        rows.append(_event(start - dt.timedelta(milliseconds=1), "video-0", 1, rng))
+        rows.append(_event(start + dt.timedelta(days=1), "video-0", 1, rng))
     client.execute(f"INSERT INTO events ({EVENT_COLUMNS}) VALUES", rows)
     return {video: (n, total) for video, (n, total) in sums.items()}
 

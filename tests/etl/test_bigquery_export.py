@@ -52,3 +52,105 @@ def test_a_day_lands_in_bigquery_with_clickhouse_counts_and_sums(clickhouse, big
     assert types["event_id"] == ("STRING", "REQUIRED")
     assert types["position_ms"] == ("INTEGER", "NULLABLE") or types["position_ms"] == ("INT64", "NULLABLE")
     assert types["fatal"][0] in {"BOOL", "BOOLEAN"}
+
+
+def test_running_a_day_again_replaces_it_without_duplicates(clickhouse, bigquery_settings, bigquery_client):
+    day, neighbour = past_day(20), past_day(22)  # not adjacent: each insert adds rows at its edges
+    events_insert(clickhouse, day=day, count=3000, seed=3)
+    neighbour_sums = events_insert(clickhouse, day=neighbour, count=1000, seed=4)
+    partition_export(table="events", day=neighbour)
+    partition_export(table="events", day=day)
+    partition_export(table="events", day=day)  # the same data again: nothing doubles
+
+    assert bigquery_per_video(bigquery_client, dataset=bigquery_settings, table="events", day=day) == (
+        clickhouse_per_video(clickhouse, table="events", day=day)
+    )
+    # Late events reach ClickHouse; the re-export makes BigQuery's day equal ClickHouse's again.
+    events_insert(clickhouse, day=day, count=500, seed=5)
+    partition_export(table="events", day=day)
+    expected = clickhouse_per_video(clickhouse, table="events", day=day)
+    assert sum(n for n, _ in expected.values()) == 3500
+    assert bigquery_per_video(bigquery_client, dataset=bigquery_settings, table="events", day=day) == expected
+    distinct = bigquery_scalar(
+        bigquery_client,
+        f"SELECT COUNT(*) - COUNT(DISTINCT event_id) FROM `{bigquery_settings}.events` WHERE DATE(ts) = '{day}'",
+    )
+    assert distinct == 0
+    # The other day's partition was not touched by the replacements.
+    assert bigquery_per_video(bigquery_client, dataset=bigquery_settings, table="events", day=neighbour) == (
+        neighbour_sums
+    )
+    assert ExportRun.objects.filter(table="events", day=day, status=ExportRun.Status.SUCCEEDED).count() == 3
+
+
+def test_hourly_exports_then_the_day_leave_one_copy(clickhouse, bigquery_settings, bigquery_client):
+    day = past_day(25)
+    events_insert(clickhouse, day=day, count=2000, seed=6)
+    for hour in (0, 5, 23, 5):  # hour 5 twice: replaced, not appended
+        partition_export(table="events", day=day, hour=hour)
+    hourly = bigquery_scalar(bigquery_client, f"SELECT COUNT(*) FROM `{bigquery_settings}.events`")
+    in_hours = clickhouse.execute(
+        "SELECT count() FROM events WHERE toDate(ts, 'UTC') = %(day)s AND toHour(ts, 'UTC') IN (0, 5, 23)",
+        {"day": day},
+    )[0][0]
+    assert hourly == in_hours
+    partition_export(table="events", day=day)
+    assert bigquery_per_video(bigquery_client, dataset=bigquery_settings, table="events", day=day) == (
+        clickhouse_per_video(clickhouse, table="events", day=day)
+    )
+
+
+def test_backfill_command_exports_several_days_resumes_and_dry_runs(
+    clickhouse, bigquery_settings, bigquery_client, capsys
+):
+    days = [past_day(30 + offset) for offset in range(4)]  # newest first
+    first, last = days[-1], days[0]
+    for seed, day in enumerate(days):
+        events_insert(clickhouse, day=day, count=700 + seed * 100, seed=10 + seed, neighbours=False)
+        views_insert(clickhouse, day=day, count=100, seed=20 + seed)
+
+    call_command("export_bigquery", "--from", str(first), "--to", str(last), "--dry-run", "--no-progress")
+    out = capsys.readouterr().out
+    assert "8 partition(s) to count" in out
+    assert f"events {days[1]}: 800 rows" in out
+    assert not _dataset_exists(bigquery_client, bigquery_settings)  # a dry run touches nothing
+    assert ExportRun.objects.filter(status=ExportRun.Status.DRY_RUN).count() == 8
+
+    # An earlier, interrupted backfill already did one partition: it is not exported again.
+    partition_export(table="events", day=days[2])
+    call_command("export_bigquery", "--from", str(first), "--to", str(last), "--no-progress")
+    out = capsys.readouterr().out
+    assert "7 partition(s) to export" in out
+    for day in days:
+        for table in ("events", "view_summaries"):
+            assert bigquery_per_video(bigquery_client, dataset=bigquery_settings, table=table, day=day) == (
+                clickhouse_per_video(clickhouse, table=table, day=day)
+            ), (table, day)
+    assert ExportRun.objects.filter(table="events", day=days[2], status=ExportRun.Status.SUCCEEDED).count() == 1
+
+    call_command("export_bigquery", "--from", str(first), "--to", str(last), "--no-progress")
+    assert "0 partition(s) to export" in capsys.readouterr().out
+    call_command(
+        "export_bigquery", "--from", str(days[1]), "--to", str(days[1]), "--table", "events", "--force", "--no-progress"
+    )
+    assert "1 partition(s) to export" in capsys.readouterr().out
+    total = bigquery_scalar(bigquery_client, f"SELECT COUNT(*) FROM `{bigquery_settings}.events`")
+    assert total == sum(700 + seed * 100 for seed in range(4))
+
+
+def _dataset_exists(client, dataset: str) -> bool:
+    from google.api_core.exceptions import NotFound
+
+    try:
+        client.get_dataset(dataset)
+    except NotFound:
+        return False
+    return True
+
+
+def test_open_day_is_refused(clickhouse, bigquery_settings):
+    from etl.services import PartitionNotClosed
+
+    today = dt.datetime.now(dt.UTC).date()
+    with pytest.raises(PartitionNotClosed):
+        partition_export(table="events", day=today)
