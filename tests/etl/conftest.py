@@ -12,6 +12,7 @@ If the emulator does not come up the fixture fails with its log: the tests are n
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import os
 import shutil
 import signal
@@ -36,9 +37,10 @@ PROJECT = "etl-test"
 
 
 def _spatial_extension_file() -> Path:
-    import duckdb_extension_spatial
-
-    root = Path(duckdb_extension_spatial.__file__).resolve().parent / "extensions"
+    spec = importlib.util.find_spec("duckdb_extension_spatial")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("duckdb-extension-spatial is not installed (pip install '.[dev]')")
+    root = Path(spec.origin).resolve().parent / "extensions"
     found = sorted(root.glob("*/spatial.duckdb_extension"))
     if not found:
         raise RuntimeError(f"no spatial.duckdb_extension under {root}")

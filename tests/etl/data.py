@@ -88,7 +88,9 @@ def _event(ts: dt.datetime, video: str, position: int, rng: random.Random) -> tu
     )
 
 
-def views_insert(client: Any, *, day: dt.date, count: int, videos: int = 5, seed: int = 0) -> dict[str, tuple[int, int]]:
+def views_insert(
+    client: Any, *, day: dt.date, count: int, videos: int = 5, seed: int = 0
+) -> dict[str, tuple[int, int]]:
     """Insert ``count`` closed views starting on ``day``; return {video_id: (views, sum(watch_time_ms))}."""
     rng = random.Random(seed)
     start = dt.datetime.combine(day, dt.time(0), tzinfo=dt.UTC)
@@ -142,8 +144,7 @@ def clickhouse_per_video(client: Any, *, table: str, day: dt.date) -> dict[str, 
     """Per-video (rows, sum) for one UTC day, as ClickHouse computes it."""
     if table == "events":
         sql = (
-            "SELECT video_id, count(), sum(position_ms) FROM events "
-            "WHERE toDate(ts, 'UTC') = %(day)s GROUP BY video_id"
+            "SELECT video_id, count(), sum(position_ms) FROM events WHERE toDate(ts, 'UTC') = %(day)s GROUP BY video_id"
         )
     else:
         sql = (
@@ -162,7 +163,9 @@ def bigquery_per_video(client: Any, *, dataset: str, table: str, day: dt.date) -
         f"WHERE DATE({time_column}) = @day GROUP BY video_id"
     )
     config = bigquery.QueryJobConfig(query_parameters=[bigquery.ScalarQueryParameter("day", "DATE", day)])
-    return {row["video_id"]: (int(row["n"]), int(row["total"])) for row in client.query(sql, job_config=config).result()}
+    return {
+        row["video_id"]: (int(row["n"]), int(row["total"])) for row in client.query(sql, job_config=config).result()
+    }
 
 
 def bigquery_scalar(client: Any, sql: str) -> Any:

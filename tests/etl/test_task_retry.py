@@ -92,9 +92,7 @@ def test_a_load_killed_midway_is_retried_and_the_day_stays_consistent(
     assert final.rows == sum(n for n, _ in expected.values()) == 25_000
     fresh = bigquery_emulator.client()
     assert bigquery_per_video(fresh, dataset=bigquery_settings, table="events", day=day) == expected
-    duplicates = bigquery_scalar(
-        fresh, f"SELECT COUNT(*) - COUNT(DISTINCT event_id) FROM `{bigquery_settings}.events`"
-    )
+    duplicates = bigquery_scalar(fresh, f"SELECT COUNT(*) - COUNT(DISTINCT event_id) FROM `{bigquery_settings}.events`")
     assert duplicates == 0
     # No staging table is left behind by the failed attempt once the retry has cleaned up.
     assert [t.table_id for t in fresh.list_tables(bigquery_settings)] == ["events"]

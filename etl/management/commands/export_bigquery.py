@@ -82,7 +82,9 @@ class Command(BaseCommand):
                 bar.set_postfix(rows=rows)
                 bar.update(1)
                 if dry_run:
-                    tqdm.write(f"{name} {partition.label}: {run.rows} rows -> {run.destination}", file=self.stdout, end="")
+                    tqdm.write(
+                        f"{name} {partition.label}: {run.rows} rows -> {run.destination}", file=self.stdout, end=""
+                    )
         summary = ", ".join(f"{count} {status}" for status, count in sorted(totals.items())) or "nothing to do"
         self.stdout.write(self.style.SUCCESS(f"{summary}; {rows} rows"))
         if totals.get(ExportRun.Status.SKIPPED):
