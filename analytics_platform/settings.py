@@ -311,6 +311,14 @@ ETL_BIGQUERY_RETRY_DEADLINE = float(env("ETL_BIGQUERY_RETRY_DEADLINE", "120"))
 ETL_BIGQUERY_UPLOAD_RETRIES = env_int("ETL_BIGQUERY_UPLOAD_RETRIES", 6)
 ETL_BIGQUERY_JOB_TIMEOUT = float(env("ETL_BIGQUERY_JOB_TIMEOUT", "3600"))
 ETL_HOURLY = env_bool("ETL_HOURLY", False)
+if PRODUCTION and CELERY_BROKER_URL.startswith("filesystem"):
+    # The filesystem transport only reaches workers on the same host: production uses Redis.
+    raise ImproperlyConfigured("CELERY_BROKER_URL must name the production broker (redis://...)")
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Redis redelivers an unacknowledged (acks_late) message after visibility_timeout: keep it above
+    # the longest export plus the longest retry countdown, or a slow export would be started twice
+    # (the partition lease would then make the second one wait, but it is wasted work).
+    CELERY_BROKER_TRANSPORT_OPTIONS.setdefault("visibility_timeout", 4 * 3600)
 CELERY_BEAT_SCHEDULE["etl-export-closed-days"] = {
     # 00:15 UTC: late events of the closed day have had a quarter of an hour to land.
     "task": "etl.tasks.export_closed_days",

@@ -204,7 +204,7 @@ def main() -> None:
                 results["bigquery"] = _measure("bigquery", count, export_to(destination))
                 loaded = next(iter(emulator.client().query("SELECT COUNT(*) FROM `bench.events`").result()))[0]
                 print(f"          bqemulator holds {loaded:,} rows")
-            except Exception as exc:  # report, do not hide, what the emulator could not do
+            except Exception as exc:  # noqa: BLE001 -- report, do not hide, what the emulator could not do
                 print(f"bigquery  FAILED: {type(exc).__name__}: {str(exc)[:500]}")
         base = results["read"]["rows_per_s"]
         print()

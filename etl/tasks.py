@@ -15,6 +15,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from etl.locks import LeaseLost
+from etl.models import ExportRun
 from etl.services import PartitionNotClosed, closed_days_pending, partition_export
 from etl.tables import EXPORT_TABLES, UnknownTable, previous_closed_hour
 
@@ -48,6 +49,13 @@ def export_partition(self: Task, table: str, day: str, hour: int | None = None) 
             extra={"table": table, "day": day, "hour": hour, "retries": self.request.retries, "countdown": countdown},
         )
         raise self.retry(exc=exc, countdown=countdown, max_retries=settings.ETL_TASK_MAX_RETRIES) from exc
+    if run.status == ExportRun.Status.SKIPPED:
+        # Another export holds the partition. It may be alive (then this retry re-exports the same
+        # closed partition, harmlessly) or a dead worker's lease that expires within the TTL: come
+        # back after a third of it rather than drop the export.
+        raise self.retry(
+            countdown=max(settings.ETL_LOCK_TTL_SECONDS // 3, 1), max_retries=settings.ETL_TASK_MAX_RETRIES
+        )
     return {"run": run.pk, "status": run.status, "rows": run.rows}
 
 

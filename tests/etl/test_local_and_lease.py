@@ -116,3 +116,20 @@ def test_only_one_process_gets_the_lease():
         process.join(30)
     outcomes = [results.get(timeout=5) for _ in processes]
     assert sorted(outcomes) == [False, False, False, True]
+
+
+def test_the_task_comes_back_later_when_the_partition_is_busy(clickhouse, local_archive, settings):
+    from celery.exceptions import MaxRetriesExceededError
+
+    from etl.tasks import export_partition
+
+    settings.ETL_TASK_MAX_RETRIES = 2
+    day = past_day(58)
+    events_insert(clickhouse, day=day, count=10, seed=58)
+    with partition_lease(f"events/{day.isoformat()}", ttl_seconds=60) as held:
+        assert held.acquired
+        # Eager: Celery runs the retries inline (no countdown); each one finds the lease still held.
+        result = export_partition.apply(args=("events", day.isoformat()))
+    assert isinstance(result.result, MaxRetriesExceededError)
+    assert ExportRun.objects.filter(day=day, status=ExportRun.Status.SKIPPED).count() == 3
+    assert not ExportRun.objects.filter(day=day, status=ExportRun.Status.SUCCEEDED).exists()
