@@ -148,9 +148,13 @@ def _dataset_exists(client, dataset: str) -> bool:
     return True
 
 
-def test_open_day_is_refused(clickhouse, bigquery_settings):
+def test_open_day_is_refused(clickhouse, bigquery_settings, capsys):
     from etl.services import PartitionNotClosed
 
     today = dt.datetime.now(dt.UTC).date()
     with pytest.raises(PartitionNotClosed):
         partition_export(table="events", day=today)
+    call_command("export_bigquery", "--from", str(today), "--to", str(today), "--dry-run", "--no-progress")
+    out = capsys.readouterr().out
+    assert "2 partition(s) not closed yet, left out" in out
+    assert "0 partition(s) to count" in out

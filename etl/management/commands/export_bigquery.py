@@ -12,6 +12,7 @@ import datetime as dt
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
 from tqdm import tqdm
 
 from etl.destinations import destination_get
@@ -60,6 +61,12 @@ class Command(BaseCommand):
                 table=name, first=first, last=last, hourly=options["hour"], force=options["force"] or dry_run
             )
         ]
+        now = timezone.now()
+        still_open = [(name, partition) for name, partition in plan if not partition.is_closed(now)]
+        if still_open:
+            # Today (or the current hour) is still receiving events: beat exports it once closed.
+            self.stdout.write(f"{len(still_open)} partition(s) not closed yet, left out")
+            plan = [(name, partition) for name, partition in plan if partition.is_closed(now)]
         self.stdout.write(f"{len(plan)} partition(s) to {'count' if dry_run else 'export'}")
         destination = destination_get()
         totals: dict[str, int] = {}
