@@ -21,6 +21,7 @@ import argparse
 import datetime as dt
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -218,6 +219,7 @@ def main() -> None:
         if emulator is not None:
             emulator.stop()
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the Parquet files and data dirs take gigabytes
 
 
 if __name__ == "__main__":
