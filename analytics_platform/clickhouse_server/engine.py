@@ -4,7 +4,7 @@ Each client connection gets its own chdb connection on the shared data directory
 several in one process, they run queries in parallel (chdb releases the GIL), and each keeps its
 own current database and ``SET`` state, which is what a ClickHouse TCP session is.
 
-Durability: an INSERT is acknowledged to the client only after chdb's ``insert_done`` returned,
+Durability: an INSERT is acknowledged to the client only after chdb's INSERT statement returned,
 i.e. after the MergeTree part was written and renamed into the table (the commit point). Such a
 part survives ``kill -9`` of the server because the data is in the OS page cache and the part's
 directory rename already happened; chdb reloads committed parts and drops temporary ones on the
@@ -15,16 +15,20 @@ on the table, like on a real ClickHouse server.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO, cast
+
+from chdb import _chdb
 
 from .protocol import ErrorCode, ServerError, Setting
-
-import chdb._chdb as _chdb  # noqa: E402  (imports chdb; slow, so after our own modules)
 
 _CODE = re.compile(r"Code:\s*(\d+)\.\s*(.*)", re.DOTALL)
 _VERSION_SUFFIX = re.compile(r"\s*\(version [0-9.]+(?: \(official build\))?\)\s*$")
@@ -65,7 +69,7 @@ class EngineConnection:
 
     def __init__(self, data_dir: str) -> None:
         with _CONNECT_LOCK:
-            self._conn: Any = _chdb.connect(data_dir)
+            self._conn: Any = cast(Any, _chdb).connect(data_dir)
         self._data_dir = data_dir
         # Query-scoped settings currently applied with SET, restored lazily: clients usually send
         # the same settings with every query, so most queries need no extra statement.
@@ -115,12 +119,8 @@ class EngineConnection:
             raise server_error(exc) from None
         return Stream(self._conn, handle)
 
-    def begin_insert(self, statement: str) -> Insert:
-        try:
-            handle = self._conn.send_insert(statement, "Native")
-        except RuntimeError as exc:
-            raise server_error(exc) from None
-        return Insert(self._conn, handle)
+    def begin_insert(self, head: str, settings: str, spool_dir: Path) -> Insert:
+        return Insert(self, head, settings, spool_dir)
 
     # --- metadata -------------------------------------------------------------------------
 
@@ -203,7 +203,8 @@ class EngineConnection:
         if not names:
             return {}
         listed = ", ".join(quote_literal(name) for name in names)
-        rows = self.execute_text(f"SELECT name, value, changed FROM system.settings WHERE name IN ({listed})")
+        query = f"SELECT name, value, changed FROM system.settings WHERE name IN ({listed})"  # noqa: S608 - quoted literals
+        rows = self.execute_text(query)
         return {row[0]: (quote_literal(row[1]) if row[2] else "DEFAULT") for row in rows}
 
 
@@ -213,8 +214,10 @@ class Stream:
     def __init__(self, conn: Any, handle: Any) -> None:
         self._conn = conn
         self._handle: Any = handle
-        self.rows = 0
+        self.rows = 0  # result rows and bytes sent so far
         self.bytes = 0
+        self.read_rows = 0  # rows and bytes chdb read from storage: what Progress reports
+        self.read_bytes = 0
 
     def chunks(self) -> Iterator[bytes]:
         while self._handle is not None:
@@ -228,47 +231,65 @@ class Stream:
                 return
             self.rows += result.rows_read()
             self.bytes += result.bytes_read()
+            self.read_rows += result.storage_rows_read()
+            self.read_bytes += result.storage_bytes_read()
             yield bytes(result.bytes())
 
     def cancel(self) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._conn.streaming_cancel_query(handle)
-            except RuntimeError:
-                pass
 
 
 class Insert:
-    """A streaming INSERT fed with Native blocks."""
+    """An INSERT whose Native blocks are spooled to a file, then run as ``FROM INFILE``.
 
-    def __init__(self, conn: Any, handle: Any) -> None:
-        self._conn = conn
-        self._handle: Any = handle
+    Why not chdb's streaming ``send_insert``: in chdb 26.9 it swallows errors raised while the
+    rows are written (CHECK constraints, too many partitions, a failing materialized view): the
+    rows are silently dropped and ``insert_done`` still reports them written. An acknowledged
+    insert must really be in the table, so the server takes the ordinary ``INSERT ... FROM
+    INFILE ... FORMAT Native`` path, which reports every error. Spooling to a file keeps the
+    server's memory flat however much a client inserts; the bytes stay in the page cache.
+    """
+
+    def __init__(self, engine: EngineConnection, head: str, settings: str, spool_dir: Path) -> None:
+        self._engine = engine
+        self._head = head
+        self._settings = settings
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="insert-", suffix=".native", dir=spool_dir)
+        self._path = Path(name)
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
+        self.blocks = 0
 
     def append(self, native_block: bytes) -> None:
-        try:
-            self._conn.insert_append(self._handle, native_block)
-        except RuntimeError as exc:
-            self.cancel()
-            raise server_error(exc) from None
+        assert self._file is not None
+        self._file.write(native_block)
+        self.blocks += 1
 
     def finish(self) -> tuple[int, int]:
-        """Commit; return (rows, bytes) written."""
-        handle, self._handle = self._handle, None
+        """Run the INSERT; return (rows, bytes) written."""
+        assert self._file is not None
+        self._file.close()
+        self._file = None
         try:
-            result = self._conn.insert_done(handle)
-        except RuntimeError as exc:
-            raise server_error(exc) from None
-        return int(result.rows_written()), int(result.bytes_written())
+            if not self.blocks:
+                return 0, 0
+            sql = f"{self._head} FROM INFILE {quote_literal(str(self._path))} {self._settings} FORMAT Native"
+            try:
+                result = self._engine._conn.query(sql, "Native")
+            except RuntimeError as exc:
+                raise server_error(exc) from None
+            return int(result.rows_written()), int(result.bytes_written())
+        finally:
+            self._path.unlink(missing_ok=True)
 
     def cancel(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            try:
-                self._conn.insert_cancel(handle)
-            except RuntimeError:
-                pass
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._path.unlink(missing_ok=True)
 
 
 def engine_identity(conn: EngineConnection) -> tuple[str, tuple[int, int, int]]:

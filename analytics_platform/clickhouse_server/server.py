@@ -9,9 +9,11 @@ rebuilt whenever the last client disconnects, and it is closed last on shutdown.
 from __future__ import annotations
 
 import logging
+import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 from .engine import EngineConnection, engine_identity
 from .session import Session, SessionConfig
@@ -34,10 +36,13 @@ class ClickHouseServer:
     ) -> None:
         self.data_dir = data_dir
         self.shutdown_grace = shutdown_grace
+        spool_dir = Path(data_dir) / "insert_spool"
+        shutil.rmtree(spool_dir, ignore_errors=True)  # leftovers of a killed server
         self._primary = EngineConnection(data_dir)
         timezone, version = engine_identity(self._primary)
         self._config = SessionConfig(
             data_dir=data_dir,
+            spool_dir=spool_dir,
             timezone=timezone,
             version=version,
             display_name=socket.gethostname(),
@@ -104,7 +109,7 @@ class ClickHouseServer:
                 logger.warning("aborting session %s still running after %.1fs", session.peer, self.shutdown_grace)
                 session.abort()
         for thread in sessions.values():
-            thread.join(5.0)
+            thread.join(2.0)
         self._primary.close()
         logger.info("clickhouse server stopped")
 

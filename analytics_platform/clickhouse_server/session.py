@@ -13,6 +13,7 @@ Packet order per query, as clickhouse-driver expects it:
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import select
@@ -21,6 +22,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from .compression import METHOD_LZ4, FrameSource, compress_frames
 from .engine import EngineConnection, Stream, quote_identifier
@@ -70,6 +72,7 @@ class SessionConfig:
     timezone: str
     version: tuple[int, int, int]
     display_name: str
+    spool_dir: Path
     user: str | None = None
     password: str | None = None
 
@@ -117,10 +120,8 @@ class Session:
             self._shutdown_socket()
 
     def _shutdown_socket(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _set_busy(self, busy: bool) -> bool:
         """Mark the session busy/idle; return False when it should stop instead."""
@@ -139,11 +140,12 @@ class Session:
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def _send_block(self, block: bytes) -> None:
+    def _send_block(self, block: bytes, trailer: bytes = b"") -> None:
+        """Send one Data packet (compressed if the query asked for it), then ``trailer`` packets."""
         payload = BLOCK_INFO + block
         if self._compression is not None:
             payload = compress_frames(payload, self._compression)
-        self._send(_DATA_HEADER + payload)
+        self._send(_DATA_HEADER + payload + trailer)
 
     def _send_error(self, error: ServerError) -> None:
         self._send(exception_packet(error))
@@ -163,10 +165,8 @@ class Session:
         finally:
             if self.engine is not None:
                 self.engine.close()
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.close()
-            except OSError:
-                pass
 
     def _handshake(self) -> bool:
         packet_type = self.reader.read_varint()
@@ -257,7 +257,7 @@ class Session:
             self._send_error(error)
         except (EOFError, OSError, ProtocolError):
             raise
-        except Exception as exc:  # noqa: BLE001 - report, then drop the connection: state unknown
+        except Exception as exc:
             logger.exception("query %s: internal error", query_id)
             self._send_error(ServerError.make(ErrorCode.LOGICAL_ERROR, f"Internal server error: {exc!r}"))
             return False
@@ -295,7 +295,7 @@ class Session:
                 columns = self.engine.describe_query(sql)
                 if columns is not None:
                     self._send_block(encode_header(columns))
-                self._finish_select(stream, 0)
+                self._finish_select(stream, 0, Progress())
                 return
             retype: dict[int, str] = {}
             try:
@@ -306,15 +306,16 @@ class Session:
                 self._send_block(encode_header(columns))
             except UnsupportedType:
                 pass  # rows still reach the client; only with_column_types misses the names
-            self._send_block(retype_block(first, retype) if retype else first)
+            reported = Progress()
+            self._send_block(retype_block(first, retype) if retype else first, self._progress(stream, reported))
             count = 1
             for chunk in chunks:
                 if self._cancel_requested():
                     stream.cancel()
                     break
-                self._send_block(retype_block(chunk, retype) if retype else chunk)
+                self._send_block(retype_block(chunk, retype) if retype else chunk, self._progress(stream, reported))
                 count += 1
-            self._finish_select(stream, count)
+            self._finish_select(stream, count, reported)
         except BaseException:
             stream.cancel()
             raise
@@ -333,10 +334,15 @@ class Session:
             if type_name == "DateTime" and declared[index][1].startswith("DateTime(")
         }
 
-    def _finish_select(self, stream: Stream, blocks: int) -> None:
-        progress = Progress(rows=stream.rows, bytes=stream.bytes)
+    def _progress(self, stream: Stream, reported: Progress) -> bytes:
+        """A Progress packet with what chdb read since the last one (clients add them up)."""
+        delta = Progress(rows=stream.read_rows - reported.rows, nbytes=stream.read_bytes - reported.nbytes)
+        reported.rows, reported.nbytes = stream.read_rows, stream.read_bytes
+        return delta.encode(self.revision) if delta.rows or delta.nbytes else b""
+
+    def _finish_select(self, stream: Stream, blocks: int, reported: Progress) -> None:
         self._send(
-            progress.encode(self.revision)
+            self._progress(stream, reported)
             + profile_info_packet(rows=stream.rows, blocks=blocks, nbytes=stream.bytes)
             + END_OF_STREAM
         )
@@ -374,19 +380,13 @@ class Session:
     def _insert(self, target: InsertTarget, blocks: ByteReader) -> None:
         assert self.engine is not None
         columns = self.engine.insert_columns(target.table, target.columns)
-        insert = self.engine.begin_insert(target.statement)
+        insert = self.engine.begin_insert(target.head, target.settings, self.config.spool_dir)
         try:
             self._send_block(encode_header(columns))
-            error: ServerError | None = None
             while (block := self._read_block(blocks)) is not None:
                 shape, data = block
-                if error is None and shape.rows:
-                    try:
-                        insert.append(data)
-                    except ServerError as exc:
-                        error = exc  # keep reading: the client sends all its blocks first
-            if error is not None:
-                raise error
+                if shape.rows:
+                    insert.append(data)
             rows, nbytes = insert.finish()
         except _Cancelled:
             insert.cancel()
@@ -420,4 +420,3 @@ class Session:
         while (block := self._read_block(blocks)) is not None:
             has_rows = has_rows or block[0].rows > 0
         return has_rows
-

@@ -3,8 +3,8 @@
 Over the native protocol the server, not the client, decides whether an ``INSERT`` waits for data
 blocks: ClickHouse does it in ``InterpreterInsertQuery`` (a "pushing" pipeline when the query has
 no ``SELECT`` and no inline data). chdb offers no such hook, so the server finds it out here: the
-target table and column list (for the sample block), and the text to hand to chdb's streaming
-insert (the query up to ``VALUES``/``FORMAT``). Everything else chdb parses itself.
+target table and column list (for the sample block), and the pieces of the statement to give
+chdb once the data has arrived. Everything else chdb parses itself.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class InsertTarget:
 
     table: str  # as written, e.g. ``db.`t` `` (safe to paste back into SQL)
     columns: list[str] | None  # the explicit column list, None for "all insertable columns"
-    statement: str  # the query up to VALUES/FORMAT, for chdb's streaming insert
+    head: str  # ``INSERT INTO table [(columns)]`` as written
+    settings: str  # a ``SETTINGS ...`` clause of the INSERT, or ""
 
 
 _DATA_KEYWORDS = {"VALUES", "FORMAT"}
@@ -104,6 +105,8 @@ def insert_target(sql: str) -> InsertTarget | None:
         columns, i = _column_list(toks, i + 1)
         if columns is None:
             return None
+    head = sql[: toks[i - 1].end]
+    clause_start = toks[i].start if i < len(toks) else len(sql)
     statement_end = len(sql)
     while i < len(toks):
         word = toks[i].upper
@@ -117,7 +120,10 @@ def insert_target(sql: str) -> InsertTarget | None:
                 return None  # inline data: chdb parses it from the query text
             break
         i += 1
-    return InsertTarget(table=table, columns=columns, statement=sql[:statement_end].rstrip())
+    settings = sql[clause_start:statement_end].strip()
+    if settings and not settings.upper().startswith("SETTINGS"):
+        return None  # something this lexer does not understand: let chdb report it
+    return InsertTarget(table=table, columns=columns, head=head, settings=settings)
 
 
 def _column_list(toks: list[Token], i: int) -> tuple[list[str] | None, int]:

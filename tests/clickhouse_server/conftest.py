@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,9 +15,14 @@ from clickhouse_driver import Client
 
 from analytics_platform.clickhouse_server.testing import ServerProcess, start_server_process
 
+# Runs in a subprocess with its own Django settings (see test_django.py).
+collect_ignore = ["django_part"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Also declared in the project's pyproject.toml; repeated so this folder runs on its own.
     config.addinivalue_line("markers", "clickhouse: needs the embedded ClickHouse server (started by the test)")
+    config.addinivalue_line("markers", "slow: takes more than ~30 s")
 
 
 @pytest.fixture(scope="session")
@@ -57,4 +61,3 @@ def table_name(client: Client) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
     client.execute(f"DROP TABLE IF EXISTS {name}")
-
