@@ -150,18 +150,19 @@ class BigQueryDestination:
             new.description = table.description or None
             return self.client.create_table(new, exists_ok=True, retry=self.retry)
         known = {field.name for field in existing.schema}
-        added = [
-            bigquery.SchemaField(
-                field.name, field.field_type, mode="NULLABLE" if field.mode == "REQUIRED" else field.mode
-            )
-            for field in schema
-            if field.name not in known
-        ]
+        added = [column for column in columns if column.name not in known]
         if added:
-            # A ClickHouse migration added columns: widen the table (BigQuery only allows
-            # NULLABLE/REPEATED additions); the old partitions read them as NULL.
-            existing.schema = [*existing.schema, *added]
-            existing = self.client.update_table(existing, ["schema"], retry=self.retry)
+            # A ClickHouse migration added columns: widen the table; old partitions read them as
+            # NULL (BigQuery only allows NULLABLE/REPEATED additions). DDL rather than a schema
+            # patch: both BigQuery and the emulator apply it to the stored table.
+            clauses = ", ".join(
+                f"ADD COLUMN IF NOT EXISTS {_quote(column.name)} "
+                + (f"ARRAY<{column.bigquery_type}>" if column.repeated else column.bigquery_type)
+                for column in added
+            )
+            ddl = f"ALTER TABLE {_quote(self.table_id(table))} {clauses}"
+            self.client.query(ddl, retry=self.retry).result(timeout=self.job_timeout, retry=self.retry)
+            existing = self.client.get_table(self.table_id(table), retry=self.retry)
         return existing
 
     def _load(self, parquet: Path, destination: str, *, write_disposition: str, partitioned_on: str | None) -> int:

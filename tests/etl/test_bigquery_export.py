@@ -158,3 +158,24 @@ def test_open_day_is_refused(clickhouse, bigquery_settings, capsys):
     out = capsys.readouterr().out
     assert "2 partition(s) not closed yet, left out" in out
     assert "0 partition(s) to count" in out
+
+
+def test_a_column_added_in_clickhouse_widens_the_bigquery_table(clickhouse, bigquery_settings, bigquery_client):
+    old_day, new_day = past_day(60), past_day(59)
+    events_insert(clickhouse, day=old_day, count=50, seed=60, neighbours=False)
+    partition_export(table="events", day=old_day)
+    # What a later ClickHouse migration does (streams adds columns this way).
+    clickhouse.execute("ALTER TABLE events ADD COLUMN etl_test_note String DEFAULT 'noted'")
+    try:
+        events_insert(clickhouse, day=new_day, count=50, seed=61, neighbours=False)
+        partition_export(table="events", day=new_day)
+        partition_export(table="events", day=new_day)  # ADD COLUMN IF NOT EXISTS is repeatable
+        # (bqemulator applies the DDL to its storage but does not show the column in tables.get,
+        # so the proof is a query.)
+        rows = bigquery_client.query(
+            f"SELECT DATE(ts) AS day, etl_test_note AS note, COUNT(*) AS n FROM `{bigquery_settings}.events` "
+            "GROUP BY 1, 2 ORDER BY 1"
+        ).result()
+        assert [(row["day"], row["note"], row["n"]) for row in rows] == [(old_day, None, 50), (new_day, "noted", 50)]
+    finally:
+        clickhouse.execute("ALTER TABLE events DROP COLUMN etl_test_note")
