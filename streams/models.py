@@ -1,0 +1,213 @@
+"""ClickHouse tables written by the stream workers and read by metrics and the batch export.
+
+Tables (all ``MergeTree`` family, event times ``DateTime64(3, 'UTC')``):
+
+``events`` -- every accepted event, once (deduplicated by ``event_id`` in the stream, see below).
+    MergeTree, ``PARTITION BY toYYYYMMDD(ts)`` (the batch export reads one closed day = one
+    partition; TTL drops whole days), ``ORDER BY (type, video_id, ts, event_id)``, TTL 90 days.
+    ``late`` is 1 for an event that arrived after its view had closed (stored, counted in the
+    rollups as ``late_events``, not applied to the view's summary).
+
+``view_summaries`` -- one row per closed view (``session_id``): the QoE figures of API.md.
+    ReplacingMergeTree, ``PARTITION BY toYYYYMM(start_ts)``, ``ORDER BY (video_id, start_ts,
+    session_id)``, TTL 400 days. A view counts in the bucket of its ``start_ts``. Small (one row
+    per view), so quantiles (startup time p50/p95) and exact distinct counts (unique viewers) are
+    computed here directly.
+
+``event_rollup_minute`` / ``event_rollup_hour`` -- SummingMergeTree fed by materialized views
+    on ``events``: ``events``, ``errors`` (``type = 'error'``), ``fatal_errors``, ``late_events``
+    per (bucket, type, video_id, device, os, browser, country, cdn, player). TTL 30 days / 400 days.
+
+``view_rollup_minute`` / ``view_rollup_hour`` -- SummingMergeTree fed by materialized views on
+    ``view_summaries``:
+    per (minute of view start, video_id, dimensions): ``views`` (views with a ``view_start``),
+    ``started_views``, ``watch_time_ms``, ``rebuffer_duration_ms``, ``rebuffer_count``,
+    ``start_failures``, ``playback_failures``, ``exits_before_start``, ``startup_time_ms_sum``.
+    TTL 30 days / 400 days.
+
+How the metrics should query them (always ``sum()`` + ``GROUP BY``: a SummingMergeTree may hold
+several not-yet-merged rows per key, so never read a rollup row as final):
+
+* ``events``: ``sum(events)`` from ``event_rollup_minute`` (minute buckets, ranges up to ~2 days)
+  or ``event_rollup_hour`` (hour/day buckets); ``errors``: ``sum(errors)``. ``type`` is a dimension
+  of these rollups only (views have no type).
+* ``views``: ``sum(views)`` from ``view_rollup_minute`` (or ``_hour``); ``watch_time_ms``: ``sum(watch_time_ms)``;
+  ``rebuffer_ratio``: ``sum(rebuffer_duration_ms) / sum(watch_time_ms)``;
+  ``video_start_failure_rate``: ``sum(start_failures) / sum(views)``;
+  ``playback_failure_rate``: ``sum(playback_failures) / sum(views)``;
+  ``exits_before_video_start_rate``: ``sum(exits_before_start) / sum(views)``.
+* ``unique_viewers``: ``uniqExact(user_id)`` from ``view_summaries WHERE has_view_start``;
+  ``video_startup_time_ms_p50/p95``: ``quantileExact(0.5)(startup_time_ms)`` from
+  ``view_summaries WHERE started`` (the view's start bucket: ``toStartOfInterval(start_ts, ...)``).
+
+Exactly-once: every row carries its source ``kafka_partition`` / ``kafka_offset`` (the offset of the
+message whose processing produced it). The sink inserts a partition's rows in offset order, one
+INSERT per table per checkpoint, and on (re)start skips rows whose offset is <= the largest offset
+that table already holds for that partition; the stream state is restored to the last committed
+offset, so a replay recomputes the same rows and the ones already stored are skipped. The
+materialized views therefore see every row once. Metrics need no ``FINAL``.
+
+Migrations under ``streams/migrations`` are never edited once committed: add a new one.
+"""
+
+from __future__ import annotations
+
+from clickhouse_backend import models
+from django.db.models import Func
+
+
+class Event(models.ClickhouseModel):
+    """One accepted event (raw, for OLAP and the batch export)."""
+
+    event_id = models.UUIDField(primary_key=True)
+    type = models.StringField(low_cardinality=True)
+    ts = models.DateTime64Field(precision=3)
+    user_id = models.StringField()
+    session_id = models.StringField(default="")
+    video_id = models.StringField(default="")
+    client_ts = models.DateTime64Field(precision=3)
+    received_at = models.DateTime64Field(precision=3)
+    position_ms = models.Int64Field(null=True)
+    bitrate_kbps = models.Int64Field(null=True)
+    error_code = models.StringField(default="")
+    error_message = models.StringField(default="")
+    fatal = models.BoolField(default=False)
+    device = models.StringField(low_cardinality=True, default="")
+    os = models.StringField(low_cardinality=True, default="")
+    browser = models.StringField(low_cardinality=True, default="")
+    country = models.StringField(low_cardinality=True, default="")
+    cdn = models.StringField(low_cardinality=True, default="")
+    player = models.StringField(low_cardinality=True, default="")
+    properties = models.StringField(default="")  # JSON object text, "" when absent
+    late = models.BoolField(default=False)
+    kafka_partition = models.UInt16Field()
+    kafka_offset = models.UInt64Field()
+
+    class Meta:
+        db_table = "events"
+        engine = models.MergeTree(
+            order_by=("type", "video_id", "ts", "event_id"),
+            partition_by=Func("ts", function="toYYYYMMDD"),
+            index_granularity=8192,
+        )
+
+
+class ViewSummary(models.ClickhouseModel):
+    """One closed view: the per-view QoE figures (API.md) and its close reason."""
+
+    session_id = models.StringField(primary_key=True)
+    user_id = models.StringField()
+    video_id = models.StringField(default="")
+    start_ts = models.DateTime64Field(precision=3)
+    end_ts = models.DateTime64Field(precision=3)
+    device = models.StringField(low_cardinality=True, default="")
+    os = models.StringField(low_cardinality=True, default="")
+    browser = models.StringField(low_cardinality=True, default="")
+    country = models.StringField(low_cardinality=True, default="")
+    cdn = models.StringField(low_cardinality=True, default="")
+    player = models.StringField(low_cardinality=True, default="")
+    has_view_start = models.BoolField(default=False)
+    started = models.BoolField(default=False)  # reached a first ``playing``
+    startup_time_ms = models.UInt32Field(default=0)  # meaningful only when ``started``
+    watch_time_ms = models.UInt64Field(default=0)
+    rebuffer_count = models.UInt32Field(default=0)
+    rebuffer_duration_ms = models.UInt64Field(default=0)
+    error_count = models.UInt32Field(default=0)
+    fatal_error_count = models.UInt32Field(default=0)
+    start_failure = models.BoolField(default=False)  # fatal error before the first ``playing``
+    playback_failure = models.BoolField(default=False)  # any fatal error
+    exit_before_start = models.BoolField(default=False)  # ended with no ``playing`` and no fatal error
+    max_position_ms = models.Int64Field(default=0)
+    completion = models.Float32Field(null=True)  # 1 when ``ended``; position/duration when known
+    event_count = models.UInt32Field(default=0)
+    close_reason = models.StringField(low_cardinality=True)  # ended | view_end | idle
+    video_watched_id = models.UUIDField()  # the id of the VideoWatched derived event
+    kafka_partition = models.UInt16Field()
+    kafka_offset = models.UInt64Field()
+
+    class Meta:
+        db_table = "view_summaries"
+        engine = models.ReplacingMergeTree(
+            order_by=("video_id", "start_ts", "session_id"),
+            partition_by=Func("start_ts", function="toYYYYMM"),
+        )
+
+
+class _EventRollup(models.ClickhouseModel):
+    bucket = models.DateTimeField(primary_key=True)
+    type = models.StringField(low_cardinality=True)
+    video_id = models.StringField()
+    device = models.StringField(low_cardinality=True)
+    os = models.StringField(low_cardinality=True)
+    browser = models.StringField(low_cardinality=True)
+    country = models.StringField(low_cardinality=True)
+    cdn = models.StringField(low_cardinality=True)
+    player = models.StringField(low_cardinality=True)
+    events = models.UInt64Field()
+    errors = models.UInt64Field()
+    fatal_errors = models.UInt64Field()
+    late_events = models.UInt64Field()
+
+    class Meta:
+        abstract = True
+
+
+_ROLLUP_KEY = ("bucket", "type", "video_id", "country", "device", "os", "browser", "cdn", "player")
+
+
+class EventRollupMinute(_EventRollup):
+    """Event counts per minute (fed by the ``events_to_event_rollup_minute`` materialized view)."""
+
+    class Meta:
+        db_table = "event_rollup_minute"
+        engine = models.SummingMergeTree(order_by=_ROLLUP_KEY, partition_by=Func("bucket", function="toYYYYMMDD"))
+
+
+class EventRollupHour(_EventRollup):
+    """Event counts per hour (fed by the ``events_to_event_rollup_hour`` materialized view)."""
+
+    class Meta:
+        db_table = "event_rollup_hour"
+        engine = models.SummingMergeTree(order_by=_ROLLUP_KEY, partition_by=Func("bucket", function="toYYYYMM"))
+
+
+class _ViewRollup(models.ClickhouseModel):
+    bucket = models.DateTimeField(primary_key=True)
+    video_id = models.StringField()
+    device = models.StringField(low_cardinality=True)
+    os = models.StringField(low_cardinality=True)
+    browser = models.StringField(low_cardinality=True)
+    country = models.StringField(low_cardinality=True)
+    cdn = models.StringField(low_cardinality=True)
+    player = models.StringField(low_cardinality=True)
+    views = models.UInt64Field()
+    started_views = models.UInt64Field()
+    watch_time_ms = models.UInt64Field()
+    rebuffer_duration_ms = models.UInt64Field()
+    rebuffer_count = models.UInt64Field()
+    start_failures = models.UInt64Field()
+    playback_failures = models.UInt64Field()
+    exits_before_start = models.UInt64Field()
+    startup_time_ms_sum = models.UInt64Field()
+
+    class Meta:
+        abstract = True
+
+
+_VIEW_ROLLUP_KEY = ("bucket", "video_id", "country", "device", "os", "browser", "cdn", "player")
+
+
+class ViewRollupMinute(_ViewRollup):
+    """View QoE sums per minute of view start (fed by ``view_summaries_to_view_rollup_minute``)."""
+
+    class Meta:
+        db_table = "view_rollup_minute"
+        engine = models.SummingMergeTree(order_by=_VIEW_ROLLUP_KEY, partition_by=Func("bucket", function="toYYYYMMDD"))
+
+
+class ViewRollupHour(_ViewRollup):
+    """View QoE sums per hour of view start (fed by ``view_summaries_to_view_rollup_hour``)."""
+
+    class Meta:
+        db_table = "view_rollup_hour"
+        engine = models.SummingMergeTree(order_by=_VIEW_ROLLUP_KEY, partition_by=Func("bucket", function="toYYYYMM"))
