@@ -328,6 +328,57 @@ CACHES: dict[str, dict[str, Any]] = {
 }
 MIDDLEWARE += ["ingest.allowlist.AdminAllowlistMiddleware"]
 
+# --- ETL -------------------------------------------------------------------------------------
+# Batch exports of closed days (and optionally hours) from ClickHouse. With BIGQUERY_PROJECT set
+# they load into day-partitioned BigQuery tables; without it (the embedded default has no Google
+# account) they go to a local Parquet archive under var/exports with the same partition layout.
+# Credentials follow Google's Application Default Credentials: GOOGLE_APPLICATION_CREDENTIALS
+# names a service-account key file, or the pod's workload identity is used when it is unset.
+from celery.schedules import crontab  # noqa: E402 -- kept in this block so parallel branches merge cleanly
+
+BIGQUERY_PROJECT = env("BIGQUERY_PROJECT") if PRODUCTION else os.environ.get("BIGQUERY_PROJECT", "")
+BIGQUERY_DATASET = env("BIGQUERY_DATASET", "analytics")
+BIGQUERY_LOCATION = env("BIGQUERY_LOCATION", "US")
+# Only for an emulator (bqemulator in tests): a REST endpoint with anonymous credentials.
+BIGQUERY_API_ENDPOINT = os.environ.get("BIGQUERY_API_ENDPOINT", "")
+# How a day is replaced: "decorator" loads with WRITE_TRUNCATE into `table$YYYYMMDD` (atomic and
+# free in BigQuery); "merge" loads into a staging table and swaps the day in with one MERGE
+# statement (also atomic; the only path emulators support). Hourly exports always merge.
+BIGQUERY_REPLACE_MODE = env("BIGQUERY_REPLACE_MODE", "merge" if BIGQUERY_API_ENDPOINT else "decorator")
+if BIGQUERY_REPLACE_MODE not in {"decorator", "merge"}:
+    raise ImproperlyConfigured("BIGQUERY_REPLACE_MODE must be 'decorator' or 'merge'")
+ETL_DESTINATION = "bigquery" if BIGQUERY_PROJECT else "local"
+ETL_LOCAL_DIR = Path(env("ETL_LOCAL_DIR", str(VAR_DIR / "exports")))
+ETL_MAX_BLOCK_SIZE = env_int("ETL_MAX_BLOCK_SIZE", 65536)  # rows per ClickHouse block = per Parquet row group
+ETL_LOCK_TTL_SECONDS = env_int("ETL_LOCK_TTL_SECONDS", 900)  # lease, renewed while an export runs
+ETL_TASK_MAX_RETRIES = env_int("ETL_TASK_MAX_RETRIES", 6)
+ETL_TASK_RETRY_BACKOFF = env_int("ETL_TASK_RETRY_BACKOFF", 30)  # seconds; doubles per retry
+ETL_TASK_RETRY_BACKOFF_MAX = env_int("ETL_TASK_RETRY_BACKOFF_MAX", 1800)
+ETL_CATCHUP_DAYS = env_int("ETL_CATCHUP_DAYS", 3)  # the daily task also retries missed days this far back
+# Client-side retries of BigQuery calls; past them the Celery task retries with backoff instead.
+ETL_BIGQUERY_RETRY_DEADLINE = float(env("ETL_BIGQUERY_RETRY_DEADLINE", "120"))
+ETL_BIGQUERY_UPLOAD_RETRIES = env_int("ETL_BIGQUERY_UPLOAD_RETRIES", 6)
+ETL_BIGQUERY_JOB_TIMEOUT = float(env("ETL_BIGQUERY_JOB_TIMEOUT", "3600"))
+ETL_HOURLY = env_bool("ETL_HOURLY", False)
+if PRODUCTION and CELERY_BROKER_URL.startswith("filesystem"):
+    # The filesystem transport only reaches workers on the same host: production uses Redis.
+    raise ImproperlyConfigured("CELERY_BROKER_URL must name the production broker (redis://...)")
+if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    # Redis redelivers an unacknowledged (acks_late) message after visibility_timeout: keep it above
+    # the longest export plus the longest retry countdown, or a slow export would be started twice
+    # (the partition lease would then make the second one wait, but it is wasted work).
+    CELERY_BROKER_TRANSPORT_OPTIONS.setdefault("visibility_timeout", 4 * 3600)
+CELERY_BEAT_SCHEDULE["etl-export-closed-days"] = {
+    # 00:15 UTC: late events of the closed day have had a quarter of an hour to land.
+    "task": "etl.tasks.export_closed_days",
+    "schedule": crontab(minute=15, hour=0),
+}
+if ETL_HOURLY:
+    CELERY_BEAT_SCHEDULE["etl-export-previous-hour"] = {
+        "task": "etl.tasks.export_closed_hour",
+        "schedule": crontab(minute=5),
+    }
+
 # --- Metrics ---------------------------------------------------------------------------------
 # GET /metrics: bearer tokens from POST /auth/token. Short-lived access tokens, refreshed by the
 # client; the signing key is the Django SECRET_KEY (required from the environment in production).

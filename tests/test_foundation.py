@@ -86,6 +86,7 @@ PRODUCTION_REQUIRED = {
     "CLICKHOUSE_PASSWORD": "secret",
     "KAFKA_BOOTSTRAP_SERVERS": "kafka.example.com:9093",
     "CELERY_BROKER_URL": "rediss://redis.example.com:6380/0",
+    "BIGQUERY_PROJECT": "analytics-prod",
 }
 
 
