@@ -52,7 +52,13 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         return None
     if isinstance(exc, exceptions.APIException):
         codes = exc.get_codes()
-        code = codes if isinstance(codes, str) else "invalid"
+        # simplejwt's token errors carry a dict detail whose "code" names the failure.
+        if isinstance(codes, str):
+            code = codes
+        elif isinstance(codes, dict) and isinstance(codes.get("code"), str):
+            code = codes["code"]
+        else:
+            code = "invalid"
         detail = response.data
         message = detail.get("detail", "") if isinstance(detail, dict) else ""
         body: dict[str, Any] = {"error": {"code": code, "message": str(message) or str(exc)}}

@@ -291,6 +291,7 @@ def test_missing_or_bad_token_gives_401(staff_user: Any) -> None:
     client.credentials(HTTP_AUTHORIZATION="Bearer not-a-token")
     response = client.get("/metrics", {"metric": "views"})
     assert response.status_code == 401 and response.json()["error"]["message"]
+    assert response.json()["error"]["code"] == "token_not_valid"
 
 
 def test_expired_token_gives_401_and_refresh_gives_a_new_one(staff_user: Any) -> None:
@@ -303,6 +304,7 @@ def test_expired_token_gives_401_and_refresh_gives_a_new_one(staff_user: Any) ->
     response = client.get("/metrics", {"metric": "views"})
     assert response.status_code == 401
     assert response.json()["error"]["message"]
+    assert response.json()["error"]["code"] == "token_not_valid"
     tokens = APIClient().post("/auth/token", {"username": "analyst", "password": PASSWORD}, format="json").json()
     refreshed = APIClient().post("/auth/token/refresh", {"refresh": tokens["refresh"]}, format="json")
     assert refreshed.status_code == 200
