@@ -55,8 +55,8 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         # simplejwt's token errors carry a dict detail whose "code" names the failure.
         if isinstance(codes, str):
             code = codes
-        elif isinstance(codes, dict) and isinstance(codes.get("code"), str):
-            code = codes["code"]
+        elif isinstance(codes, dict) and isinstance(jwt_code := codes.get("code"), str):
+            code = jwt_code
         else:
             code = "invalid"
         detail = response.data
