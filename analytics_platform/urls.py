@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
@@ -8,6 +9,7 @@ from metrics import views as metrics_views
 from metrics.apis import MetricsQueryApi
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="metrics:overview"), name="home"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     # Prometheus text lives under /prometheus/metrics so that GET /metrics stays the metrics API.
