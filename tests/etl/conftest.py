@@ -32,6 +32,7 @@ from google.cloud import bigquery
 
 from analytics_platform.clickhouse import client_get
 from analytics_platform.devstack.processes import free_port
+from tests.clickhouse_tables import truncate_all
 
 PROJECT = "etl-test"
 
@@ -179,11 +180,10 @@ def local_archive(settings, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def clickhouse(django_db_setup: None, django_db_blocker) -> Iterator[object]:
-    """A clickhouse-driver client on the test database; the exported tables start empty."""
+    """A clickhouse-driver client on the test database; every table starts empty."""
     with django_db_blocker.unblock():
         client = client_get()
-    for table in ("events", "view_summaries"):
-        client.execute(f"TRUNCATE TABLE {table}")
+    truncate_all(client)
     yield client
     client.disconnect()
 
