@@ -1,0 +1,11 @@
+"""Embedded ClickHouse server: the real ClickHouse engine (chdb) behind the native TCP protocol.
+
+There is no installable modern ClickHouse server here, so this package lets clickhouse-driver and
+django-clickhouse-backend talk to chdb exactly as to a ClickHouse cluster. Modules, in the order
+bytes flow: :mod:`.protocol` (packets), :mod:`.compression` (LZ4/ZSTD frames), :mod:`.native`
+(block boundaries), :mod:`.sql` (INSERT routing), :mod:`.engine` (chdb), :mod:`.session` (one
+connection), :mod:`.server` (socket and threads), :mod:`.cli` (entry point) and :mod:`.testing`
+(subprocess helper for tests and the dev stack).
+
+Nothing here imports chdb at package import time; only the server modules do.
+"""

@@ -1,0 +1,81 @@
+"""Command line: ``python -m analytics_platform.clickhouse_server --data-dir DIR``.
+
+SIGTERM and SIGINT ask the server to stop: it closes the listening socket, lets running queries
+finish for ``--shutdown-grace`` seconds, aborts the rest, closes chdb and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clickhouse_server",
+        description="Serve the embedded ClickHouse engine (chdb) over the ClickHouse native TCP protocol.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    parser.add_argument("--port", type=int, default=9000, help="TCP port; 0 picks a free one (see --port-file)")
+    parser.add_argument("--data-dir", required=True, type=Path, help="chdb data directory (created if missing)")
+    parser.add_argument("--user", default=None, help="required user name (default: any, or 'default' with --password)")
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("CLICKHOUSE_SERVER_PASSWORD"),
+        help="required password (default: $CLICKHOUSE_SERVER_PASSWORD; none = no check)",
+    )
+    parser.add_argument("--port-file", type=Path, default=None, help="write the bound port here once listening")
+    parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds running queries get on shutdown")
+    parser.add_argument("--log-level", default=os.environ.get("CLICKHOUSE_SERVER_LOG_LEVEL", "INFO"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -> int:
+    """Run the server until SIGTERM/SIGINT; return the process exit code.
+
+    ``configure_logging=False`` leaves logging to the caller (the Django management command).
+    """
+    args = build_parser().parse_args(argv)
+    if configure_logging:
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
+            stream=sys.stderr,
+        )
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+
+    from .server import ClickHouseServer  # imports chdb: slow, so after argument errors
+
+    server = ClickHouseServer(
+        data_dir=str(args.data_dir.resolve()),
+        host=args.host,
+        port=args.port,
+        user=args.user,
+        password=args.password,
+        shutdown_grace=args.shutdown_grace,
+    )
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        logger.info("received %s, stopping", signal.Signals(signum).name)
+        server.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if args.port_file is not None:
+        tmp = args.port_file.with_name(args.port_file.name + ".tmp")
+        tmp.write_text(f"{server.address[1]}\n")
+        tmp.replace(args.port_file)  # atomic: a reader never sees a half-written file
+    server.serve_forever()
+    if server.sessions_alive:
+        # A session is stuck inside chdb; exiting now is as safe as kill -9 (parts are atomic).
+        logging.shutdown()
+        os._exit(0)
+    return 0

@@ -1,0 +1,419 @@
+"""One client connection: handshake, then queries one after another, as ClickHouse's TCPHandler.
+
+Packet order per query, as clickhouse-driver expects it:
+
+* SELECT: header block (0 rows, names and types), data blocks, Progress, ProfileInfo,
+  EndOfStream. Blocks are pulled from chdb one at a time and written to the socket before the
+  next is pulled, so a slow reader pauses the query instead of growing the server's memory.
+* INSERT waiting for data: sample block of the target columns; then the client's blocks, fed to
+  a chdb streaming insert as they come, until an empty block; then Progress, EndOfStream.
+* Any other statement: its result blocks if any, then EndOfStream.
+* Errors: one Exception packet with chdb's ClickHouse code and text; the session stays usable.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import select
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .compression import METHOD_LZ4, FrameSource, compress_frames
+from .engine import EngineConnection, Stream, quote_identifier
+from .native import (
+    BlockShape,
+    UnsupportedType,
+    encode_header,
+    header_of,
+    retype_block,
+    skip_block,
+    skip_block_info,
+    split_blocks,
+)
+from .protocol import (
+    BLOCK_INFO,
+    END_OF_STREAM,
+    PONG,
+    SERVER_REVISION,
+    ByteReader,
+    ClientPacket,
+    ErrorCode,
+    Progress,
+    ProtocolError,
+    QueryPacket,
+    ServerError,
+    ServerPacket,
+    encode_str,
+    encode_varint,
+    exception_packet,
+    profile_info_packet,
+    read_client_hello,
+    read_query,
+    server_hello,
+)
+from .sql import InsertTarget, first_keyword, insert_target
+
+logger = logging.getLogger(__name__)
+
+_DATA_HEADER = encode_varint(ServerPacket.DATA) + encode_str("")  # packet type, no temp table
+_STREAMED = {"SELECT", "WITH", "("}
+_MAX_RECV = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    data_dir: str
+    timezone: str
+    version: tuple[int, int, int]
+    display_name: str
+    spool_dir: Path
+    user: str | None = None
+    password: str | None = None
+
+
+class _Cancelled(Exception):
+    """The client sent Cancel."""
+
+
+class _Fatal(Exception):
+    """Report ``error`` and close: the stream position is lost (e.g. an unknown column layout)."""
+
+    def __init__(self, error: ServerError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class Session:
+    """Serves one accepted socket until the client leaves or the server stops."""
+
+    def __init__(self, sock: socket.socket, peer: str, config: SessionConfig) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.config = config
+        self.reader = ByteReader(self._recv)
+        self.revision = SERVER_REVISION
+        self.engine: EngineConnection | None = None
+        self._compression: int | None = None  # method byte for replies, None = uncompressed
+        self._lock = threading.Lock()
+        self._busy = False
+        self._closing = False
+
+    # --- lifecycle (called from the server thread too) ------------------------------------
+
+    def close_when_idle(self) -> None:
+        """Ask the session to end: now if it waits for a packet, else after its current query."""
+        with self._lock:
+            self._closing = True
+            if not self._busy:
+                self._shutdown_socket()
+
+    def abort(self) -> None:
+        """End the session now, cancelling its query (its next socket write fails)."""
+        with self._lock:
+            self._closing = True
+            self._shutdown_socket()
+
+    def _shutdown_socket(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _set_busy(self, busy: bool) -> bool:
+        """Mark the session busy/idle; return False when it should stop instead."""
+        with self._lock:
+            self._busy = busy
+            return not self._closing
+
+    # --- I/O --------------------------------------------------------------------------------
+
+    def _recv(self, n: int) -> bytes:
+        try:
+            return self.sock.recv(min(max(n, 65536), _MAX_RECV))
+        except (ConnectionResetError, TimeoutError):
+            return b""
+
+    def _send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _send_block(self, block: bytes) -> None:
+        payload = BLOCK_INFO + block
+        if self._compression is not None:
+            payload = compress_frames(payload, self._compression)
+        self._send(_DATA_HEADER + payload)
+
+    def _send_error(self, error: ServerError) -> None:
+        self._send(exception_packet(error))
+
+    # --- main loop --------------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            if self._handshake():
+                self._serve()
+        except (EOFError, ConnectionError, BrokenPipeError):
+            logger.debug("client %s disconnected", self.peer)
+        except ProtocolError as exc:
+            logger.warning("protocol error from %s: %s", self.peer, exc)
+        except OSError as exc:
+            logger.debug("socket error with %s: %s", self.peer, exc)
+        finally:
+            if self.engine is not None:
+                self.engine.close()
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def _handshake(self) -> bool:
+        packet_type = self.reader.read_varint()
+        if packet_type != ClientPacket.HELLO:
+            raise ProtocolError(f"expected Hello, got packet {packet_type}")
+        hello = read_client_hello(self.reader)
+        self.revision = min(hello.revision, SERVER_REVISION)
+        if not self._authenticated(hello.user, hello.password):
+            logger.info("authentication failed for user %r from %s", hello.user, self.peer)
+            self._send_error(
+                ServerError.make(
+                    ErrorCode.AUTHENTICATION_FAILED,
+                    f"{hello.user}: Authentication failed: password is incorrect, or there is no user with such name",
+                )
+            )
+            return False
+        self.engine = EngineConnection(self.config.data_dir)
+        if hello.database:
+            try:
+                self.engine.execute(f"USE {quote_identifier(hello.database)}")
+                self.engine.database = hello.database
+            except ServerError as error:
+                self._send_error(error)
+                return False
+        self._send(
+            server_hello(
+                revision=self.revision,
+                timezone=self.config.timezone,
+                display_name=self.config.display_name,
+                version=self.config.version,
+            )
+        )
+        logger.debug("client %s connected: %s rev %s", self.peer, hello.client_name, hello.revision)
+        return True
+
+    def _authenticated(self, user: str, password: str) -> bool:
+        expected_user = self.config.user or "default"
+        if self.config.password is None and self.config.user is None:
+            return True
+        return hmac.compare_digest(user.encode(), expected_user.encode()) & hmac.compare_digest(
+            password.encode(), (self.config.password or "").encode()
+        )
+
+    def _serve(self) -> None:
+        while self._set_busy(False):
+            packet_type = self.reader.read_varint()
+            if not self._set_busy(True):
+                return
+            if packet_type == ClientPacket.PING:
+                self._send(PONG)
+            elif packet_type == ClientPacket.QUERY:
+                if not self._query():
+                    return
+            elif packet_type == ClientPacket.CANCEL:
+                continue  # a Cancel that crossed the end of its query
+            else:
+                raise ProtocolError(f"unexpected packet {packet_type} between queries")
+
+    # --- queries ----------------------------------------------------------------------------
+
+    def _query(self) -> bool:
+        """Run one query; return False when the connection must be closed."""
+        assert self.engine is not None
+        packet = read_query(self.reader, self.revision)
+        query_id = packet.query_id or str(uuid.uuid4())
+        started = time.monotonic()
+        self._compression = None
+        blocks = self.reader
+        if packet.compression:
+            frames = FrameSource(self.reader)
+            blocks = ByteReader(frames)
+            self._compression = METHOD_LZ4
+        try:
+            has_external = self._drain_data(blocks)
+            if packet.compression:
+                self._compression = frames.method
+            if has_external:
+                raise ServerError.make(ErrorCode.NOT_IMPLEMENTED, "External tables are not supported")
+            self._dispatch(packet, blocks)
+        except _Cancelled:
+            self._send(END_OF_STREAM)
+        except _Fatal as fatal:
+            logger.warning("query %s failed, closing connection: %s", query_id, fatal.error.message)
+            self._send_error(fatal.error)
+            return False
+        except ServerError as error:
+            logger.info("query %s failed: Code %s: %s", query_id, error.code, error.message)
+            self._send_error(error)
+        except (EOFError, OSError, ProtocolError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - report, then drop the connection: state unknown
+            logger.exception("query %s: internal error", query_id)
+            self._send_error(ServerError.make(ErrorCode.LOGICAL_ERROR, f"Internal server error: {exc!r}"))
+            return False
+        logger.debug("query %s done in %.3fs: %.200s", query_id, time.monotonic() - started, packet.query)
+        return True
+
+    def _dispatch(self, packet: QueryPacket, blocks: ByteReader) -> None:
+        assert self.engine is not None
+        sql = packet.query
+        keyword = first_keyword(sql)
+        if keyword == "SET":
+            self.engine.reset_settings()  # the client changes session settings itself
+        else:
+            self.engine.apply_settings(packet.settings)
+        target = insert_target(sql) if keyword == "INSERT" else None
+        if target is not None:
+            self._insert(target, blocks)
+        elif keyword in _STREAMED:
+            stream = self.engine.stream(sql)
+            if stream is None:
+                self._statement(sql)
+            else:
+                self._select(sql, stream)
+        else:
+            self._statement(sql)
+            if keyword == "USE":
+                self.engine.refresh_database()
+
+    def _select(self, sql: str, stream: Stream) -> None:
+        assert self.engine is not None
+        chunks = stream.chunks()
+        try:
+            first = next(chunks, None)
+            if first is None:
+                columns = self.engine.describe_query(sql)
+                if columns is not None:
+                    self._send_block(encode_header(columns))
+                self._finish_select(stream, 0)
+                return
+            retype: dict[int, str] = {}
+            try:
+                columns = header_of(first).columns
+                retype = self._declared_datetime_types(sql, columns)
+                for index, type_name in retype.items():
+                    columns[index] = (columns[index][0], type_name)
+                self._send_block(encode_header(columns))
+            except UnsupportedType:
+                pass  # rows still reach the client; only with_column_types misses the names
+            self._send_block(retype_block(first, retype) if retype else first)
+            count = 1
+            for chunk in chunks:
+                if self._cancel_requested():
+                    stream.cancel()
+                    break
+                self._send_block(retype_block(chunk, retype) if retype else chunk)
+                count += 1
+            self._finish_select(stream, count)
+        except BaseException:
+            stream.cancel()
+            raise
+
+    def _declared_datetime_types(self, sql: str, columns: list[tuple[str, str]]) -> dict[int, str]:
+        """Time zones chdb's Native output dropped from ``DateTime('tz')`` columns (see retype_block)."""
+        assert self.engine is not None
+        if not any(type_name == "DateTime" for _, type_name in columns):
+            return {}
+        declared = self.engine.describe_query(sql, while_streaming=True)
+        if declared is None or len(declared) != len(columns):
+            return {}
+        return {
+            index: declared[index][1]
+            for index, (_, type_name) in enumerate(columns)
+            if type_name == "DateTime" and declared[index][1].startswith("DateTime(")
+        }
+
+    def _finish_select(self, stream: Stream, blocks: int) -> None:
+        progress = Progress(rows=stream.rows, bytes=stream.bytes)
+        self._send(
+            progress.encode(self.revision)
+            + profile_info_packet(rows=stream.rows, blocks=blocks, nbytes=stream.bytes)
+            + END_OF_STREAM
+        )
+
+    def _cancel_requested(self) -> bool:
+        """Between blocks, look for a Cancel (or a hang-up) without blocking."""
+        if not self.reader.available():
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable:
+                return False
+        packet_type = self.reader.read_varint()
+        if packet_type == ClientPacket.CANCEL:
+            logger.debug("query cancelled by %s", self.peer)
+            return True
+        raise ProtocolError(f"unexpected packet {packet_type} during a query")
+
+    def _statement(self, sql: str) -> None:
+        assert self.engine is not None
+        data = self.engine.execute(sql)
+        rows = 0
+        if data:
+            try:
+                parts: list[tuple[BlockShape | None, bytes]] = list(split_blocks(data))
+            except UnsupportedType:
+                parts = [(None, data)]  # chdb returns a small result as a single block
+            first_shape = parts[0][0]
+            if first_shape is not None:
+                self._send_block(encode_header(first_shape.columns))
+            for shape, block in parts:
+                if shape is None or shape.rows:
+                    self._send_block(block)
+                    rows += shape.rows if shape else 0
+        self._send(Progress(rows=rows).encode(self.revision) + END_OF_STREAM)
+
+    def _insert(self, target: InsertTarget, blocks: ByteReader) -> None:
+        assert self.engine is not None
+        columns = self.engine.insert_columns(target.table, target.columns)
+        insert = self.engine.begin_insert(target.head, target.settings, self.config.spool_dir)
+        try:
+            self._send_block(encode_header(columns))
+            while (block := self._read_block(blocks)) is not None:
+                shape, data = block
+                if shape.rows:
+                    insert.append(data)
+            rows, nbytes = insert.finish()
+        except _Cancelled:
+            insert.cancel()
+            self._send(END_OF_STREAM)
+            return
+        except BaseException:
+            insert.cancel()
+            raise
+        self._send(Progress(written_rows=rows, written_bytes=nbytes).encode(self.revision) + END_OF_STREAM)
+
+    def _read_block(self, blocks: ByteReader) -> tuple[BlockShape, bytes] | None:
+        """Read one Data packet from the client; None for the empty block that ends data."""
+        packet_type = self.reader.read_varint()
+        if packet_type == ClientPacket.CANCEL:
+            raise _Cancelled
+        if packet_type != ClientPacket.DATA:
+            raise ProtocolError(f"expected Data, got packet {packet_type}")
+        self.reader.read_bytes()  # external table name
+        skip_block_info(blocks)
+        blocks.begin_capture()
+        try:
+            shape = skip_block(blocks)
+        except UnsupportedType as exc:
+            raise _Fatal(ServerError.make(ErrorCode.NOT_IMPLEMENTED, f"Inserting type {exc} is not supported")) from exc
+        data = blocks.end_capture()
+        return None if not shape.columns else (shape, data)
+
+    def _drain_data(self, blocks: ByteReader) -> bool:
+        """Read the external-table blocks every query is followed by; True if any had rows."""
+        has_rows = False
+        while (block := self._read_block(blocks)) is not None:
+            has_rows = has_rows or block[0].rows > 0
+        return has_rows
+
