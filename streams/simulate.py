@@ -15,6 +15,7 @@ end) advance every partition's watermark so that the last views close.
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,7 +181,7 @@ def stream_generate(
     views: int,
     users: int,
     seed: int = 1,
-    start_ms: int = 1_780_000_000_000,
+    start_ms: int | None = None,
     partitions: int = 8,
     duplicate_rate: float = 0.02,
     disorder_rate: float = 0.05,
@@ -190,6 +191,9 @@ def stream_generate(
 ) -> Stream:
     """Generate ``views`` views spread over ``users`` users, in delivery order, with their truth."""
     rng = random.Random(seed)
+    if start_ms is None:
+        # Recent enough to outlive the tables' TTLs, old enough that no event is in the future.
+        start_ms = (int(time.time()) // 60 - 6 * 60) * 60_000
     truth = Truth()
     # (deliver_at, order, user, event) -- order keeps the sort stable and deterministic
     deliveries: list[tuple[int, int, str, dict[str, Any]]] = []

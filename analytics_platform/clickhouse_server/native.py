@@ -72,7 +72,7 @@ def split_args(text: str) -> list[str]:
 
 def _strip_element_name(arg: str) -> str:
     """``Tuple(a String)`` / ``Nested(a String)`` elements carry a name before the type."""
-    if arg[:1] in "`\"":
+    if arg[:1] in '`"':
         end = arg.index(arg[0], 1)
         return arg[end + 1 :].strip()
     head, _, rest = arg.partition(" ")

@@ -416,4 +416,3 @@ class Session:
         while (block := self._read_block(blocks)) is not None:
             has_rows = has_rows or block[0].rows > 0
         return has_rows
-

@@ -57,4 +57,3 @@ def table_name(client: Client) -> Iterator[str]:
     name = f"t_{uuid.uuid4().hex[:12]}"
     yield name
     client.execute(f"DROP TABLE IF EXISTS {name}")
-

@@ -28,7 +28,9 @@ pytestmark = pytest.mark.clickhouse
         ("INSERT INTO no_such_table_xyz VALUES", 60, "UNKNOWN_TABLE"),
     ],
 )
-def test_errors_carry_clickhouse_codes_and_connection_stays_usable(client: Client, sql: str, code: int, name: str) -> None:
+def test_errors_carry_clickhouse_codes_and_connection_stays_usable(
+    client: Client, sql: str, code: int, name: str
+) -> None:
     with pytest.raises(ServerException) as raised:
         client.execute(sql, [(1,)] if sql.startswith("INSERT") else None)
 
@@ -39,7 +41,11 @@ def test_errors_carry_clickhouse_codes_and_connection_stays_usable(client: Clien
 
 def test_error_in_the_middle_of_a_stream(client: Client) -> None:
     with pytest.raises(ServerException) as raised:
-        list(client.execute_iter("SELECT throwIf(number = 150000) FROM numbers(300000)", settings={"max_block_size": 10000}))
+        list(
+            client.execute_iter(
+                "SELECT throwIf(number = 150000) FROM numbers(300000)", settings={"max_block_size": 10000}
+            )
+        )
 
     assert raised.value.code == 395
     assert client.execute("SELECT 2") == [(2,)]
@@ -58,7 +64,9 @@ def test_insert_error_after_sample_block_keeps_session_in_sync(client: Client, t
 
 
 def test_execute_iter_streams_blocks(client: Client) -> None:
-    rows = client.execute_iter("SELECT number, toString(number) FROM numbers(250000)", settings={"max_block_size": 1000})
+    rows = client.execute_iter(
+        "SELECT number, toString(number) FROM numbers(250000)", settings={"max_block_size": 1000}
+    )
 
     total = 0
     for expected, (number, text) in enumerate(rows):
@@ -144,7 +152,7 @@ def test_database_from_handshake_and_use(make_client: ClientFactory) -> None:
         assert scoped.execute("SELECT currentDatabase()") == [(db,)]
         scoped.execute("CREATE TABLE t (x DateTime('Asia/Tokyo')) ENGINE = MergeTree ORDER BY x")
         scoped.execute("INSERT INTO t VALUES", [(dt.datetime(2024, 1, 1, tzinfo=dt.UTC),)])
-        (value,), = scoped.execute("SELECT x FROM t")
+        ((value,),) = scoped.execute("SELECT x FROM t")
         assert value == dt.datetime(2024, 1, 1, tzinfo=dt.UTC) and str(value.tzinfo) == "Asia/Tokyo"
         admin.execute(f"USE {db}")
         assert admin.execute("SELECT count() FROM t") == [(1,)]
@@ -177,9 +185,7 @@ def test_ping(client: Client) -> None:
 @pytest.fixture(scope="module")
 def secured_server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
     base: Path = tmp_path_factory.mktemp("secured")
-    server = start_server_process(
-        data_dir=base / "data", user="app", password="s3cret", log_file=base / "server.log"
-    )
+    server = start_server_process(data_dir=base / "data", user="app", password="s3cret", log_file=base / "server.log")
     yield server  # type: ignore[misc]
     assert server.stop() == 0
 

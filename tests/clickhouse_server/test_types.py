@@ -128,7 +128,14 @@ def test_wide_table_many_blocks(make_client: ClientFactory, table_name: str, com
     )
     base = dt.datetime(2024, 1, 1, tzinfo=UTC)
     rows = [
-        (i, f"s{i}" * (i % 5), None if i % 3 else -i, [str(i % 7)] * (i % 4), {"k": i % 100}, base + dt.timedelta(microseconds=i))
+        (
+            i,
+            f"s{i}" * (i % 5),
+            None if i % 3 else -i,
+            [str(i % 7)] * (i % 4),
+            {"k": i % 100},
+            base + dt.timedelta(microseconds=i),
+        )
         for i in range(30_000)
     ]
 

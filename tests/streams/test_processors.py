@@ -73,7 +73,7 @@ def views_by_session(out):
 
 
 def test_generated_stream_gives_exactly_the_truth():
-    stream = stream_generate(views=400, users=60, seed=7, partitions=1)
+    stream = stream_generate(views=400, users=60, seed=7, partitions=1, start_ms=T0)
     out, _ = run(stream.messages)
     truth = stream.truth
     ids = [str(row[0]) for row in out.events]
@@ -101,7 +101,7 @@ def test_generated_stream_gives_exactly_the_truth():
 
 def test_replay_from_a_restored_state_reproduces_the_same_output():
     """What a crash does: state restored as of the last commit, messages after it replayed."""
-    stream = stream_generate(views=150, users=20, seed=3, partitions=1)
+    stream = stream_generate(views=150, users=20, seed=3, partitions=1, start_ms=T0)
     processor, store = PartitionProcessor(), DictStore()
     cut = len(stream.messages) // 3
     run(stream.messages[:cut], processor=processor, store=store)

@@ -1,0 +1,176 @@
+"""Wiring of the stream worker: topics, state, the processor, the sinks, the lag gauge.
+
+One Quix ``Application`` per process; more processes in the same consumer group split the
+partitions of the ``events`` topic (they are keyed by userId, so a user's dedup and view state lives
+with one partition). Per message:
+
+``events`` (bytes) -> ``PartitionProcessor.process`` (stateful: the Quix state store of the
+partition, restored from its changelog topic) -> ``Output`` -> branches:
+
+* ``ClickHouseSink``: rows for ``events`` and ``view_summaries`` at each checkpoint (idempotent by
+  source offset, see streams/sinks.py);
+* ``video-watched`` / ``video-error``: the derived events (JSON, keyed by sessionId / eventId, with
+  deterministic ids: at-least-once, or exactly-once when ``STREAMS_PROCESSING_GUARANTEE`` is
+  ``exactly-once`` on a real Kafka cluster);
+* ``events-dlq``: poison messages and events with the reason.
+
+Checkpoints every ``STREAMS_COMMIT_INTERVAL`` seconds (5). On the local Tansu broker the local state
+dir is wiped at start (``STREAMS_WIPE_STATE_ON_START``): its ListOffsets bug makes kept state crash
+Quix, and the state is rebuilt from the changelog topics anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import orjson
+from django.conf import settings
+from prometheus_client import Counter, Gauge, start_http_server
+from quixstreams import Application, message_context
+from quixstreams.kafka.configuration import ConnectionConfig
+
+from analytics_platform import event_format, kafka
+from analytics_platform.clickhouse import client_get
+from streams.processors import Output, PartitionProcessor, ProcessorConfig, StateStore
+from streams.sinks import ClickHouseSink
+
+logger = logging.getLogger(__name__)
+
+CONSUMER_LAG = Gauge(
+    "streams_consumer_lag", "Messages behind the partition's high watermark", ["group", "topic", "partition"]
+)
+EVENTS_PROCESSED = Counter("streams_events_total", "Events processed (duplicates excluded)")
+DUPLICATES = Counter("streams_duplicate_events_total", "Events dropped as duplicates of an earlier eventId")
+LATE_EVENTS = Counter("streams_late_events_total", "Events that arrived after their view had closed")
+DEAD_LETTERS = Counter("streams_dead_letters_total", "Messages or events sent to the dead-letter topic")
+
+
+class QuixStore:
+    """``StateStore`` over the Quix partition transaction of the current checkpoint."""
+
+    def __init__(self, transaction: Any) -> None:
+        self._tx = transaction
+
+    def get(self, prefix: bytes, key: str) -> Any:
+        return self._tx.get(key, prefix=prefix)
+
+    def set(self, prefix: bytes, key: str, value: Any) -> None:
+        self._tx.set(key, value, prefix=prefix)
+
+    def delete(self, prefix: bytes, key: str) -> None:
+        self._tx.delete(key, prefix=prefix)
+
+
+def _stats_to_gauge(group: str) -> Any:
+    """librdkafka statistics callback: per-partition consumer lag into the Prometheus gauge."""
+
+    def on_stats(raw: str) -> None:
+        stats = orjson.loads(raw)
+        for topic, info in stats.get("topics", {}).items():
+            for partition, p in info.get("partitions", {}).items():
+                if partition == "-1" or p.get("fetch_state") in (None, "none", "stopped"):
+                    continue
+                lag = p.get("consumer_lag", -1)
+                if lag >= 0:
+                    CONSUMER_LAG.labels(group, topic, partition).set(lag)
+
+    return on_stats
+
+
+def state_dir_prepare(*, root: Path, group: str, wipe: bool) -> Path:
+    """A state dir of this process's own, so that workers on one host never share RocksDB files."""
+    group_dir = root / group
+    if wipe and group_dir.exists():
+        for child in group_dir.iterdir():
+            pid = int(child.name) if child.name.isdigit() else None
+            if pid is None or pid == os.getpid() or not _alive(pid):
+                shutil.rmtree(child, ignore_errors=True)
+    path = group_dir / str(os.getpid())
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def application_build(
+    *, consumer_group: str | None = None, processing_guarantee: str | None = None
+) -> tuple[Application, PartitionProcessor]:
+    """The Quix application of the events worker, configured from settings."""
+    group = consumer_group or settings.STREAMS_CONSUMER_GROUP
+    state_dir = state_dir_prepare(
+        root=Path(settings.STREAMS_STATE_DIR), group=group, wipe=settings.STREAMS_WIPE_STATE_ON_START
+    )
+    app = Application(
+        broker_address=ConnectionConfig.from_librdkafka_dict(kafka.client_config(), ignore_extras=True),
+        consumer_group=group,
+        commit_interval=settings.STREAMS_COMMIT_INTERVAL,
+        processing_guarantee=cast(
+            Literal["at-least-once", "exactly-once"],
+            processing_guarantee or settings.STREAMS_PROCESSING_GUARANTEE,
+        ),
+        auto_offset_reset="earliest",
+        consumer_extra_config={
+            "session.timeout.ms": settings.STREAMS_SESSION_TIMEOUT_MS,
+            "statistics.interval.ms": 5000,
+            "stats_cb": _stats_to_gauge(group),
+        },
+        state_dir=state_dir,
+        use_changelog_topics=True,
+    )
+    events = app.topic(
+        kafka.topic_name(event_format.EVENTS_TOPIC), key_deserializer="bytes", value_deserializer="bytes"
+    )
+    watched = app.topic(kafka.topic_name(event_format.VIDEO_WATCHED_TOPIC), key_serializer="str")
+    errors = app.topic(kafka.topic_name(event_format.VIDEO_ERROR_TOPIC), key_serializer="str")
+    dlq = app.topic(kafka.topic_name(event_format.EVENTS_DLQ_TOPIC), key_serializer="str")
+
+    processor = PartitionProcessor(
+        ProcessorConfig(
+            idle_timeout_ms=settings.STREAMS_IDLE_TIMEOUT_MS,
+            grace_ms=settings.STREAMS_GRACE_MS,
+            dedup_window_ms=settings.STREAMS_DEDUP_WINDOW_MS,
+        )
+    )
+
+    def process(value: bytes, key: bytes | None, timestamp: int, headers: Any, state: Any) -> Output:
+        context = message_context()
+        # The Quix state object is bound to the message key; the processor also needs the
+        # partition-wide entries and other users' state (timers), so it uses the transaction.
+        store: StateStore = QuixStore(state._transaction)
+        out = processor.process(value, key=key, partition=context.partition, offset=context.offset, store=store)
+        EVENTS_PROCESSED.inc(len(out.events))
+        if out.duplicates:
+            DUPLICATES.inc(out.duplicates)
+        if out.late:
+            LATE_EVENTS.inc(out.late)
+        if out.dead_letters:
+            DEAD_LETTERS.inc(len(out.dead_letters))
+        return out
+
+    sdf = app.dataframe(events)
+    out = sdf.apply(process, stateful=True, metadata=True)
+    out.apply(lambda o: o.video_watched, expand=True).to_topic(watched, key=lambda v: v["sessionId"])
+    out.apply(lambda o: o.video_errors, expand=True).to_topic(errors, key=lambda v: v["eventId"])
+    out.apply(lambda o: o.dead_letters, expand=True).to_topic(dlq, key=lambda v: v["key"] or "")
+    out.sink(ClickHouseSink(client_factory=client_get, retry_after=settings.STREAMS_SINK_RETRY_SECONDS))
+    return app, processor
+
+
+def stream_run(*, metrics_port: int | None = None, consumer_group: str | None = None) -> None:
+    """Run the events worker until SIGTERM/SIGINT (Quix commits the last checkpoint on the way out)."""
+    port = settings.STREAMS_METRICS_PORT if metrics_port is None else metrics_port
+    if port:
+        start_http_server(port, addr=settings.STREAMS_METRICS_ADDR)
+    app, _ = application_build(consumer_group=consumer_group)
+    logger.info("stream worker starting", extra={"group": consumer_group or settings.STREAMS_CONSUMER_GROUP})
+    app.run()
