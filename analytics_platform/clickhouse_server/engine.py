@@ -15,6 +15,7 @@ on the table, like on a real ClickHouse server.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -23,11 +24,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
+
+from chdb import _chdb
 
 from .protocol import ErrorCode, ServerError, Setting
-
-import chdb._chdb as _chdb  # noqa: E402  (imports chdb; slow, so after our own modules)
 
 _CODE = re.compile(r"Code:\s*(\d+)\.\s*(.*)", re.DOTALL)
 _VERSION_SUFFIX = re.compile(r"\s*\(version [0-9.]+(?: \(official build\))?\)\s*$")
@@ -68,7 +69,7 @@ class EngineConnection:
 
     def __init__(self, data_dir: str) -> None:
         with _CONNECT_LOCK:
-            self._conn: Any = _chdb.connect(data_dir)
+            self._conn: Any = cast(Any, _chdb).connect(data_dir)
         self._data_dir = data_dir
         # Query-scoped settings currently applied with SET, restored lazily: clients usually send
         # the same settings with every query, so most queries need no extra statement.
@@ -202,7 +203,8 @@ class EngineConnection:
         if not names:
             return {}
         listed = ", ".join(quote_literal(name) for name in names)
-        rows = self.execute_text(f"SELECT name, value, changed FROM system.settings WHERE name IN ({listed})")
+        query = f"SELECT name, value, changed FROM system.settings WHERE name IN ({listed})"  # noqa: S608 - quoted literals
+        rows = self.execute_text(query)
         return {row[0]: (quote_literal(row[1]) if row[2] else "DEFAULT") for row in rows}
 
 
@@ -232,10 +234,8 @@ class Stream:
     def cancel(self) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._conn.streaming_cancel_query(handle)
-            except RuntimeError:
-                pass
 
 
 class Insert:

@@ -172,13 +172,13 @@ def exception_packet(error: ServerError, stack_trace: str = "") -> bytes:
 @dataclass(slots=True)
 class Progress:
     rows: int = 0
-    bytes: int = 0
+    nbytes: int = 0
     total_rows: int = 0
     written_rows: int = 0
     written_bytes: int = 0
 
     def encode(self, revision: int) -> bytes:
-        out = encode_varint(ServerPacket.PROGRESS) + encode_varint(self.rows) + encode_varint(self.bytes)
+        out = encode_varint(ServerPacket.PROGRESS) + encode_varint(self.rows) + encode_varint(self.nbytes)
         if revision >= REV_WITH_TOTAL_ROWS_IN_PROGRESS:
             out += encode_varint(self.total_rows)
         if revision >= REV_WITH_CLIENT_WRITE_INFO:
@@ -219,7 +219,7 @@ class ByteReader:
     block can be forwarded to chdb unchanged.
     """
 
-    __slots__ = ("buf", "pos", "_source", "_mark")
+    __slots__ = ("_mark", "_source", "buf", "pos")
 
     def __init__(self, source: Source = _no_more, initial: bytes = b"") -> None:
         self.buf = bytearray(initial)

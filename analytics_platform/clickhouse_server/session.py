@@ -13,6 +13,7 @@ Packet order per query, as clickhouse-driver expects it:
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import select
@@ -119,10 +120,8 @@ class Session:
             self._shutdown_socket()
 
     def _shutdown_socket(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _set_busy(self, busy: bool) -> bool:
         """Mark the session busy/idle; return False when it should stop instead."""
@@ -165,10 +164,8 @@ class Session:
         finally:
             if self.engine is not None:
                 self.engine.close()
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.close()
-            except OSError:
-                pass
 
     def _handshake(self) -> bool:
         packet_type = self.reader.read_varint()
@@ -259,7 +256,7 @@ class Session:
             self._send_error(error)
         except (EOFError, OSError, ProtocolError):
             raise
-        except Exception as exc:  # noqa: BLE001 - report, then drop the connection: state unknown
+        except Exception as exc:
             logger.exception("query %s: internal error", query_id)
             self._send_error(ServerError.make(ErrorCode.LOGICAL_ERROR, f"Internal server error: {exc!r}"))
             return False
@@ -336,7 +333,7 @@ class Session:
         }
 
     def _finish_select(self, stream: Stream, blocks: int) -> None:
-        progress = Progress(rows=stream.rows, bytes=stream.bytes)
+        progress = Progress(rows=stream.rows, nbytes=stream.bytes)
         self._send(
             progress.encode(self.revision)
             + profile_info_packet(rows=stream.rows, blocks=blocks, nbytes=stream.bytes)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from clickhouse_driver import Client
 
 from analytics_platform.clickhouse_server.testing import ServerProcess, start_server_process
+
+# Runs in a subprocess with its own Django settings (see test_django.py).
+collect_ignore = ["django_part"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -183,10 +184,10 @@ def test_ping(client: Client) -> None:
 
 
 @pytest.fixture(scope="module")
-def secured_server(tmp_path_factory: pytest.TempPathFactory) -> ServerProcess:
+def secured_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     base: Path = tmp_path_factory.mktemp("secured")
     server = start_server_process(data_dir=base / "data", user="app", password="s3cret", log_file=base / "server.log")
-    yield server  # type: ignore[misc]
+    yield server
     assert server.stop() == 0
 
 
