@@ -54,15 +54,19 @@ def test_kill_minus_nine_three_times_changes_no_number(stream_env):
     client = stream_env.clickhouse()
     kills = 0
     worker = stream_env.worker_start()
-    while kills < 3:
-        # Kill at a random moment once the worker is writing (between checkpoints or inside one).
-        wait_until(lambda: clickhouse_counts(client)[0] > 0, timeout=60, interval=0.2, what="first rows")
-        time.sleep(rng.uniform(2.0, 9.0))
-        if clickhouse_counts(client) >= (len(stream.truth.event_ids), len(stream.truth.views)):
+    expected = (len(stream.truth.event_ids), len(stream.truth.views))
+    # Three random points spread over the stream; each kill lands at a random moment of processing
+    # (between checkpoints or inside a sink flush) once the restarted worker has got that far.
+    thresholds = sorted(rng.uniform(lo, lo + 0.2) * expected[0] for lo in (0.1, 0.35, 0.6))
+    for threshold in thresholds:
+        wait_until(lambda t=threshold: clickhouse_counts(client)[0] >= t, timeout=180, interval=0.2, what="progress")
+        time.sleep(rng.uniform(0.0, 3.0))
+        if clickhouse_counts(client) >= expected:
             break
         worker.kill()
         worker.wait()
         kills += 1
+        print(f"kill -9 #{kills} with {clickhouse_counts(client)} of {expected} rows stored")
         worker = stream_env.worker_start()
     assert kills >= 3, "the stream finished before three kills: make it longer"
     wait_for_truth(stream_env, stream.truth, timeout=240)
