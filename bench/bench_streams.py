@@ -79,7 +79,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def main() -> None:  # noqa: PLR0915 -- a linear script
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--rate", type=int, default=20_000, help="events/s of the freshness phase")
@@ -134,7 +134,9 @@ def main() -> None:  # noqa: PLR0915 -- a linear script
         if profiler:
             profiler.disable()
         cpu = time.process_time() - started
-        print(f"pure processor: {total_events / cpu:,.0f} events/s of one core ({cpu / total_events * 1e6:.1f} us/event)")
+        print(
+            f"pure processor: {total_events / cpu:,.0f} events/s of one core ({cpu / total_events * 1e6:.1f} us/event)"
+        )
         if profiler:
             out = io.StringIO()
             pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
@@ -208,7 +210,6 @@ def main() -> None:  # noqa: PLR0915 -- a linear script
 
         # 4. freshness at a steady rate while the worker keeps running
         template = stream_generate(views=max(1, args.rate * args.seconds // 11), users=2000, seed=7, poison=False)
-        batch: list = []
         first_seen: dict[int, float] = {}
         sent: list[tuple[int, int]] = []  # (receivedAt ms, events)
         stop = threading.Event()

@@ -162,7 +162,14 @@ def application_build(
     out.apply(lambda o: o.video_watched, expand=True).to_topic(watched, key=lambda v: v["sessionId"])
     out.apply(lambda o: o.video_errors, expand=True).to_topic(errors, key=lambda v: v["eventId"])
     out.apply(lambda o: o.dead_letters, expand=True).to_topic(dlq, key=lambda v: v["key"] or "")
-    out.sink(ClickHouseSink(client_factory=client_get, retry_after=settings.STREAMS_SINK_RETRY_SECONDS))
+    compression = settings.STREAMS_CLICKHOUSE_COMPRESSION or False
+    out.sink(
+        ClickHouseSink(
+            client_factory=lambda: client_get(compression=compression),
+            retry_after=settings.STREAMS_SINK_RETRY_SECONDS,
+            chunk_rows=settings.STREAMS_SINK_CHUNK_ROWS,
+        )
+    )
     return app, processor
 
 

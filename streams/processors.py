@@ -18,7 +18,10 @@ Why it is shaped this way:
   event for a view that is already closed is *late*: stored in raw with ``late = 1`` and counted,
   never applied to the closed summary.
 * **Dedup by eventId** per user (the Kafka key, so one partition owns all of a user's events):
-  each user's state remembers the ids seen in the last ``dedup_window_ms`` of event time.
+  each user's state remembers 63-bit hashes of the ids seen, in buckets of 10 minutes of the
+  client's own timestamp (a retry re-sends the same id and client timestamp), each bucket kept
+  until ``dedup_window_ms`` of event time after it was last touched. A message reads and writes
+  only the buckets its events fall in, so the cost does not grow with the user's history.
 * **Timers without scanning.** Idle views of users who send nothing more are closed by
   per-partition timers: a user's next deadline is kept in one of ``TIMER_BUCKETS`` state entries
   (so one message re-serialises a small bucket, not the whole index) and mirrored in an in-memory
@@ -31,6 +34,7 @@ from __future__ import annotations
 import heapq
 import re
 import uuid
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -102,7 +106,8 @@ VIEW_COLUMNS: tuple[str, ...] = (
 VIDEO_WATCHED_NAMESPACE = uuid.UUID("6f1d2b1e-5b8a-4f0e-9d43-1c1f1b7a2a01")
 VIDEO_ERROR_NAMESPACE = uuid.UUID("6f1d2b1e-5b8a-4f0e-9d43-1c1f1b7a2a02")
 
-TIMER_BUCKETS = 64
+TIMER_BUCKETS = 256
+DEDUP_BUCKET_MS = 600_000  # eventId hashes are stored per user per 10 minutes of client time
 PARTITION_PREFIX = b"\x00partition"  # cannot collide with a userId key (never starts with NUL)
 _CUSTOM_TYPE = re.compile(event_format.CUSTOM_TYPE_PATTERN)
 _MIN_TS = 0  # 1970: DateTime64 range that ClickHouse stores exactly
@@ -209,49 +214,107 @@ def message_decode(value: bytes) -> tuple[str, int, list[Any]]:
     return _str(body, "userId", required=True, max_len=128), _ts(body, "receivedAt"), events
 
 
-def event_row(event: Any, *, partition: int, offset: int, late: bool = False) -> tuple[Any, ...]:
+_OPTIONAL_STRINGS: tuple[tuple[str, int], ...] = (
+    ("errorCode", 256),
+    ("errorMessage", 4096),
+    ("device", 256),
+    ("os", 256),
+    ("browser", 256),
+    ("country", 256),
+    ("cdn", 256),
+    ("player", 256),
+)
+
+
+def event_row(  # noqa: PLR0912, PLR0915 -- inlined checks: this runs once per event
+    event: Any, *, partition: int, offset: int, late: bool = False
+) -> tuple[Any, ...]:
     """Validate one event (already normalised by ingest) into an ``events`` row. Raises PoisonError.
 
     Everything ClickHouse could refuse is checked here: one bad row would otherwise fail its whole
-    batch on every retry and stop the partition.
+    batch on every retry and stop the partition. The checks are inlined: this runs once per event.
     """
-    if not isinstance(event, dict):
+    if type(event) is not dict:
         raise PoisonError("event: not a JSON object")
+    get = event.get
+    raw_id = get("eventId")
+    if type(raw_id) is not str:
+        raise PoisonError("eventId: missing")
     try:
-        event_id = uuid.UUID(_str(event, "eventId", required=True, max_len=64))
+        event_id = uuid.UUID(raw_id)
     except ValueError as exc:
         raise PoisonError("eventId: not a UUID") from exc
-    etype = _str(event, "type", required=True, max_len=64)
+    etype = get("type")
+    if type(etype) is not str:
+        raise PoisonError("type: missing")
     playback = etype in event_format.PLAYBACK_TYPES
     if not playback and not _CUSTOM_TYPE.match(etype):
-        raise PoisonError(f"type: {etype!r} is neither a playback type nor a custom type")
-    properties = event.get("properties")
-    if properties is not None and not isinstance(properties, dict):
+        raise PoisonError(f"type: {etype[:80]!r} is neither a playback type nor a custom type")
+    user = get("userId")
+    session = get("sessionId")
+    video = get("videoId")
+    if session is None:
+        session = ""
+    if video is None:
+        video = ""
+    if type(user) is not str or not 0 < len(user) <= 128:
+        raise PoisonError("userId: not a string of 1-128 characters")
+    if type(session) is not str or len(session) > 128 or (playback and not session):
+        raise PoisonError("sessionId: not a string of 1-128 characters")
+    if type(video) is not str or len(video) > 256 or (playback and not video):
+        raise PoisonError("videoId: not a string of 1-256 characters")
+    strings = []
+    for name, max_len in _OPTIONAL_STRINGS:
+        value = get(name)
+        if value is None:
+            value = ""
+        elif type(value) is not str or len(value) > max_len:
+            raise PoisonError(f"{name}: not a string of at most {max_len} characters")
+        strings.append(value)
+    properties = get("properties")
+    if properties is not None and type(properties) is not dict:
         raise PoisonError("properties: not an object")
-    fatal = event.get("fatal", etype == "error")
-    if not isinstance(fatal, bool):
+    fatal = get("fatal")
+    if fatal is None:
+        fatal = True
+    elif type(fatal) is not bool:
         raise PoisonError("fatal: not a boolean")
-    ts = _ts(event, "timestamp")
+    ts = get("timestamp")
+    client_ts = get("clientTimestamp", ts)
+    received_at = get("receivedAt")
+    position = get("positionMs")
+    bitrate = get("bitrateKbps")
+    # Fast path: exact ints in range (bool is not an int here); the slow path names the field.
+    if not (
+        type(ts) is int
+        and type(client_ts) is int
+        and type(received_at) is int
+        and _MIN_TS <= ts <= _MAX_TS
+        and _MIN_TS <= client_ts <= _MAX_TS
+        and _MIN_TS <= received_at <= _MAX_TS
+    ):
+        ts = _ts(event, "timestamp")
+        client_ts = _ts(event, "clientTimestamp") if "clientTimestamp" in event else ts
+        received_at = _ts(event, "receivedAt")
+    if position is not None and not (type(position) is int and 0 <= position <= _MAX_INT64):
+        _int(event, "positionMs")
+    if bitrate is not None and not (type(bitrate) is int and 0 <= bitrate <= _MAX_INT64):
+        _int(event, "bitrateKbps")
     return (
         event_id,
         etype,
         ts,
-        _str(event, "userId", required=True, max_len=128),
-        _str(event, "sessionId", required=playback, max_len=128),
-        _str(event, "videoId", required=playback, max_len=256),
-        _ts(event, "clientTimestamp") if "clientTimestamp" in event else ts,
-        _ts(event, "receivedAt"),
-        _int(event, "positionMs"),
-        _int(event, "bitrateKbps"),
-        _str(event, "errorCode", max_len=256),
-        _str(event, "errorMessage", max_len=4096),
+        user,
+        session,
+        video,
+        client_ts,
+        received_at,
+        position,
+        bitrate,
+        strings[0],
+        strings[1],
         fatal and etype == "error",
-        _str(event, "device", max_len=256),
-        _str(event, "os", max_len=256),
-        _str(event, "browser", max_len=256),
-        _str(event, "country", max_len=256),
-        _str(event, "cdn", max_len=256),
-        _str(event, "player", max_len=256),
+        *strings[2:],
         orjson.dumps(properties).decode() if properties else "",
         late,
         partition,
@@ -260,7 +323,7 @@ def event_row(event: Any, *, partition: int, offset: int, late: bool = False) ->
 
 
 # Indexes into an events row, for the hot path.
-_ID, _TYPE, _TS, _USER, _SESSION, _VIDEO = 0, 1, 2, 3, 4, 5
+_ID, _TYPE, _TS, _USER, _SESSION, _VIDEO, _CLIENT_TS = 0, 1, 2, 3, 4, 5, 6
 _POS, _ERRCODE, _ERRMSG, _FATAL, _LATE, _OFFSET = 8, 10, 11, 12, 20, 22
 _DIMS = slice(13, 19)
 _DIM_NAMES = ("device", "os", "browser", "country", "cdn", "player")
@@ -363,7 +426,7 @@ class _PartitionTimers:
 
     def bucket_of(self, user: str) -> int:
         # A stable hash (Python's str hash is salted per process).
-        return int.from_bytes(user.encode()[-4:].rjust(4, b"\0"), "little") % TIMER_BUCKETS
+        return zlib.crc32(user.encode()) % TIMER_BUCKETS
 
 
 class PartitionProcessor:
@@ -380,7 +443,7 @@ class PartitionProcessor:
         else:
             self._timers.pop(partition, None)
 
-    def process(  # noqa: PLR0915 -- the hot loop, kept flat on purpose
+    def process(  # noqa: PLR0912, PLR0915 -- the hot loop, kept flat on purpose
         self, value: bytes, *, key: bytes | None, partition: int, offset: int, store: StateStore
     ) -> Output:
         """Process one message; mutate ``store``; return the rows and derived events it produced."""
@@ -396,10 +459,10 @@ class PartitionProcessor:
             out.dead_letters.append(_dead_letter(str(exc), value, key, partition, offset))
             return out
         prefix = user.encode()
-        user_state = store.get(prefix, "u") or {"seen": {}, "views": {}, "closed": {}}
-        seen: dict[str, int] = user_state["seen"]
+        user_state = store.get(prefix, "u") or {"views": {}, "closed": {}, "b": {}}
         views: dict[str, Any] = user_state["views"]
         closed: dict[str, int] = user_state["closed"]
+        seen_buckets: dict[int, set[int]] = {}
         watermark = timers.watermark
         cfg = self.config
         late_horizon = watermark - cfg.idle_timeout_ms - cfg.grace_ms
@@ -410,12 +473,18 @@ class PartitionProcessor:
             except PoisonError as exc:
                 out.dead_letters.append(_dead_letter(str(exc), orjson.dumps(raw), key, partition, offset))
                 continue
-            event_key = str(row[_ID])
-            if event_key in seen:
+            # Dedup: a retry re-sends the event with the same id and the same client timestamp (its
+            # corrected timestamp may differ), so ids are kept in buckets of client time.
+            bucket_id = row[_CLIENT_TS] // DEDUP_BUCKET_MS
+            seen = seen_buckets.get(bucket_id)
+            if seen is None:
+                seen = seen_buckets[bucket_id] = set(store.get(prefix, f"d{bucket_id}") or ())
+            event_hash = row[_ID].int >> 65
+            if event_hash in seen:
                 out.duplicates += 1
                 continue
+            seen.add(event_hash)
             ts = row[_TS]
-            seen[event_key] = ts
             message_time = max(message_time, min(ts, received_at))
             session = row[_SESSION]
             view = views.get(session) if session else None
@@ -438,7 +507,7 @@ class PartitionProcessor:
             watermark = timers.watermark = message_time
             store.set(PARTITION_PREFIX, "wm", watermark)
         self._views_close(user, user_state, watermark, out)
-        self._seen_prune(user_state, watermark)
+        self._seen_save(store, prefix, user_state, seen_buckets, watermark)
         self._timer_set(timers, store, user, user_state)
         store.set(prefix, "u", user_state)
         self._timers_fire(timers, store, watermark, out)
@@ -478,11 +547,23 @@ class PartitionProcessor:
         horizon = watermark - self.config.closed_memory_ms
         user_state["closed"] = {s: t for s, t in user_state["closed"].items() if t >= horizon}
 
-    def _seen_prune(self, user_state: dict[str, Any], watermark: int) -> None:
+    def _seen_save(
+        self,
+        store: StateStore,
+        prefix: bytes,
+        user_state: dict[str, Any],
+        seen_buckets: dict[int, set[int]],
+        watermark: int,
+    ) -> None:
+        """Store the touched id buckets; drop the buckets nobody touched for ``dedup_window_ms``."""
+        touched: dict[str, int] = user_state["b"]
+        for bucket_id, ids in seen_buckets.items():
+            store.set(prefix, f"d{bucket_id}", list(ids))
+            touched[str(bucket_id)] = watermark
         horizon = watermark - self.config.dedup_window_ms
-        seen = user_state["seen"]
-        if seen and min(seen.values()) < horizon:
-            user_state["seen"] = {e: t for e, t in seen.items() if t >= horizon}
+        for bucket_key in [b for b, t in touched.items() if t < horizon]:
+            store.delete(prefix, f"d{bucket_key}")
+            del touched[bucket_key]
 
     def _timer_set(self, timers: _PartitionTimers, store: StateStore, user: str, user_state: dict[str, Any]) -> None:
         deadline = min((self._deadline(v) for v in user_state["views"].values()), default=None)

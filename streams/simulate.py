@@ -188,6 +188,7 @@ def stream_generate(
     late_rate: float = 0.02,
     custom_rate: float = 0.05,
     poison: bool = True,
+    batch_ms: int = 1_000,
 ) -> Stream:
     """Generate ``views`` views spread over ``users`` users, in delivery order, with their truth."""
     rng = random.Random(seed)
@@ -272,9 +273,9 @@ def stream_generate(
     open_batch: dict[str, Message] = {}
     for deliver_at, _, user, event in deliveries:
         message = open_batch.get(user)
-        # A player sends what it has every second: one request, one message per user, received
-        # when its last event is ready.
-        if message is None or deliver_at - message.events[0]["receivedAt"] > 1_000:
+        # A player sends what it has every ``batch_ms``: one request, one message per user,
+        # received when its last event is ready.
+        if message is None or deliver_at - message.events[0]["receivedAt"] > batch_ms:
             message = open_batch[user] = Message(user_id=user, received_at=deliver_at, events=[])
             messages.append(message)
         message.received_at = deliver_at

@@ -1,31 +1,39 @@
 """The ClickHouse sink: idempotent, offset-tracked inserts of the processor's rows.
 
 Quix sinks are at-least-once: after a crash the messages since the last committed offset are
-processed again and their rows reach ``write()`` a second time. Exactly-once effect without Kafka
+processed again and their rows reach the sink a second time. Exactly-once effect without Kafka
 transactions comes from the rows themselves: each row carries the Kafka partition and offset of the
-message that produced it, a partition's rows are inserted in offset order with one INSERT per table
-per checkpoint, and before writing a batch that does not directly follow what this process last
-wrote (a restart, a new assignment, a replay after backpressure) the sink asks ClickHouse for the
-largest offset the table already holds for that partition and drops rows at or below it. The
-processor is deterministic and its state is restored as of the committed offset, so a replayed
-message yields the same rows as the first time, and skipping them by offset is exact whatever the
-batch boundaries were. (Insert-deduplication tokens would need identical batch boundaries.)
+message that produced it, a partition's rows are inserted in offset order, and before writing rows
+that do not directly follow what this process last wrote (a restart, a new assignment, a replay
+after backpressure) the sink asks ClickHouse for the largest offset the table already holds for
+that partition and drops rows at or below it. The processor is deterministic and its state is
+restored as of the committed offset, so a replayed message yields the same rows as the first time,
+and skipping them by offset is exact whatever the batch boundaries were. (Insert-deduplication
+tokens would need identical batch boundaries across runs, which Quix checkpoints do not give.)
 
-When ClickHouse is unreachable the sink raises ``SinkBackpressureError``: Quix pauses the
-partitions, drops the checkpoint's state changes, seeks back to the committed offsets and retries
-after ``retry_after`` seconds, so nothing is lost and nothing is written twice.
+Inserts run on a writer thread, in chunks of about ``chunk_rows`` rows per partition, while the
+main thread keeps processing; ``flush()`` (each checkpoint, before offsets are committed) hands
+over the rest and waits until everything is written. Rows written ahead of a commit that never
+happens are simply skipped when replayed.
+
+When ClickHouse fails, the writer stops writing (a later chunk must never land after a lost one:
+the offset rule would then skip the lost rows) and ``flush()`` raises ``SinkBackpressureError``:
+Quix pauses the partitions, drops the checkpoint's state changes, seeks back to the committed
+offsets and retries after ``retry_after`` seconds. Nothing is lost, nothing is written twice.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from clickhouse_driver import Client
 from prometheus_client import Counter
-from quixstreams.sinks.base import BatchingSink, SinkBackpressureError, SinkBatch
+from quixstreams.sinks.base import BatchingSink, SinkBackpressureError
 
 from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, Output
 
@@ -37,65 +45,114 @@ ROWS_SKIPPED = Counter(
 )
 SINK_FAILURES = Counter("streams_clickhouse_failures_total", "Failed ClickHouse writes (retried)")
 
-_TABLES: tuple[tuple[str, tuple[str, ...]], ...] = (("events", EVENT_COLUMNS), ("view_summaries", VIEW_COLUMNS))
+_TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("events", "events", EVENT_COLUMNS),
+    ("view_summaries", "views", VIEW_COLUMNS),
+)
+
+
+class _Chunk:
+    __slots__ = ("outputs", "partition", "rows")
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.outputs: list[Output] = []
+        self.rows = 0
 
 
 class ClickHouseSink(BatchingSink):
     """Writes ``Output.events`` to ``events`` and ``Output.views`` to ``view_summaries``."""
 
-    def __init__(self, *, client_factory: Callable[[], Client], retry_after: float = 5.0) -> None:
+    def __init__(
+        self, *, client_factory: Callable[[], Client], retry_after: float = 5.0, chunk_rows: int = 20_000
+    ) -> None:
         super().__init__()
         self._client_factory = client_factory
         self._client: Client | None = None
         self._retry_after = retry_after
-        # (table, partition) -> the last source offset known to be fully stored in that table
+        self._chunk_rows = chunk_rows
+        self._chunks: dict[int, _Chunk] = {}
+        # (table, partition) -> the last source offset known to be fully stored in that table;
+        # touched by the writer thread only.
         self._stored: dict[tuple[str, int], int] = {}
+        self._queue: queue.Queue[_Chunk] = queue.Queue()
+        self._failed: BaseException | None = None
+        self._writer = threading.Thread(target=self._write_loop, name="clickhouse-sink", daemon=True)
+        self._writer.start()
 
     def setup(self) -> None:
         """Connect early so a wrong address fails the worker at start, not at the first checkpoint."""
-        self._client_get().execute("SELECT 1")
+        client = self._client_factory()
+        client.execute("SELECT 1")
+        client.disconnect()
 
-    def _client_get(self) -> Client:
-        if self._client is None:
-            self._client = self._client_factory()
-        return self._client
-
-    def write(self, batch: SinkBatch) -> None:
-        partition = batch.partition
-        outputs: list[Output] = [item.value for item in batch]
-        if not outputs:
-            return
-        first, last = batch.start_offset, outputs[-1].offset
-        try:
-            for table, columns in _TABLES:
-                rows = [row for output in outputs for row in getattr(output, _ATTR[table])]
-                self._table_write(table, columns, partition, first=first, last=last, rows=rows)
-        except SinkBackpressureError:
-            raise
-        except Exception as exc:  # any driver/network/server error: retry the whole checkpoint later
-            SINK_FAILURES.inc()
-            logger.warning(
-                "clickhouse write failed; backing off",
-                extra={"partition": partition, "retry_after": self._retry_after, "error": repr(exc)},
-            )
-            self._stored = {k: v for k, v in self._stored.items() if k[1] != partition}
-            self._disconnect()
-            raise SinkBackpressureError(retry_after=self._retry_after) from exc
-
-    def _table_write(
-        self, table: str, columns: tuple[str, ...], partition: int, *, first: int, last: int, rows: list[Any]
+    def add(  # noqa: PLR0917 -- Quix's BatchingSink.add signature
+        self,
+        value: Any,
+        key: Any,
+        timestamp: int,
+        headers: Any,
+        topic: str,
+        partition: int,
+        offset: int,
     ) -> None:
-        stored = self._stored.get((table, partition))
-        if stored is None or first != stored + 1:
-            stored = self._stored_offset(table, partition)
-        if rows and rows[0][-1] <= stored:
-            fresh = [row for row in rows if row[-1] > stored]
-            ROWS_SKIPPED.labels(table).inc(len(rows) - len(fresh))
-            rows = fresh
-        if rows:
-            self._insert(table, columns, rows)
-            ROWS_WRITTEN.labels(table).inc(len(rows))
-        self._stored[(table, partition)] = max(last, stored)
+        chunk = self._chunks.get(partition)
+        if chunk is None:
+            chunk = self._chunks[partition] = _Chunk(partition)
+        chunk.outputs.append(value)
+        chunk.rows += len(value.events) + len(value.views)
+        if chunk.rows >= self._chunk_rows:
+            del self._chunks[partition]
+            self._queue.put(chunk)
+
+    def write(self, batch: Any) -> None:  # pragma: no cover -- add/flush are overridden
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Hand over what is left and wait for the writer; raise backpressure if anything failed."""
+        for chunk in self._chunks.values():
+            self._queue.put(chunk)
+        self._chunks.clear()
+        self._queue.join()
+        if self._failed is not None:
+            error, self._failed = self._failed, None
+            raise SinkBackpressureError(retry_after=self._retry_after) from error
+
+    def _write_loop(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            try:
+                if self._failed is None:
+                    self._chunk_write(chunk)
+            except Exception as exc:  # noqa: BLE001 -- any driver/network/server error: retry the checkpoint later
+                SINK_FAILURES.inc()
+                logger.warning(
+                    "clickhouse write failed; backing off",
+                    extra={"partition": chunk.partition, "retry_after": self._retry_after, "error": repr(exc)},
+                )
+                self._failed = exc
+                self._stored.clear()
+                self._disconnect()
+            finally:
+                self._queue.task_done()
+
+    def _chunk_write(self, chunk: _Chunk) -> None:
+        outputs = chunk.outputs
+        first, last = outputs[0].offset, outputs[-1].offset
+        for table, attr, columns in _TABLES:
+            rows = [row for output in outputs for row in getattr(output, attr)]
+            key = (table, chunk.partition)
+            stored = self._stored.get(key)
+            if stored is None or first != stored + 1:
+                stored = self._stored_offset(table, chunk.partition)
+            if rows and rows[0][-1] <= stored:
+                fresh = [row for row in rows if row[-1] > stored]
+                ROWS_SKIPPED.labels(table).inc(len(rows) - len(fresh))
+                rows = fresh
+            if rows:
+                self._insert(table, columns, rows)
+                ROWS_WRITTEN.labels(table).inc(len(rows))
+            self._stored[key] = max(last, stored)
 
     def _stored_offset(self, table: str, partition: int) -> int:
         """The largest source offset ``table`` holds for ``partition`` (-1 when none)."""
@@ -116,6 +173,11 @@ class ClickHouseSink(BatchingSink):
         )
         return int(offset) if count else -1
 
+    def _client_get(self) -> Client:
+        if self._client is None:
+            self._client = self._client_factory()
+        return self._client
+
     def _insert(self, table: str, columns: Sequence[str], rows: list[Any]) -> None:
         self._client_get().execute(
             f"INSERT INTO {table} ({', '.join(columns)}) VALUES",
@@ -130,6 +192,3 @@ class ClickHouseSink(BatchingSink):
             except Exception:  # already failing; a fresh client is made next time
                 logger.debug("disconnect failed", exc_info=True)
             self._client = None
-
-
-_ATTR = {"events": "events", "view_summaries": "views"}

@@ -59,7 +59,11 @@ def test_kill_minus_nine_three_times_changes_no_number(stream_env):
     # (between checkpoints or inside a sink flush) once the restarted worker has got that far.
     thresholds = sorted(rng.uniform(lo, lo + 0.2) * expected[0] for lo in (0.1, 0.35, 0.6))
     for threshold in thresholds:
-        wait_until(lambda t=threshold: clickhouse_counts(client)[0] >= t, timeout=180, interval=0.2, what="progress")
+
+        def reached(t: float = threshold) -> bool:
+            return clickhouse_counts(client)[0] >= t
+
+        wait_until(reached, timeout=180, interval=0.2, what="progress")
         time.sleep(rng.uniform(0.0, 3.0))
         if clickhouse_counts(client) >= expected:
             break
