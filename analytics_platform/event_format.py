@@ -2,8 +2,11 @@
 
 One Kafka message per (request, userId): the ingest endpoint groups a request's accepted events by
 ``userId`` and produces one message per user, keyed by the UTF-8 ``userId`` (so all of a user's
-events land on one partition, in order). Grouping cuts per-message overhead in the producer, the
-broker and the consumers (measured about 4x the events/s of one message per event).
+events land on one partition, in order; librdkafka's default partitioner, crc32(key) modulo the
+partition count). Grouping cuts per-message overhead in the producer, the broker and the consumers
+(measured about 4x the events/s of one message per event). When one user's events of a request
+encode to more than ``INGEST_MAX_MESSAGE_BYTES`` (900 kB by default, under the broker's 1 MB),
+they are split, in order, over several messages with the same key and ``receivedAt``.
 
 Message value: JSON (UTF-8), ``{"v": 1, "userId": str, "receivedAt": int, "events": [Event, ...]}``
 where ``receivedAt`` is the server receive time (epoch ms) of the request and each Event is the
@@ -12,12 +15,17 @@ validated API event with camelCase keys as on the wire (API.md), normalised:
 * ``eventId``: lower-case canonical UUID string;
 * ``timestamp``: event time in epoch milliseconds after the ``sentAt`` clock-skew correction
   (``receivedAt - (sentAt - clientTimestamp)`` when ``sentAt`` was given, else the client's time);
-* ``clientTimestamp``: the client's own timestamp, epoch ms, as sent;
+* ``clientTimestamp``: the client's own timestamp as sent, in epoch ms (converted from RFC 3339);
 * ``receivedAt``: repeated on each event (epoch ms), so an event is self-contained once unpacked;
 * ``userId``: repeated on each event;
 * optional fields (``sessionId``, ``videoId``, ``positionMs``, ``bitrateKbps``, ``errorCode``,
   ``errorMessage``, ``fatal``, ``device``, ``os``, ``browser``, ``country``, ``cdn``, ``player``,
   ``properties``) are omitted when absent; ``fatal`` is present (default true) on ``error`` events.
+
+Fields a client sent that API.md does not define are dropped by ingest, never forwarded. Every
+event of a message passed validation, and no ``eventId`` repeats within one request; the same
+``eventId`` may still arrive again in a later message (a client retry after a 503 or a timeout):
+``eventId`` is the deduplication key downstream.
 
 Consumers must accept unknown keys (newer producers may add optional fields) and reject messages
 whose ``v`` they do not know (to the dead-letter topic, with the reason).

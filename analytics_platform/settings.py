@@ -279,6 +279,51 @@ LOGGING: dict[str, Any] = {
 PROMETHEUS_EXPORT_MIGRATIONS = False
 READINESS_TIMEOUT_SECONDS = float(env("READINESS_TIMEOUT_SECONDS", "2.0"))
 
+# --- Ingest ----------------------------------------------------------------------------------
+# POST /events (ingest/). Limits from API.md; the Kafka producer is durable (acks=all, idempotent)
+# and batched (linger, compression): see ingest/producer.py.
+INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024)  # decompressed, and on the wire
+INGEST_ACK_TIMEOUT_SECONDS = float(env("INGEST_ACK_TIMEOUT_SECONDS", "10"))  # then 503 + Retry-After
+INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 5)
+INGEST_PRODUCER_LINGER_MS = env_int("INGEST_PRODUCER_LINGER_MS", 50)
+INGEST_PRODUCER_BATCH_MESSAGES = env_int("INGEST_PRODUCER_BATCH_MESSAGES", 1000)
+INGEST_PRODUCER_COMPRESSION = env("INGEST_PRODUCER_COMPRESSION", "lz4")
+INGEST_PRODUCER_QUEUE_MESSAGES = env_int("INGEST_PRODUCER_QUEUE_MESSAGES", 100_000)
+INGEST_PRODUCER_EXTRA: dict[str, Any] = {}  # more librdkafka options (tests, tuning)
+# A user's events of one request are split over several messages above this size (the broker's
+# default message.max.bytes is 1 MB).
+INGEST_MAX_MESSAGE_BYTES = env_int("INGEST_MAX_MESSAGE_BYTES", 900_000)
+# IP allowlist (rules in the admin). Enabled, an empty allowlist admits nobody: the embedded
+# default has loopback built in, production nothing but the rules ops add.
+INGEST_ALLOWLIST_ENABLED = env_bool("INGEST_ALLOWLIST_ENABLED", True)
+INGEST_ALLOWLIST_BUILTIN_CIDRS = env_list("INGEST_ALLOWLIST_BUILTIN_CIDRS", "" if PRODUCTION else "127.0.0.0/8,::1/128")
+INGEST_ALLOWLIST_CACHE_SECONDS = float(env("INGEST_ALLOWLIST_CACHE_SECONDS", "5"))
+# Proxies in front of the service that append to X-Forwarded-For (0: use the socket's address).
+INGEST_TRUSTED_PROXY_COUNT = env_int("INGEST_TRUSTED_PROXY_COUNT", 0)
+# Per client address; 0 disables. The counter cache is shared by all processes.
+INGEST_RATE_LIMIT_REQUESTS = env_int("INGEST_RATE_LIMIT_REQUESTS", 1000)
+INGEST_RATE_LIMIT_WINDOW_SECONDS = env_int("INGEST_RATE_LIMIT_WINDOW_SECONDS", 1)
+# Each process adds its local count to the shared counter at most this often per client (and at
+# once when over the limit): one cache round trip per client per interval, not per request.
+INGEST_RATE_LIMIT_SYNC_SECONDS = float(env("INGEST_RATE_LIMIT_SYNC_SECONDS", "0.1"))
+_ratelimit_redis = env(
+    "INGEST_RATE_LIMIT_REDIS_URL",
+    CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ("" if not PRODUCTION else None),
+)
+CACHES: dict[str, dict[str, Any]] = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "ingest_ratelimit": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _ratelimit_redis}
+        if _ratelimit_redis
+        else {
+            "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+            "LOCATION": str(VAR_DIR / "cache" / "ingest-ratelimit"),
+            "OPTIONS": {"MAX_ENTRIES": 10_000},
+        }
+    ),
+}
+MIDDLEWARE += ["ingest.allowlist.AdminAllowlistMiddleware"]
+
 # --- Streams ---------------------------------------------------------------------------------
 # The Quix Streams workers (`manage.py run_stream`): see streams/app.py. Exactly-once into
 # ClickHouse does not depend on this guarantee (inserts are idempotent by source offset); it

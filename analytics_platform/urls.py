@@ -9,4 +9,5 @@ urlpatterns = [
     # Prometheus text lives under /prometheus/metrics so that GET /metrics stays the metrics API.
     path("prometheus/", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
+    path("", include("ingest.urls")),
 ]
