@@ -85,6 +85,9 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20_000, help="events/s of the freshness phase")
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--profile", action="store_true", help="cProfile the pure processor")
+    parser.add_argument(
+        "--batch-ms", type=int, default=10_000, help="how often a player sends its events (one message per request)"
+    )
     args = parser.parse_args()
 
     from analytics_platform.devstack import processes
@@ -117,7 +120,9 @@ def main() -> None:
         database_ensure()
         call_command("migrate", database="clickhouse", verbosity=0)
         views = max(1, args.events // 11)
-        stream = stream_generate(views=views, users=max(10, views // 10), seed=99, poison=False)
+        stream = stream_generate(
+            views=views, users=max(10, views // 10), seed=99, poison=False, batch_ms=args.batch_ms, disorder_rate=0
+        )
         total_events = sum(len(m.events) for m in stream.messages)
         print(f"generated {len(stream.messages)} messages, {total_events} events, {len(stream.truth.views)} views")
         print(f"(mean {total_events / len(stream.messages):.1f} events per message: one per user per request)")
@@ -209,7 +214,9 @@ def main() -> None:
         print(f"  rows: {got} expected {expected}")
 
         # 4. freshness at a steady rate while the worker keeps running
-        template = stream_generate(views=max(1, args.rate * args.seconds // 11), users=2000, seed=7, poison=False)
+        template = stream_generate(
+            views=max(1, args.rate * args.seconds // 11), users=2000, seed=7, poison=False, batch_ms=args.batch_ms
+        )
         first_seen: dict[int, float] = {}
         sent: list[tuple[int, int]] = []  # (receivedAt ms, events)
         stop = threading.Event()

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 import orjson
+from confluent_kafka import TopicCollection
+from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from prometheus_client import Counter, Gauge, start_http_server
 from quixstreams import Application, message_context
@@ -79,6 +81,13 @@ def _stats_to_gauge(group: str) -> Any:
                     CONSUMER_LAG.labels(group, topic, partition).set(lag)
 
     return on_stats
+
+
+def topic_id_get(topic: str) -> str:
+    """The broker's id of ``topic`` ("" when the broker has none): tells a recreated topic apart."""
+    admin = AdminClient(kafka.client_config())
+    description = admin.describe_topics(TopicCollection([topic]))[topic].result(30)
+    return str(description.topic_id or "")
 
 
 def state_dir_prepare(*, root: Path, group: str, wipe: bool) -> Path:
@@ -166,6 +175,7 @@ def application_build(
     out.sink(
         ClickHouseSink(
             client_factory=lambda: client_get(compression=compression),
+            topic_id_get=topic_id_get,
             retry_after=settings.STREAMS_SINK_RETRY_SECONDS,
             chunk_rows=settings.STREAMS_SINK_CHUNK_ROWS,
         )

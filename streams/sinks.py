@@ -3,7 +3,8 @@
 Quix sinks are at-least-once: after a crash the messages since the last committed offset are
 processed again and their rows reach the sink a second time. Exactly-once effect without Kafka
 transactions comes from the rows themselves: each row carries the Kafka partition and offset of the
-message that produced it, a partition's rows are inserted in offset order, and before writing rows
+message that produced it (and the topic's id: a recreated topic starts again at offset 0), a
+partition's rows are inserted in offset order, and before writing rows
 that do not directly follow what this process last wrote (a restart, a new assignment, a replay
 after backpressure) the sink asks ClickHouse for the largest offset the table already holds for
 that partition and drops rows at or below it. The processor is deterministic and its state is
@@ -52,9 +53,10 @@ _TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 
 class _Chunk:
-    __slots__ = ("outputs", "partition", "rows")
+    __slots__ = ("outputs", "partition", "rows", "topic")
 
-    def __init__(self, partition: int) -> None:
+    def __init__(self, topic: str, partition: int) -> None:
+        self.topic = topic
         self.partition = partition
         self.outputs: list[Output] = []
         self.rows = 0
@@ -64,10 +66,17 @@ class ClickHouseSink(BatchingSink):
     """Writes ``Output.events`` to ``events`` and ``Output.views`` to ``view_summaries``."""
 
     def __init__(
-        self, *, client_factory: Callable[[], Client], retry_after: float = 5.0, chunk_rows: int = 20_000
+        self,
+        *,
+        client_factory: Callable[[], Client],
+        topic_id_get: Callable[[str], str] = lambda topic: "",
+        retry_after: float = 5.0,
+        chunk_rows: int = 20_000,
     ) -> None:
         super().__init__()
         self._client_factory = client_factory
+        self._topic_id_get = topic_id_get
+        self._topic_ids: dict[str, str] = {}
         self._client: Client | None = None
         self._retry_after = retry_after
         self._chunk_rows = chunk_rows
@@ -98,7 +107,7 @@ class ClickHouseSink(BatchingSink):
     ) -> None:
         chunk = self._chunks.get(partition)
         if chunk is None:
-            chunk = self._chunks[partition] = _Chunk(partition)
+            chunk = self._chunks[partition] = _Chunk(topic, partition)
         chunk.outputs.append(value)
         chunk.rows += len(value.events) + len(value.views)
         if chunk.rows >= self._chunk_rows:
@@ -139,27 +148,31 @@ class ClickHouseSink(BatchingSink):
     def _chunk_write(self, chunk: _Chunk) -> None:
         outputs = chunk.outputs
         first, last = outputs[0].offset, outputs[-1].offset
+        topic_id = self._topic_ids.get(chunk.topic)
+        if topic_id is None:
+            topic_id = self._topic_ids[chunk.topic] = self._topic_id_get(chunk.topic)
         for table, attr, columns in _TABLES:
             rows = [row for output in outputs for row in getattr(output, attr)]
             key = (table, chunk.partition)
             stored = self._stored.get(key)
             if stored is None or first != stored + 1:
-                stored = self._stored_offset(table, chunk.partition)
+                stored = self._stored_offset(table, topic_id, chunk.partition)
             if rows and rows[0][-1] <= stored:
                 fresh = [row for row in rows if row[-1] > stored]
                 ROWS_SKIPPED.labels(table).inc(len(rows) - len(fresh))
                 rows = fresh
             if rows:
-                self._insert(table, columns, rows)
+                self._insert(table, columns, rows, topic_id)
                 ROWS_WRITTEN.labels(table).inc(len(rows))
             self._stored[key] = max(last, stored)
 
-    def _stored_offset(self, table: str, partition: int) -> int:
-        """The largest source offset ``table`` holds for ``partition`` (-1 when none)."""
+    def _stored_offset(self, table: str, topic_id: str, partition: int) -> int:
+        """The largest source offset ``table`` holds for ``partition`` of this topic (-1 when none)."""
         started = time.monotonic()
         result = self._client_get().execute(
-            f"SELECT max(kafka_offset), count() FROM {table} WHERE kafka_partition = %(p)s",  # noqa: S608 -- constant table names
-            {"p": partition},
+            f"SELECT max(kafka_offset), count() FROM {table}"  # noqa: S608 -- constant table names
+            " WHERE kafka_partition = %(p)s AND kafka_topic_id = %(t)s",
+            {"p": partition, "t": topic_id},
         )
         offset, count = result[0]
         logger.info(
@@ -178,10 +191,10 @@ class ClickHouseSink(BatchingSink):
             self._client = self._client_factory()
         return self._client
 
-    def _insert(self, table: str, columns: Sequence[str], rows: list[Any]) -> None:
+    def _insert(self, table: str, columns: Sequence[str], rows: list[Any], topic_id: str) -> None:
         self._client_get().execute(
-            f"INSERT INTO {table} ({', '.join(columns)}) VALUES",
-            list(zip(*rows, strict=True)),
+            f"INSERT INTO {table} ({', '.join(columns)}, kafka_topic_id) VALUES",
+            [*zip(*rows, strict=True), [topic_id] * len(rows)],
             columnar=True,
         )
 

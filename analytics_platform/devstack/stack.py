@@ -26,6 +26,8 @@ def application_processes(*, port: int) -> list[tuple[str, list[str]]]:
             "web",
             [str(bin_dir / "gunicorn"), "-c", "python:analytics_platform.gunicorn_conf", f"--bind=127.0.0.1:{port}"],
         ),
+        # One stream worker; start more `run_stream` processes (same group) to split the partitions.
+        ("streams", manage("run_stream")),
         (
             "worker",
             [
