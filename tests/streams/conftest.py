@@ -65,10 +65,16 @@ class StreamEnv:
             producer.poll(0)
         assert producer.flush(30) == 0
 
-    def worker_start(self, **env: str) -> subprocess.Popen[bytes]:
+    def worker_start(self, *, metrics_port: int = 0, **env: str) -> subprocess.Popen[bytes]:
         log = open(self.tmp_path / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 -- lives with the process
         process = subprocess.Popen(
-            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "run_stream", "--metrics-port", "0"],
+            [
+                sys.executable,
+                str(Path(settings.BASE_DIR) / "manage.py"),
+                "run_stream",
+                "--metrics-port",
+                str(metrics_port),
+            ],
             env={**os.environ, **self.env, **env},
             stdout=log,
             stderr=subprocess.STDOUT,

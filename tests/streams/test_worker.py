@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import signal
 import time
+import urllib.request
 
 import pytest
 
@@ -27,10 +28,13 @@ pytestmark = [
 ]
 
 
-def test_worker_writes_exactly_the_truth_and_publishes_derived_events(stream_env):
+def test_two_workers_write_exactly_the_truth_and_publish_derived_events(stream_env):
+    """Two processes in one consumer group split the partitions (and rebalance when the second joins)."""
     stream = stream_generate(views=600, users=80, seed=11)
     stream_env.produce(stream.messages)
-    worker = stream_env.worker_start()
+    metrics_port = processes.free_port()
+    worker = stream_env.worker_start(metrics_port=metrics_port)
+    second = stream_env.worker_start()
     wait_for_truth(stream_env, stream.truth, timeout=120)
     time.sleep(6)  # one more checkpoint: nothing else may arrive
     client = stream_env.clickhouse()
@@ -40,8 +44,16 @@ def test_worker_writes_exactly_the_truth_and_publishes_derived_events(stream_env
     assert len(dead) == stream.truth.poison_messages + stream.truth.poison_events
     assert all(d["reason"] for d in dead)
 
-    worker.send_signal(signal.SIGTERM)  # graceful: commits and exits cleanly
+    # The lag gauge: one series per partition the worker owns, 0 once it has caught up.
+    scrape = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+    lags = [line for line in scrape.splitlines() if line.startswith("streams_consumer_lag{")]
+    assert lags, scrape[:2000]
+    assert all(line.endswith(" 0.0") for line in lags), lags
+
+    for process in (worker, second):
+        process.send_signal(signal.SIGTERM)  # graceful: commits and exits cleanly
     assert worker.wait(30) == 0
+    assert second.wait(30) == 0
 
 
 @pytest.mark.slow
