@@ -508,7 +508,7 @@ class PartitionProcessor:
             store.set(PARTITION_PREFIX, "wm", watermark)
         self._views_close(user, user_state, watermark, out)
         self._seen_save(store, prefix, user_state, seen_buckets, watermark)
-        self._timer_set(timers, store, user, user_state)
+        self._timer_set(timers, store, user, user_state, exact=False)
         store.set(prefix, "u", user_state)
         self._timers_fire(timers, store, watermark, out)
         return out
@@ -565,11 +565,20 @@ class PartitionProcessor:
             store.delete(prefix, f"d{bucket_key}")
             del touched[bucket_key]
 
-    def _timer_set(self, timers: _PartitionTimers, store: StateStore, user: str, user_state: dict[str, Any]) -> None:
+    def _timer_set(
+        self, timers: _PartitionTimers, store: StateStore, user: str, user_state: dict[str, Any], *, exact: bool
+    ) -> None:
+        """Arm the user's timer at its earliest view deadline.
+
+        After a message (``exact=False``) an armed timer that is *earlier* than needed is left as it
+        is: it will fire, find nothing due, and be re-armed exactly. That saves rewriting a timer
+        bucket on almost every message (a view's deadline moves with each of its events).
+        """
         deadline = min((self._deadline(v) for v in user_state["views"].values()), default=None)
         index = timers.bucket_of(user)
         bucket = timers.buckets[index]
-        if bucket.get(user) == deadline:
+        armed = bucket.get(user)
+        if armed == deadline or (not exact and armed is not None and (deadline is None or armed < deadline)):
             return
         if deadline is None:
             bucket.pop(user, None)
@@ -589,7 +598,7 @@ class PartitionProcessor:
             if user_state is None:
                 continue
             self._views_close(user, user_state, watermark, out)
-            self._timer_set(timers, store, user, user_state)
+            self._timer_set(timers, store, user, user_state, exact=True)
             store.set(prefix, "u", user_state)
 
     def _view_emit(self, session: str, user: str, view: dict[str, Any], reason: str, out: Output) -> None:
