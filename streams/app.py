@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from prometheus_client import Counter, Gauge, start_http_server
 from quixstreams import Application, message_context
+from quixstreams.exceptions import QuixException
 from quixstreams.kafka.configuration import ConnectionConfig
 
 from analytics_platform import event_format, kafka
@@ -165,7 +166,24 @@ def application_build(
         # The Quix state object is bound to the message key; the processor also needs the
         # partition-wide entries and other users' state (timers), so it uses the transaction.
         store: StateStore = QuixStore(state._transaction)
-        out = processor.process(value, key=key, partition=context.partition, offset=context.offset, store=store)
+        try:
+            out = processor.process(value, key=key, partition=context.partition, offset=context.offset, store=store)
+        except QuixException:
+            raise  # the state store or the framework failing is not the message's fault: crash, restart, replay
+        except Exception as exc:
+            # A processor bug must not stop the partition forever. Deterministic like the rest: a
+            # replay fails the same way and dead-letters the same message.
+            logger.exception("processor failed; message dead-lettered", extra={"offset": context.offset})
+            out = Output(partition=context.partition, offset=context.offset)
+            out.dead_letters.append(
+                {
+                    "reason": f"processor error: {exc!r}"[:1000],
+                    "partition": context.partition,
+                    "offset": context.offset,
+                    "key": key.decode("utf-8", "replace") if key else None,
+                    "payload": value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value),
+                }
+            )
         EVENTS_PROCESSED.inc(len(out.events))
         if out.duplicates:
             DUPLICATES.inc(out.duplicates)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import uuid
+from pathlib import Path
 
 import orjson
 
@@ -200,3 +201,20 @@ def test_poison_messages_go_to_the_dead_letter_output_with_a_reason():
     assert reasons[1] == "unknown message version 2"
     assert reasons[2].startswith("timestamp")
     assert len(out.events) == 1  # the valid event of the mixed message is kept
+
+
+def test_derived_events_match_their_avro_schemas():
+    """The JSON on the topics follows streams/schemas/*.avsc (what an Avro serializer would need)."""
+    import fastavro
+    import fastavro.validation
+
+    schemas = Path(processors.__file__).parent / "schemas"
+    watched = fastavro.parse_schema(orjson.loads((schemas / "video_watched.avsc").read_bytes()))
+    error = fastavro.parse_schema(orjson.loads((schemas / "video_error.avsc").read_bytes()))
+    stream = stream_generate(views=120, users=20, seed=5, partitions=1, start_ms=T0)
+    out, _ = run(stream.messages)
+    assert out.video_watched and out.video_errors
+    for event in out.video_watched:
+        assert fastavro.validation.validate(event, watched, raise_errors=True)
+    for event in out.video_errors:
+        assert fastavro.validation.validate(event, error, raise_errors=True)
