@@ -101,6 +101,7 @@ def main() -> None:
         "CLICKHOUSE_PORT": str(clickhouse.port),
         "CLICKHOUSE_DATABASE": "bench",
         "ANALYTICS_VAR_DIR": str(tmp / "var"),
+        "DJANGO_SECRET_KEY": "bench-not-secret",
         "STREAMS_CONSUMER_GROUP": "bench-worker",
         "LOG_LEVEL": "WARNING",
         "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
