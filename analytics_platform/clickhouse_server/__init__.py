@@ -7,5 +7,13 @@ bytes flow: :mod:`.protocol` (packets), :mod:`.compression` (LZ4/ZSTD frames), :
 connection), :mod:`.server` (socket and threads), :mod:`.cli` (entry point) and :mod:`.testing`
 (subprocess helper for tests and the dev stack).
 
+Run it: ``python -m analytics_platform.clickhouse_server --data-dir DIR [--host 127.0.0.1]
+[--port 9000] [--user U --password P]`` (SIGTERM/SIGINT stop it gracefully); from Python tests:
+``testing.start_server_process(data_dir=...)``.
+
+Known differences from a ClickHouse server: external tables, ``WITH TOTALS``/extremes packets and
+the ``Variant``/``Dynamic``/``JSON``/``AggregateFunction`` column types in client INSERT blocks
+are not supported; one server process owns its data directory (chdb locks it).
+
 Nothing here imports chdb at package import time; only the server modules do.
 """

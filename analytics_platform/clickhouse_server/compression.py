@@ -11,6 +11,7 @@ optional ``zstd`` module (the one clickhouse-driver itself uses) is installed.
 
 from __future__ import annotations
 
+import importlib
 import struct
 from types import ModuleType
 
@@ -19,10 +20,9 @@ from clickhouse_cityhash.cityhash import CityHash128
 
 from .protocol import ByteReader, ProtocolError, ServerError
 
+zstd: ModuleType | None
 try:
-    import zstd as _zstd_module
-
-    zstd: ModuleType | None = _zstd_module
+    zstd = importlib.import_module("zstd")  # optional, untyped: the same module clickhouse-driver uses
 except ImportError:  # pragma: no cover - depends on the environment
     zstd = None
 

@@ -214,8 +214,10 @@ class Stream:
     def __init__(self, conn: Any, handle: Any) -> None:
         self._conn = conn
         self._handle: Any = handle
-        self.rows = 0
+        self.rows = 0  # result rows and bytes sent so far
         self.bytes = 0
+        self.read_rows = 0  # rows and bytes chdb read from storage: what Progress reports
+        self.read_bytes = 0
 
     def chunks(self) -> Iterator[bytes]:
         while self._handle is not None:
@@ -229,6 +231,8 @@ class Stream:
                 return
             self.rows += result.rows_read()
             self.bytes += result.bytes_read()
+            self.read_rows += result.storage_rows_read()
+            self.read_bytes += result.storage_bytes_read()
             yield bytes(result.bytes())
 
     def cancel(self) -> None:

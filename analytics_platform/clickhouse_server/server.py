@@ -109,7 +109,7 @@ class ClickHouseServer:
                 logger.warning("aborting session %s still running after %.1fs", session.peer, self.shutdown_grace)
                 session.abort()
         for thread in sessions.values():
-            thread.join(5.0)
+            thread.join(2.0)
         self._primary.close()
         logger.info("clickhouse server stopped")
 

@@ -140,11 +140,12 @@ class Session:
     def _send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def _send_block(self, block: bytes) -> None:
+    def _send_block(self, block: bytes, trailer: bytes = b"") -> None:
+        """Send one Data packet (compressed if the query asked for it), then ``trailer`` packets."""
         payload = BLOCK_INFO + block
         if self._compression is not None:
             payload = compress_frames(payload, self._compression)
-        self._send(_DATA_HEADER + payload)
+        self._send(_DATA_HEADER + payload + trailer)
 
     def _send_error(self, error: ServerError) -> None:
         self._send(exception_packet(error))
@@ -294,7 +295,7 @@ class Session:
                 columns = self.engine.describe_query(sql)
                 if columns is not None:
                     self._send_block(encode_header(columns))
-                self._finish_select(stream, 0)
+                self._finish_select(stream, 0, Progress())
                 return
             retype: dict[int, str] = {}
             try:
@@ -305,15 +306,16 @@ class Session:
                 self._send_block(encode_header(columns))
             except UnsupportedType:
                 pass  # rows still reach the client; only with_column_types misses the names
-            self._send_block(retype_block(first, retype) if retype else first)
+            reported = Progress()
+            self._send_block(retype_block(first, retype) if retype else first, self._progress(stream, reported))
             count = 1
             for chunk in chunks:
                 if self._cancel_requested():
                     stream.cancel()
                     break
-                self._send_block(retype_block(chunk, retype) if retype else chunk)
+                self._send_block(retype_block(chunk, retype) if retype else chunk, self._progress(stream, reported))
                 count += 1
-            self._finish_select(stream, count)
+            self._finish_select(stream, count, reported)
         except BaseException:
             stream.cancel()
             raise
@@ -332,10 +334,15 @@ class Session:
             if type_name == "DateTime" and declared[index][1].startswith("DateTime(")
         }
 
-    def _finish_select(self, stream: Stream, blocks: int) -> None:
-        progress = Progress(rows=stream.rows, nbytes=stream.bytes)
+    def _progress(self, stream: Stream, reported: Progress) -> bytes:
+        """A Progress packet with what chdb read since the last one (clients add them up)."""
+        delta = Progress(rows=stream.read_rows - reported.rows, nbytes=stream.read_bytes - reported.nbytes)
+        reported.rows, reported.nbytes = stream.read_rows, stream.read_bytes
+        return delta.encode(self.revision) if delta.rows or delta.nbytes else b""
+
+    def _finish_select(self, stream: Stream, blocks: int, reported: Progress) -> None:
         self._send(
-            progress.encode(self.revision)
+            self._progress(stream, reported)
             + profile_info_packet(rows=stream.rows, blocks=blocks, nbytes=stream.bytes)
             + END_OF_STREAM
         )

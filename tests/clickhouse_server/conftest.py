@@ -20,7 +20,9 @@ collect_ignore = ["django_part"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # Also declared in the project's pyproject.toml; repeated so this folder runs on its own.
     config.addinivalue_line("markers", "clickhouse: needs the embedded ClickHouse server (started by the test)")
+    config.addinivalue_line("markers", "slow: takes more than ~30 s")
 
 
 @pytest.fixture(scope="session")

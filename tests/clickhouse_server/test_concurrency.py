@@ -15,7 +15,7 @@ from analytics_platform.clickhouse_server.testing import ServerProcess
 
 from .workers import insert_and_query
 
-pytestmark = pytest.mark.clickhouse
+pytestmark = [pytest.mark.clickhouse, pytest.mark.slow]
 
 WORKERS = 4
 

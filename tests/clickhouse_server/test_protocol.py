@@ -213,3 +213,13 @@ def test_insert_errors_raised_while_writing_are_reported(client: Client, table_n
 
     assert raised.value.code == 252  # TOO_MANY_PARTS (too many partitions for one INSERT block)
     assert client.execute(f"SELECT count() FROM {table_name}") == [(0,)]
+
+
+def test_progress_reports_rows_read(client: Client) -> None:
+    progress = client.execute_with_progress("SELECT count() FROM numbers(3000000)")
+
+    reported = list(progress)
+
+    assert progress.get_result() == [(3000000,)]
+    assert reported and reported[-1][0] == 3000000  # cumulative rows read from storage
+    assert client.last_query.progress.rows == 3000000
