@@ -136,8 +136,8 @@ _raw_batch_decoder = msgspec.json.Decoder(RawBatch)
 _event_decoder = msgspec.json.Decoder(Event)
 message_encoder = msgspec.json.Encoder()
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MS = timedelta(milliseconds=1)
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`")
 
@@ -145,7 +145,7 @@ _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`")
 def epoch_ms(value: int | datetime) -> int:
     if isinstance(value, int):
         return value
-    return (value - _EPOCH) // _MS
+    return (value - EPOCH) // ONE_MS
 
 
 def _field_of(path: str) -> str | None:

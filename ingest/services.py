@@ -25,6 +25,7 @@ from ingest.producer import DeliveryFailed, producer_get
 from ingest.schema import Event, EventError
 
 _PLAYBACK_TYPES = event_format.PLAYBACK_TYPES
+_encode = schema.message_encoder.encode
 
 
 @dataclass(slots=True)
@@ -109,10 +110,10 @@ def events_prepare(
     """
     errors = decoded.errors
     skew = 0 if decoded.sent_at_ms is None else received_at_ms - decoded.sent_at_ms
-    seen: dict[Any, int] = {}
+    seen: dict[int, int] = {}
     groups: dict[str, list[Event]] = {}
     playback = _PLAYBACK_TYPES
-    to_ms = schema.epoch_ms
+    epoch, one_ms = schema.EPOCH, schema.ONE_MS
     for index, event in decoded.events:
         event_type = event.type
         if event_type in playback:
@@ -124,13 +125,14 @@ def events_prepare(
                 continue
             if event_type == "error" and event.fatal is UNSET:
                 event.fatal = True
-        event_id = event.event_id
+        event_id = event.event_id.int  # an int hashes in C; a UUID calls Python's __hash__
         first = seen.get(event_id)
         if first is not None:
             errors.append(EventError(index, "eventId", "duplicate", f"same eventId as event {first}; counted once"))
             continue
         seen[event_id] = index
-        client_ms = to_ms(event.timestamp)
+        timestamp = event.timestamp
+        client_ms = timestamp if timestamp.__class__ is int else (timestamp - epoch) // one_ms  # type: ignore[operator]
         event.client_timestamp = client_ms
         # received - (sentAt - timestamp): the client's clock offset removed.
         event.timestamp = client_ms + skew
@@ -146,29 +148,48 @@ def events_prepare(
     return groups, errors
 
 
-def messages_encode(*, groups: dict[str, list[Event]], received_at_ms: int) -> list[tuple[bytes, bytes]]:
-    """One Kafka message (key, value) per userId; a user's events are split only to fit the size limit."""
-    encode = schema.message_encoder.encode
+def messages_encode(
+    *, groups: dict[str, list[Event]], received_at_ms: int
+) -> tuple[list[tuple[bytes, bytes]], list[Event]]:
+    """One Kafka message (key, value) per userId, split only to fit ``INGEST_MAX_MESSAGE_BYTES``.
+
+    Returns the messages and the events that do not fit in a message even alone (the broker would
+    refuse them, and the client's retries with them forever): those are rejected, not produced.
+    """
     limit = settings.INGEST_MAX_MESSAGE_BYTES
     out: list[tuple[bytes, bytes]] = []
+    oversized: list[Event] = []
     for user_id, events in groups.items():
         key = user_id.encode()
-        value = encode(schema.Message(event_format.MESSAGE_VERSION, user_id, received_at_ms, events))
-        if len(value) <= limit or len(events) == 1:
-            out.append((key, value))
-        else:
-            out.extend((key, chunk) for chunk in _split(user_id, events, received_at_ms, limit))
-    return out
+        for value, chunk in _values_fitting(user_id, events, received_at_ms, limit):
+            if len(value) <= limit:
+                out.append((key, value))
+            else:
+                oversized.extend(chunk)
+    return out, oversized
 
 
-def _split(user_id: str, events: list[Event], received_at_ms: int, limit: int) -> Iterator[bytes]:
-    value = schema.message_encoder.encode(schema.Message(event_format.MESSAGE_VERSION, user_id, received_at_ms, events))
+def _values_fitting(
+    user_id: str, events: list[Event], received_at_ms: int, limit: int
+) -> Iterator[tuple[bytes, list[Event]]]:
+    """The message value, or halves of the events in order until each value fits (or is one event)."""
+    value = _encode(schema.Message(event_format.MESSAGE_VERSION, user_id, received_at_ms, events))
     if len(value) <= limit or len(events) == 1:
-        yield value
+        yield value, events
         return
     half = len(events) // 2
-    yield from _split(user_id, events[:half], received_at_ms, limit)
-    yield from _split(user_id, events[half:], received_at_ms, limit)
+    yield from _values_fitting(user_id, events[:half], received_at_ms, limit)
+    yield from _values_fitting(user_id, events[half:], received_at_ms, limit)
+
+
+def _oversized_reject(*, oversized: list[Event], decoded: schema.DecodedBatch, errors: list[EventError]) -> None:
+    limit = settings.INGEST_MAX_MESSAGE_BYTES
+    index_of = {id(event): index for index, event in decoded.events}
+    for event in oversized:
+        errors.append(
+            EventError(index_of[id(event)], None, "too_large", f"the event alone encodes to over {limit} bytes")
+        )
+    errors.sort(key=lambda e: -1 if e.index is None else e.index)
 
 
 def event_batch_ingest(*, body: bytes, content_type: str, content_encoding: str, received_at_ms: int) -> IngestResult:
@@ -192,7 +213,10 @@ def event_batch_ingest(*, body: bytes, content_type: str, content_encoding: str,
         raise ApplicationError(str(exc), code="too_many_events", field="events", status_code=413) from None
 
     groups, errors = events_prepare(decoded=decoded, received_at_ms=received_at_ms)
-    accepted = sum(len(group) for group in groups.values())
+    messages, oversized = messages_encode(groups=groups, received_at_ms=received_at_ms)
+    if oversized:
+        _oversized_reject(oversized=oversized, decoded=decoded, errors=errors)
+    accepted = sum(len(group) for group in groups.values()) - len(oversized)
     if errors:
         instrumentation.rejections_count(Counter(error.code for error in errors))
     if accepted == 0:
@@ -204,7 +228,6 @@ def event_batch_ingest(*, body: bytes, content_type: str, content_encoding: str,
             extra={"accepted": 0, "rejected": len(errors), "errors": [e.as_dict() for e in errors]},
         )
 
-    messages = messages_encode(groups=groups, received_at_ms=received_at_ms)
     try:
         producer_get().send(messages, count=len(messages), timeout=settings.INGEST_ACK_TIMEOUT_SECONDS)
     except DeliveryFailed as exc:

@@ -204,3 +204,23 @@ def test_chunked_body_without_content_length(client: Client, topic_reader: Topic
     assert response.status_code == 202, response.content
     assert response.json()["accepted"] == 2
     assert len(topic_reader.messages_for({user}, expected=1)) == 1
+
+
+def test_an_event_too_large_for_a_kafka_message_is_rejected_alone(
+    client: Client, topic_reader: TopicReader, settings
+) -> None:
+    settings.INGEST_MAX_MESSAGE_BYTES = 5_000
+    user = f"user-{uuid.uuid4().hex}"
+    events = [
+        event_make(userId=user),
+        event_make(userId=user, properties={"blob": "x" * 6_000}),
+        event_make(userId=user),
+    ]
+    response = post(client, body_of(events))
+    assert response.status_code == 202, response.content
+    body = response.json()
+    assert (body["accepted"], body["rejected"]) == (2, 1)
+    assert [(e["index"], e["code"]) for e in body["errors"]] == [(1, "too_large")]
+    messages = topic_reader.messages_for({user}, expected=1)
+    ids = [e["eventId"] for m in messages for e in msgspec.json.decode(m.value())["events"]]
+    assert ids == [events[0]["eventId"], events[2]["eventId"]]

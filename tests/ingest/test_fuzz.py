@@ -33,10 +33,10 @@ def no_linger(fast_producer: Any) -> Any:
 KNOWN_CODES = {
     # per event
     "required", "invalid_type", "invalid_uuid", "invalid_timestamp", "too_long", "too_short",
-    "out_of_range", "unknown_type", "too_many_properties", "duplicate",
+    "out_of_range", "unknown_type", "too_many_properties", "duplicate", "too_large",
     # whole body
     "malformed_json", "invalid_batch", "invalid_encoding", "invalid_gzip", "empty_batch", "all_rejected",
-    "too_many_events", "too_large", "unsupported_media_type", "unsupported_encoding",
+    "too_many_events", "unsupported_media_type", "unsupported_encoding",
 }  # fmt: skip
 
 json_values = st.recursive(
