@@ -436,13 +436,6 @@ class PartitionProcessor:
         self.config = config or ProcessorConfig()
         self._timers: dict[int, _PartitionTimers] = {}
 
-    def reset(self, partition: int | None = None) -> None:
-        """Forget the in-memory mirror (all partitions, or one); it is rebuilt from the store."""
-        if partition is None:
-            self._timers.clear()
-        else:
-            self._timers.pop(partition, None)
-
     def process(  # noqa: PLR0912, PLR0915 -- the hot loop, kept flat on purpose
         self, value: bytes, *, key: bytes | None, partition: int, offset: int, store: StateStore
     ) -> Output:
@@ -568,13 +561,13 @@ class PartitionProcessor:
     def _timer_set(
         self, timers: _PartitionTimers, store: StateStore, user: str, user_state: dict[str, Any], *, exact: bool
     ) -> None:
-        """Arm the user's timer at its earliest view deadline.
+        """Arm the user's timer at its earliest view deadline (no open view: when its state expires).
 
         After a message (``exact=False``) an armed timer that is *earlier* than needed is left as it
         is: it will fire, find nothing due, and be re-armed exactly. That saves rewriting a timer
         bucket on almost every message (a view's deadline moves with each of its events).
         """
-        deadline = min((self._deadline(v) for v in user_state["views"].values()), default=None)
+        deadline = self._user_deadline(user_state)
         index = timers.bucket_of(user)
         bucket = timers.buckets[index]
         armed = bucket.get(user)
@@ -587,6 +580,17 @@ class PartitionProcessor:
             heapq.heappush(timers.heap, (deadline, user))
         store.set(PARTITION_PREFIX, f"t{index}", bucket)
 
+    def _user_deadline(self, user_state: dict[str, Any]) -> int | None:
+        views = user_state["views"]
+        if views:
+            return min(self._deadline(v) for v in views.values())
+        # Nothing open: wake up when the dedup ids and closed-session memory have all expired, to
+        # delete the user's state (users who never come back must not stay in the store forever).
+        last = max([*user_state["b"].values(), *user_state["closed"].values()], default=None)
+        if last is None:
+            return None
+        return int(last) + max(self.config.dedup_window_ms, self.config.closed_memory_ms) + 1
+
     def _timers_fire(self, timers: _PartitionTimers, store: StateStore, watermark: int, out: Output) -> None:
         heap = timers.heap
         while heap and heap[0][0] <= watermark:
@@ -594,12 +598,14 @@ class PartitionProcessor:
             if timers.buckets[timers.bucket_of(user)].get(user) != deadline:
                 continue  # superseded by a later deadline (lazy deletion)
             prefix = user.encode()
-            user_state = store.get(prefix, "u")
-            if user_state is None:
-                continue
+            user_state = store.get(prefix, "u") or {"views": {}, "closed": {}, "b": {}}
             self._views_close(user, user_state, watermark, out)
+            self._seen_save(store, prefix, user_state, {}, watermark)
             self._timer_set(timers, store, user, user_state, exact=True)
-            store.set(prefix, "u", user_state)
+            if user_state["views"] or user_state["closed"] or user_state["b"]:
+                store.set(prefix, "u", user_state)
+            else:
+                store.delete(prefix, "u")
 
     def _view_emit(self, session: str, user: str, view: dict[str, Any], reason: str, out: Output) -> None:
         figures = view_summarize(view)

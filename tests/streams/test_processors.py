@@ -218,3 +218,15 @@ def test_derived_events_match_their_avro_schemas():
         assert fastavro.validation.validate(event, watched, raise_errors=True)
     for event in out.video_errors:
         assert fastavro.validation.validate(event, error, raise_errors=True)
+
+
+def test_state_of_a_user_who_never_comes_back_is_deleted_after_the_dedup_window():
+    store = DictStore()
+    events = [ev("view_start", T0), ev("playing", T0 + 500), ev("ended", T0 + 10_000)]
+    run([msg(events), tick(T0 + 60_000)], store=store)
+    assert any(prefix == b"u1" for prefix, _ in store.data), "the user's dedup ids are remembered"
+    day = 24 * 3600 * 1000
+    run([tick(T0 + day + 120_000)], processor=None, store=store, first_offset=2)
+    assert not [key for key in store.data if key[0] == b"u1"]
+    timers = [orjson.loads(v) for (prefix, key), v in store.data.items() if prefix == processors.PARTITION_PREFIX]
+    assert not any("u1" in t for t in timers if isinstance(t, dict))
