@@ -21,7 +21,8 @@ Why it is shaped this way:
   each user's state remembers 63-bit hashes of the ids seen, in buckets of 10 minutes of the
   client's own timestamp (a retry re-sends the same id and client timestamp), each bucket kept
   until ``dedup_window_ms`` of event time after it was last touched. A message reads and writes
-  only the buckets its events fall in, so the cost does not grow with the user's history.
+  only the buckets its events fall in, so the cost does not grow with the user's history. A user
+  with no open view gets a timer at the expiry of that memory, which deletes the user's state.
 * **Timers without scanning.** Idle views of users who send nothing more are closed by
   per-partition timers: a user's next deadline is kept in one of ``TIMER_BUCKETS`` state entries
   (so one message re-serialises a small bucket, not the whole index) and mirrored in an in-memory
