@@ -398,3 +398,29 @@ SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
     "drf_spectacular.hooks.postprocess_schema_enums",
     "metrics.openapi.events_endpoint_document",
 ]
+# --- Streams ---------------------------------------------------------------------------------
+# The Quix Streams workers (`manage.py run_stream`): see streams/app.py. Exactly-once into
+# ClickHouse does not depend on this guarantee (inserts are idempotent by source offset); it
+# governs the derived-event topics, and `exactly-once` needs a broker whose transactions work
+# (a real Kafka cluster, not the local Tansu).
+STREAMS_CONSUMER_GROUP = env("STREAMS_CONSUMER_GROUP", "streams")
+STREAMS_PROCESSING_GUARANTEE = env("STREAMS_PROCESSING_GUARANTEE", "exactly-once" if PRODUCTION else "at-least-once")
+if STREAMS_PROCESSING_GUARANTEE not in {"at-least-once", "exactly-once"}:
+    raise ImproperlyConfigured("STREAMS_PROCESSING_GUARANTEE must be 'at-least-once' or 'exactly-once'")
+STREAMS_COMMIT_INTERVAL = float(env("STREAMS_COMMIT_INTERVAL", "5"))
+STREAMS_STATE_DIR = Path(env("STREAMS_STATE_DIR", str(VAR_DIR / "streams-state")))
+# Tansu's ListOffsets bug crashes Quix when local state is kept across restarts; the state is
+# restored from the changelog topics instead. Keep the local state on a real Kafka cluster.
+STREAMS_WIPE_STATE_ON_START = env_bool("STREAMS_WIPE_STATE_ON_START", not PRODUCTION)
+STREAMS_SESSION_TIMEOUT_MS = env_int("STREAMS_SESSION_TIMEOUT_MS", 45000 if PRODUCTION else 6000)
+STREAMS_SINK_RETRY_SECONDS = float(env("STREAMS_SINK_RETRY_SECONDS", "5"))
+STREAMS_SINK_CHUNK_ROWS = env_int("STREAMS_SINK_CHUNK_ROWS", 20_000)  # rows per INSERT (written while processing)
+# lz4 costs the worker ~7 us of CPU per row: worth it across a network, not on loopback.
+STREAMS_CLICKHOUSE_COMPRESSION = env("STREAMS_CLICKHOUSE_COMPRESSION", "lz4" if PRODUCTION else "")
+STREAMS_IDLE_TIMEOUT_MS = env_int("STREAMS_IDLE_TIMEOUT_MS", 60_000)  # a view closes after 60 s without events
+STREAMS_GRACE_MS = env_int("STREAMS_GRACE_MS", 5_000)  # out-of-order allowance before a view closes
+STREAMS_DEDUP_WINDOW_MS = env_int("STREAMS_DEDUP_WINDOW_MS", 24 * 3600 * 1000)  # eventId memory per user
+# Prometheus exposition of each worker (consumer lag per partition, counters); 0 turns it off.
+# Several workers on one host need one port each: `run_stream --metrics-port`.
+STREAMS_METRICS_PORT = env_int("STREAMS_METRICS_PORT", 9310)
+STREAMS_METRICS_ADDR = env("STREAMS_METRICS_ADDR", "127.0.0.1")

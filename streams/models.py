@@ -41,11 +41,14 @@ several not-yet-merged rows per key, so never read a rollup row as final):
   ``view_summaries WHERE started`` (the view's start bucket: ``toStartOfInterval(start_ts, ...)``).
 
 Exactly-once: every row carries its source ``kafka_partition`` / ``kafka_offset`` (the offset of the
-message whose processing produced it). The sink inserts a partition's rows in offset order, one
-INSERT per table per checkpoint, and on (re)start skips rows whose offset is <= the largest offset
-that table already holds for that partition; the stream state is restored to the last committed
-offset, so a replay recomputes the same rows and the ones already stored are skipped. The
-materialized views therefore see every row once. Metrics need no ``FINAL``.
+message whose processing produced it) and ``kafka_topic_id`` (the Kafka topic id: a recreated
+topic -- the local broker keeps topics in memory only -- starts its offsets again at 0). The sink
+inserts a partition's rows in offset order and, after a restart or a new assignment, skips rows
+whose offset is <= the largest offset that table already holds for that topic and partition; the
+stream state is restored to the last committed offset, so a replay recomputes the same rows and
+the ones already stored are skipped (streams/sinks.py). The materialized views therefore see
+every row once. Metrics need no ``FINAL``. ``view_summaries`` is a ReplacingMergeTree on
+``session_id`` only as a second line of defence.
 
 Migrations under ``streams/migrations`` are never edited once committed: add a new one.
 """
@@ -82,6 +85,7 @@ class Event(models.ClickhouseModel):
     late = models.BoolField(default=False)
     kafka_partition = models.UInt16Field()
     kafka_offset = models.UInt64Field()
+    kafka_topic_id = models.StringField(low_cardinality=True, default="")  # migration 0003
 
     class Meta:
         db_table = "events"
@@ -124,6 +128,7 @@ class ViewSummary(models.ClickhouseModel):
     video_watched_id = models.UUIDField()  # the id of the VideoWatched derived event
     kafka_partition = models.UInt16Field()
     kafka_offset = models.UInt64Field()
+    kafka_topic_id = models.StringField(low_cardinality=True, default="")  # migration 0003
 
     class Meta:
         db_table = "view_summaries"

@@ -26,12 +26,15 @@ def application_processes(*, port: int) -> list[tuple[str, list[str]]]:
             "web",
             [str(bin_dir / "gunicorn"), "-c", "python:analytics_platform.gunicorn_conf", f"--bind=127.0.0.1:{port}"],
         ),
+        # One stream worker; start more `run_stream` processes (same group) to split the partitions.
+        ("streams", manage("run_stream")),
         (
             "worker",
             [
                 str(bin_dir / "celery"),
                 "-A",
                 "analytics_platform",
+                "--quiet",  # no ASCII-art banner in the JSON log stream
                 "worker",
                 "-l",
                 "INFO",
@@ -47,6 +50,7 @@ def application_processes(*, port: int) -> list[tuple[str, list[str]]]:
                 str(bin_dir / "celery"),
                 "-A",
                 "analytics_platform",
+                "--quiet",
                 "beat",
                 "-l",
                 "INFO",

@@ -1,0 +1,301 @@
+"""Benchmark of the stream worker: events/s per worker process, CPU per event, freshness.
+
+    PYTHONPATH=. python bench/bench_streams.py [--events 300000] [--rate 20000] [--seconds 30]
+
+Starts its own Tansu broker and embedded ClickHouse server (free ports, temporary dirs), then:
+
+1. pure processor: ``PartitionProcessor`` over the generated messages in-process (DictStore), no
+   Kafka, no ClickHouse -- the ceiling of the Python processing itself;
+2. baseline: a Quix app that only consumes the same topic (stateless ``update``), in its own
+   process -- what one Quix process costs before any work;
+3. worker: ``manage.py run_stream`` over the same backlog, until ClickHouse holds every event and
+   every view summary -- events/s and CPU-seconds per event of one worker process;
+4. freshness: a producer at a steady ``--rate`` for ``--seconds`` while the worker runs; every
+   event's ``receivedAt`` (the time ingest would stamp at POST) is compared with the moment a poller
+   (every 200 ms) first sees it in ClickHouse -> p50/p95 event-to-queryable latency.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _setup_django(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "analytics_platform.settings")
+    import django
+
+    django.setup()
+
+
+def baseline_main(topic: str, messages: int, group: str) -> None:
+    """A Quix app that only consumes: the per-process floor of Quix + librdkafka."""
+    _setup_django({})
+    from quixstreams import Application
+    from quixstreams.kafka.configuration import ConnectionConfig
+
+    from analytics_platform import kafka
+
+    app = Application(
+        broker_address=ConnectionConfig.from_librdkafka_dict(kafka.client_config(), ignore_extras=True),
+        consumer_group=group,
+        auto_offset_reset="earliest",
+        consumer_extra_config={"session.timeout.ms": 6000},
+        commit_interval=5,
+        use_changelog_topics=False,
+    )
+    seen = {"n": 0, "first": 0.0}
+
+    def count(value: bytes) -> None:
+        if not seen["n"]:
+            seen["first"] = time.monotonic()
+        seen["n"] += 1
+        if seen["n"] >= messages:
+            elapsed = time.monotonic() - seen["first"]
+            print(f"BASELINE {elapsed:.3f}", flush=True)
+            app.stop()
+
+    sdf = app.dataframe(app.topic(topic, value_deserializer="bytes", key_deserializer="bytes"))
+    sdf.update(count)
+    app.run()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--rate", type=int, default=20_000, help="events/s of the freshness phase")
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--profile", action="store_true", help="cProfile the pure processor")
+    parser.add_argument(
+        "--batch-ms", type=int, default=10_000, help="how often a player sends its events (one message per request)"
+    )
+    args = parser.parse_args()
+
+    from analytics_platform.devstack import processes
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
+    broker = processes.broker_start()
+    clickhouse = processes.clickhouse_start(data_dir=tmp / "clickhouse")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": broker.address,
+        "CLICKHOUSE_HOST": clickhouse.host,
+        "CLICKHOUSE_PORT": str(clickhouse.port),
+        "CLICKHOUSE_DATABASE": "bench",
+        "ANALYTICS_VAR_DIR": str(tmp / "var"),
+        "DJANGO_SECRET_KEY": "bench-not-secret",
+        "STREAMS_CONSUMER_GROUP": "bench-worker",
+        "LOG_LEVEL": "WARNING",
+        "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
+    }
+    _setup_django(env)
+    from confluent_kafka import Producer
+    from django.core.management import call_command
+
+    from analytics_platform import event_format, kafka
+    from analytics_platform.clickhouse import client_get, database_ensure
+    from streams.processors import DictStore, PartitionProcessor
+    from streams.simulate import stream_generate
+
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        kafka.topics_ensure()
+        database_ensure()
+        call_command("migrate", database="clickhouse", verbosity=0)
+        views = max(1, args.events // 11)
+        stream = stream_generate(
+            views=views, users=max(10, views // 10), seed=99, poison=False, batch_ms=args.batch_ms, disorder_rate=0
+        )
+        total_events = sum(len(m.events) for m in stream.messages)
+        print(f"generated {len(stream.messages)} messages, {total_events} events, {len(stream.truth.views)} views")
+        print(f"(mean {total_events / len(stream.messages):.1f} events per message: one per user per request)")
+
+        # 1. pure processor
+        processor, store = PartitionProcessor(), DictStore()
+        values = [(m.value(), m.key()) for m in stream.messages]
+        profiler = cProfile.Profile() if args.profile else None
+        started = time.process_time()
+        if profiler:
+            profiler.enable()
+        for offset, (value, key) in enumerate(values):
+            processor.process(value, key=key, partition=0, offset=offset, store=store)
+        if profiler:
+            profiler.disable()
+        cpu = time.process_time() - started
+        print(
+            f"pure processor: {total_events / cpu:,.0f} events/s of one core ({cpu / total_events * 1e6:.1f} us/event)"
+        )
+        if profiler:
+            out = io.StringIO()
+            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
+            print(out.getvalue())
+
+        # produce the backlog
+        producer = Producer(kafka.client_config(**{"linger.ms": 50, "compression.type": "lz4"}))
+        topic = kafka.topic_name(event_format.EVENTS_TOPIC)
+        for m in stream.messages:
+            extra = {"partition": m.partition} if m.partition is not None else {}
+            while True:
+                try:
+                    producer.produce(topic, m.value(), m.key(), **extra)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+        producer.flush(60)
+
+        # 2. baseline: a Quix app that only consumes
+        child_env = {**os.environ, **env}
+        base = subprocess.Popen(
+            [sys.executable, __file__, "--baseline", topic, str(len(stream.messages)), "bench-baseline"],
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=ROOT,
+        )
+        out_text, _ = base.communicate(timeout=600)
+        line = next(ln for ln in out_text.decode().splitlines() if ln.startswith("BASELINE"))
+        base_seconds = float(line.split()[1])
+        print(f"baseline (Quix consume only, 1 process): {total_events / base_seconds:,.0f} events/s")
+
+        # 3. the worker over the backlog
+        client = client_get()
+        worker = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), "run_stream", "--metrics-port", "0"],
+            env=child_env,
+            stdout=open(tmp / "worker.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        workers.append(worker)
+        expected = (len(stream.truth.event_ids), len(stream.truth.views))
+
+        def counts() -> tuple[int, int]:
+            a = client.execute("SELECT count() FROM events")[0][0]
+            b = client.execute("SELECT count() FROM view_summaries")[0][0]
+            return int(a), int(b)
+
+        first_rows = None
+        launch = time.monotonic()
+        while True:
+            got = counts()
+            if got[0] and first_rows is None:
+                first_rows = (time.monotonic(), got[0])
+            if got >= expected:
+                break
+            time.sleep(0.2)
+        done = time.monotonic()
+        stat = Path(f"/proc/{worker.pid}/stat").read_text().split()
+        cpu_seconds = (int(stat[13]) + int(stat[14])) / os.sysconf("SC_CLK_TCK")
+        assert first_rows is not None
+        steady = (got[0] - first_rows[1]) / max(1e-6, done - first_rows[0])
+        print(
+            f"worker (1 process): {total_events / (done - launch):,.0f} events/s including start and group join "
+            f"({done - launch:.1f} s); {steady:,.0f} events/s between first and last checkpoint; "
+            f"{cpu_seconds / total_events * 1e6:.1f} CPU-us/event; ratio to baseline "
+            f"{(total_events / (done - launch)) / (total_events / base_seconds):.2f}"
+        )
+        print(f"  rows: {got} expected {expected}")
+
+        # 4. freshness at a steady rate while the worker keeps running
+        template = stream_generate(
+            views=max(1, args.rate * args.seconds // 11), users=2000, seed=7, poison=False, batch_ms=args.batch_ms
+        )
+        first_seen: dict[int, float] = {}
+        sent: list[tuple[int, int]] = []  # (receivedAt ms, events)
+        stop = threading.Event()
+        poll_client = client_get()
+
+        def poller() -> None:
+            seen_counts: dict[int, int] = {}
+            while not stop.is_set():
+                now = time.time()
+                rows = poll_client.execute(
+                    "SELECT toUnixTimestamp64Milli(received_at) r, count() FROM events "
+                    "WHERE received_at >= %(since)s GROUP BY r",
+                    {"since": fresh_start},
+                )
+                for r, c in rows:
+                    if seen_counts.get(r, 0) < c:
+                        first_seen.setdefault(r, now)
+                        seen_counts[r] = c
+                time.sleep(0.2)
+
+        import datetime as dt
+
+        fresh_start = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+        thread = threading.Thread(target=poller, daemon=True)
+        thread.start()
+        messages = [m for m in template.messages if m.partition is None]
+        index = 0
+        t_end = time.time() + args.seconds
+        while time.time() < t_end and index < len(messages):
+            tick_start = time.time()
+            budget = args.rate // 20  # 50 ms slices
+            n = 0
+            while n < budget and index < len(messages):
+                m = messages[index]
+                index += 1
+                now_ms = int(time.time() * 1000)
+                m.received_at = now_ms
+                for e in m.events:
+                    e["receivedAt"] = now_ms
+                    e["timestamp"] = now_ms - 1000
+                producer.produce(topic, m.value(), m.key())
+                sent.append((now_ms, len(m.events)))
+                n += len(m.events)
+            producer.poll(0)
+            time.sleep(max(0.0, 0.05 - (time.time() - tick_start)))
+        producer.flush(30)
+        produced = sum(c for _, c in sent)
+        wait_until = time.time() + 60
+        while time.time() < wait_until:
+            if all(r in first_seen for r, _ in sent[-50:]):
+                break
+            time.sleep(0.5)
+        stop.set()
+        thread.join()
+        latencies: list[float] = []
+        for r, c in sent:
+            if r in first_seen:
+                latencies.extend([first_seen[r] - r / 1000] * c)
+        missing = produced - len(latencies)
+        print(
+            f"freshness at {produced / args.seconds:,.0f} events/s for {args.seconds} s: "
+            f"p50 {percentile(latencies, 0.5):.2f} s, p95 {percentile(latencies, 0.95):.2f} s, "
+            f"max {max(latencies):.2f} s ({missing} events not seen)"
+        )
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.send_signal(signal.SIGTERM)
+                try:
+                    w.wait(20)
+                except subprocess.TimeoutExpired:
+                    w.kill()
+        clickhouse.stop()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--baseline":
+        baseline_main(sys.argv[2], int(sys.argv[3]), sys.argv[4])
+    else:
+        main()

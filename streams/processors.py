@@ -1,0 +1,709 @@
+"""The pure stream processor: messages of the ``events`` topic in, rows and derived events out.
+
+No Kafka or ClickHouse code lives here (Snuba-style): the Quix app (``streams/app.py``) feeds it
+messages with their partition/offset and a key-value ``StateStore`` backed by the Quix state store;
+tests feed it plain bytes and a dict.
+
+Why it is shaped this way:
+
+* **Deterministic.** The output of a message depends only on the state and the message, never on
+  the wall clock or arrival timing. After a crash the state is restored as of the last committed
+  offset and the same messages are replayed, so the same rows (stamped with the same source
+  offsets) and the same derived events come out again; the sink skips rows it already stored.
+* **Event time.** Each partition keeps a watermark: the largest event time seen, where an event's
+  time counts no later than the server's receive time (a client clock in the future cannot close
+  everybody's views). Views close on ``ended``/``view_end`` once the watermark has passed the end
+  plus a grace period, or when the watermark is 60 s past the view's last event. Events that arrive
+  out of order before the view closes are sorted by event time when the view is summarised; an
+  event for a view that is already closed is *late*: stored in raw with ``late = 1`` and counted,
+  never applied to the closed summary.
+* **Dedup by eventId** per user (the Kafka key, so one partition owns all of a user's events):
+  each user's state remembers 63-bit hashes of the ids seen, in buckets of 10 minutes of the
+  client's own timestamp (a retry re-sends the same id and client timestamp), each bucket kept
+  until ``dedup_window_ms`` of event time after it was last touched. A message reads and writes
+  only the buckets its events fall in, so the cost does not grow with the user's history. A user
+  with no open view gets a timer at the expiry of that memory, which deletes the user's state.
+* **Timers without scanning.** Idle views of users who send nothing more are closed by
+  per-partition timers: a user's next deadline is kept in one of ``TIMER_BUCKETS`` state entries
+  (so one message re-serialises a small bucket, not the whole index) and mirrored in an in-memory
+  heap that is rebuilt from the buckets whenever the partition's offsets jump (a new assignment,
+  a restart, or Quix seeking back after a sink backpressure).
+"""
+
+from __future__ import annotations
+
+import heapq
+import re
+import uuid
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from analytics_platform import event_format
+
+# Column order of the ``events`` and ``view_summaries`` rows (see streams/models.py).
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "type",
+    "ts",
+    "user_id",
+    "session_id",
+    "video_id",
+    "client_ts",
+    "received_at",
+    "position_ms",
+    "bitrate_kbps",
+    "error_code",
+    "error_message",
+    "fatal",
+    "device",
+    "os",
+    "browser",
+    "country",
+    "cdn",
+    "player",
+    "properties",
+    "late",
+    "kafka_partition",
+    "kafka_offset",
+)
+VIEW_COLUMNS: tuple[str, ...] = (
+    "session_id",
+    "user_id",
+    "video_id",
+    "start_ts",
+    "end_ts",
+    "device",
+    "os",
+    "browser",
+    "country",
+    "cdn",
+    "player",
+    "has_view_start",
+    "started",
+    "startup_time_ms",
+    "watch_time_ms",
+    "rebuffer_count",
+    "rebuffer_duration_ms",
+    "error_count",
+    "fatal_error_count",
+    "start_failure",
+    "playback_failure",
+    "exit_before_start",
+    "max_position_ms",
+    "completion",
+    "event_count",
+    "close_reason",
+    "video_watched_id",
+    "kafka_partition",
+    "kafka_offset",
+)
+
+# Namespaces of the derived events' deterministic ids: the same view or error always gets the
+# same id, so a consumer deduplicates replays by id.
+VIDEO_WATCHED_NAMESPACE = uuid.UUID("6f1d2b1e-5b8a-4f0e-9d43-1c1f1b7a2a01")
+VIDEO_ERROR_NAMESPACE = uuid.UUID("6f1d2b1e-5b8a-4f0e-9d43-1c1f1b7a2a02")
+
+TIMER_BUCKETS = 256
+DEDUP_BUCKET_MS = 600_000  # eventId hashes are stored per user per 10 minutes of client time
+PARTITION_PREFIX = b"\x00partition"  # cannot collide with a userId key (never starts with NUL)
+_CUSTOM_TYPE = re.compile(event_format.CUSTOM_TYPE_PATTERN)
+_MIN_TS = 0  # 1970: DateTime64 range that ClickHouse stores exactly
+_MAX_TS = 7_258_118_400_000  # 2200-01-01
+_MAX_INT64 = 2**63 - 1
+_WATCHING = frozenset({"playing", "rebuffering"})
+
+
+class StateStore(Protocol):
+    """Key-value state of one partition; values are JSON-serialisable."""
+
+    def get(self, prefix: bytes, key: str) -> Any: ...
+
+    def set(self, prefix: bytes, key: str, value: Any) -> None: ...
+
+    def delete(self, prefix: bytes, key: str) -> None: ...
+
+
+class DictStore:
+    """A ``StateStore`` in a dict: for tests and the benchmark's pure-processor baseline."""
+
+    def __init__(self) -> None:
+        self.data: dict[tuple[bytes, str], Any] = {}
+
+    def get(self, prefix: bytes, key: str) -> Any:
+        value = self.data.get((prefix, key))
+        # Round-trip through JSON like the Quix store does, so tests catch unserialisable state.
+        return None if value is None else orjson.loads(value)
+
+    def set(self, prefix: bytes, key: str, value: Any) -> None:
+        self.data[(prefix, key)] = orjson.dumps(value)
+
+    def delete(self, prefix: bytes, key: str) -> None:
+        self.data.pop((prefix, key), None)
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    idle_timeout_ms: int = 60_000
+    grace_ms: int = 5_000
+    dedup_window_ms: int = 24 * 3600 * 1000
+    closed_memory_ms: int = 3600 * 1000  # how long a closed session id is remembered (late detection)
+
+
+@dataclass
+class Output:
+    """Everything one message produced. Rows are tuples in ``EVENT_COLUMNS``/``VIEW_COLUMNS`` order."""
+
+    partition: int
+    offset: int
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    views: list[tuple[Any, ...]] = field(default_factory=list)
+    video_watched: list[dict[str, Any]] = field(default_factory=list)
+    video_errors: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0
+    late: int = 0
+
+
+class PoisonError(ValueError):
+    """A message or event that can never be processed; it goes to the dead-letter topic."""
+
+
+def _str(event: dict[str, Any], name: str, *, required: bool = False, max_len: int = 1 << 16) -> str:
+    value = event.get(name)
+    if value is None:
+        if required:
+            raise PoisonError(f"{name}: missing")
+        return ""
+    if not isinstance(value, str) or len(value) > max_len or (required and not value):
+        raise PoisonError(f"{name}: not a string of 1-{max_len} characters")
+    return value
+
+
+def _int(event: dict[str, Any], name: str, *, low: int = 0, high: int = _MAX_INT64) -> int | None:
+    value = event.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise PoisonError(f"{name}: not an integer in [{low}, {high}]")
+    return value
+
+
+def _ts(event: dict[str, Any], name: str) -> int:
+    value = _int(event, name, low=_MIN_TS, high=_MAX_TS)
+    if value is None:
+        raise PoisonError(f"{name}: missing")
+    return value
+
+
+def message_decode(value: bytes) -> tuple[str, int, list[Any]]:
+    """Parse a message of the events topic: (userId, receivedAt, raw events). Raises PoisonError."""
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise PoisonError(f"not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise PoisonError("not a JSON object")
+    if body.get("v") != event_format.MESSAGE_VERSION:
+        raise PoisonError(f"unknown message version {body.get('v')!r}")
+    events = body.get("events")
+    if not isinstance(events, list):
+        raise PoisonError("events: not a list")
+    return _str(body, "userId", required=True, max_len=128), _ts(body, "receivedAt"), events
+
+
+_OPTIONAL_STRINGS: tuple[tuple[str, int], ...] = (
+    ("errorCode", 256),
+    ("errorMessage", 4096),
+    ("device", 256),
+    ("os", 256),
+    ("browser", 256),
+    ("country", 256),
+    ("cdn", 256),
+    ("player", 256),
+)
+
+
+def event_row(event: Any, *, partition: int, offset: int, late: bool = False) -> tuple[Any, ...]:
+    """Validate one event (already normalised by ingest) into an ``events`` row. Raises PoisonError.
+
+    Everything ClickHouse could refuse is checked here: one bad row would otherwise fail its whole
+    batch on every retry and stop the partition. The checks are inlined: this runs once per event.
+    """
+    if type(event) is not dict:
+        raise PoisonError("event: not a JSON object")
+    get = event.get
+    raw_id = get("eventId")
+    if type(raw_id) is not str:
+        raise PoisonError("eventId: missing")
+    try:
+        event_id = uuid.UUID(raw_id)
+    except ValueError as exc:
+        raise PoisonError("eventId: not a UUID") from exc
+    etype = get("type")
+    if type(etype) is not str:
+        raise PoisonError("type: missing")
+    playback = etype in event_format.PLAYBACK_TYPES
+    if not playback and not _CUSTOM_TYPE.match(etype):
+        raise PoisonError(f"type: {etype[:80]!r} is neither a playback type nor a custom type")
+    user = get("userId")
+    session = get("sessionId")
+    video = get("videoId")
+    if session is None:
+        session = ""
+    if video is None:
+        video = ""
+    if type(user) is not str or not 0 < len(user) <= 128:
+        raise PoisonError("userId: not a string of 1-128 characters")
+    if type(session) is not str or len(session) > 128 or (playback and not session):
+        raise PoisonError("sessionId: not a string of 1-128 characters")
+    if type(video) is not str or len(video) > 256 or (playback and not video):
+        raise PoisonError("videoId: not a string of 1-256 characters")
+    strings = []
+    for name, max_len in _OPTIONAL_STRINGS:
+        value = get(name)
+        if value is None:
+            value = ""
+        elif type(value) is not str or len(value) > max_len:
+            raise PoisonError(f"{name}: not a string of at most {max_len} characters")
+        strings.append(value)
+    properties = get("properties")
+    if properties is not None and type(properties) is not dict:
+        raise PoisonError("properties: not an object")
+    fatal = get("fatal")
+    if fatal is None:
+        fatal = True
+    elif type(fatal) is not bool:
+        raise PoisonError("fatal: not a boolean")
+    ts = get("timestamp")
+    client_ts = get("clientTimestamp", ts)
+    received_at = get("receivedAt")
+    position = get("positionMs")
+    bitrate = get("bitrateKbps")
+    # Fast path: exact ints in range (bool is not an int here); the slow path names the field.
+    if not (
+        type(ts) is int
+        and type(client_ts) is int
+        and type(received_at) is int
+        and _MIN_TS <= ts <= _MAX_TS
+        and _MIN_TS <= client_ts <= _MAX_TS
+        and _MIN_TS <= received_at <= _MAX_TS
+    ):
+        ts = _ts(event, "timestamp")
+        client_ts = _ts(event, "clientTimestamp") if "clientTimestamp" in event else ts
+        received_at = _ts(event, "receivedAt")
+    if position is not None and not (type(position) is int and 0 <= position <= _MAX_INT64):
+        _int(event, "positionMs")
+    if bitrate is not None and not (type(bitrate) is int and 0 <= bitrate <= _MAX_INT64):
+        _int(event, "bitrateKbps")
+    return (
+        event_id,
+        etype,
+        ts,
+        user,
+        session,
+        video,
+        client_ts,
+        received_at,
+        position,
+        bitrate,
+        strings[0],
+        strings[1],
+        fatal and etype == "error",
+        *strings[2:],
+        orjson.dumps(properties).decode() if properties else "",
+        late,
+        partition,
+        offset,
+    )
+
+
+# Indexes into an events row, for the hot path.
+_ID, _TYPE, _TS, _USER, _SESSION, _VIDEO, _CLIENT_TS = 0, 1, 2, 3, 4, 5, 6
+_POS, _ERRCODE, _ERRMSG, _FATAL, _LATE, _OFFSET = 8, 10, 11, 12, 20, 22
+_DIMS = slice(13, 19)
+_DIM_NAMES = ("device", "os", "browser", "country", "cdn", "player")
+
+
+def view_summarize(view: dict[str, Any]) -> dict[str, Any]:
+    """The QoE figures of one view from its stored events (API.md definitions).
+
+    Events are sorted by event time (arrival order breaks ties), then a player-state machine runs
+    over them: the time between consecutive events counts as watch time while the state is
+    ``playing`` or ``rebuffering`` (and as rebuffer time while ``rebuffering``); paused, seeking,
+    stopped and not-yet-started time does not count.
+    """
+    events = sorted(view["e"], key=lambda e: (e[0], e[4]))
+    view_start = next((e[0] for e in events if e[1] == "view_start"), None)
+    first_playing = next((e[0] for e in events if e[1] == "playing"), None)
+    start_ts = view_start if view_start is not None else events[0][0]
+    state = "idle"
+    previous_ts = events[0][0]
+    watch = rebuffer = rebuffer_count = errors = fatal_errors = 0
+    max_position = 0
+    start_failure = playback_failure = ended = False
+    for ts, etype, position, fatal, _seq in events:
+        if state in _WATCHING:
+            watch += ts - previous_ts
+            if state == "rebuffering":
+                rebuffer += ts - previous_ts
+        previous_ts = ts
+        if position is not None and position > max_position:
+            max_position = position
+        if etype == "playing":
+            state = "playing"
+        elif etype == "rebuffer_start":
+            if state != "rebuffering":
+                rebuffer_count += 1
+            state = "rebuffering"
+        elif etype == "rebuffer_end":
+            if state == "rebuffering":
+                state = "playing"
+        elif etype == "pause":
+            state = "paused"
+        elif etype == "seek":
+            state = "seeking"
+        elif etype in ("ended", "view_end"):
+            state = "stopped"
+            ended = ended or etype == "ended"
+        elif etype == "error":
+            errors += 1
+            if fatal:
+                fatal_errors += 1
+                playback_failure = True
+                if first_playing is None or ts < first_playing:
+                    start_failure = True
+                state = "stopped"
+    duration = view.get("d")
+    if ended:
+        completion: float | None = 1.0
+    elif duration:
+        completion = min(1.0, max_position / duration)
+    else:
+        completion = None
+    started = first_playing is not None
+    return {
+        "start_ts": start_ts,
+        "end_ts": events[-1][0],
+        "has_view_start": view_start is not None,
+        "started": started,
+        "startup_time_ms": max(0, first_playing - start_ts) if started and view_start is not None else 0,
+        "watch_time_ms": watch,
+        "rebuffer_count": rebuffer_count,
+        "rebuffer_duration_ms": rebuffer,
+        "error_count": errors,
+        "fatal_error_count": fatal_errors,
+        "start_failure": start_failure,
+        "playback_failure": playback_failure,
+        "exit_before_start": not started and not playback_failure,
+        "max_position_ms": max_position,
+        "completion": completion,
+        "event_count": len(events),
+    }
+
+
+def video_watched_id(session_id: str) -> uuid.UUID:
+    return uuid.uuid5(VIDEO_WATCHED_NAMESPACE, session_id)
+
+
+def video_error_id(event_id: uuid.UUID) -> uuid.UUID:
+    return uuid.uuid5(VIDEO_ERROR_NAMESPACE, str(event_id))
+
+
+class _PartitionTimers:
+    """The in-memory mirror of one partition's watermark and timer buckets."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.watermark: int = store.get(PARTITION_PREFIX, "wm") or 0
+        self.buckets: list[dict[str, int]] = [store.get(PARTITION_PREFIX, f"t{i}") or {} for i in range(TIMER_BUCKETS)]
+        self.heap: list[tuple[int, str]] = [(d, u) for b in self.buckets for u, d in b.items()]
+        heapq.heapify(self.heap)
+        self.last_offset = -2
+
+    def bucket_of(self, user: str) -> int:
+        # A stable hash (Python's str hash is salted per process).
+        return zlib.crc32(user.encode()) % TIMER_BUCKETS
+
+
+class PartitionProcessor:
+    """Processes the messages of the partitions one worker owns; state lives in the given stores."""
+
+    def __init__(self, config: ProcessorConfig | None = None) -> None:
+        self.config = config or ProcessorConfig()
+        self._timers: dict[int, _PartitionTimers] = {}
+
+    def process(self, value: bytes, *, key: bytes | None, partition: int, offset: int, store: StateStore) -> Output:
+        """Process one message; mutate ``store``; return the rows and derived events it produced."""
+        out = Output(partition=partition, offset=offset)
+        timers = self._timers.get(partition)
+        if timers is None or offset != timers.last_offset + 1:
+            # First message here, or the offsets jumped: the stored state is the truth.
+            timers = self._timers[partition] = _PartitionTimers(store)
+        timers.last_offset = offset
+        try:
+            user, received_at, raw_events = message_decode(value)
+        except PoisonError as exc:
+            out.dead_letters.append(_dead_letter(str(exc), value, key, partition, offset))
+            return out
+        prefix = user.encode()
+        user_state = store.get(prefix, "u") or {"views": {}, "closed": {}, "b": {}}
+        views: dict[str, Any] = user_state["views"]
+        closed: dict[str, int] = user_state["closed"]
+        seen_buckets: dict[int, set[int]] = {}
+        watermark = timers.watermark
+        cfg = self.config
+        late_horizon = watermark - cfg.idle_timeout_ms - cfg.grace_ms
+        message_time = 0
+        for raw in raw_events:
+            try:
+                row = event_row(raw, partition=partition, offset=offset)
+            except PoisonError as exc:
+                out.dead_letters.append(_dead_letter(str(exc), orjson.dumps(raw), key, partition, offset))
+                continue
+            # Dedup: a retry re-sends the event with the same id and the same client timestamp (its
+            # corrected timestamp may differ), so ids are kept in buckets of client time.
+            bucket_id = row[_CLIENT_TS] // DEDUP_BUCKET_MS
+            seen = seen_buckets.get(bucket_id)
+            if seen is None:
+                seen = seen_buckets[bucket_id] = set(store.get(prefix, f"d{bucket_id}") or ())
+            event_hash = row[_ID].int >> 65
+            if event_hash in seen:
+                out.duplicates += 1
+                continue
+            seen.add(event_hash)
+            ts = row[_TS]
+            message_time = max(message_time, min(ts, received_at))
+            session = row[_SESSION]
+            view = views.get(session) if session else None
+            late = False
+            if session and view is None:
+                if session in closed or ts < late_horizon:
+                    late = True
+                else:
+                    view = views[session] = {"e": [], "u": user, "v": row[_VIDEO], "dims": [""] * 6, "seq": 0}
+            if late:
+                row = (*row[:_LATE], True, *row[_LATE + 1 :])
+                out.late += 1
+            out.events.append(row)
+            if view is not None:
+                self._view_add(view, row, raw)
+            if row[_FATAL]:
+                out.video_errors.append(_video_error(row, view))
+        # Advance the watermark, then close what is due: this user's views and other users' timers.
+        if message_time > watermark:
+            watermark = timers.watermark = message_time
+            store.set(PARTITION_PREFIX, "wm", watermark)
+        self._views_close(user, user_state, watermark, out)
+        self._seen_save(store, prefix, user_state, seen_buckets, watermark)
+        self._timer_set(timers, store, user, user_state, exact=False)
+        store.set(prefix, "u", user_state)
+        self._timers_fire(timers, store, watermark, out)
+        return out
+
+    def _view_add(self, view: dict[str, Any], row: tuple[Any, ...], raw: dict[str, Any]) -> None:
+        etype = row[_TYPE]
+        view["seq"] += 1
+        view["e"].append([row[_TS], etype, row[_POS], row[_FATAL], view["seq"]])
+        if etype == "view_start" or not view.get("s"):
+            # The view's context comes from its view_start (else its first event).
+            view["s"] = etype == "view_start"
+            view["v"] = row[_VIDEO] or view["v"]
+            view["dims"] = [new or old for new, old in zip(row[_DIMS], view["dims"], strict=True)]
+        if etype in ("ended", "view_end"):
+            view["end"] = max(view.get("end") or 0, row[_TS])
+        view["last"] = max(view.get("last") or 0, row[_TS])
+        properties = raw.get("properties")
+        if isinstance(properties, dict):
+            duration = properties.get("durationMs")
+            if isinstance(duration, int) and not isinstance(duration, bool) and duration > 0:
+                view["d"] = duration
+
+    def _deadline(self, view: dict[str, Any]) -> int:
+        if view.get("end") is not None:
+            return int(view["end"]) + self.config.grace_ms
+        return int(view["last"]) + self.config.idle_timeout_ms
+
+    def _views_close(self, user: str, user_state: dict[str, Any], watermark: int, out: Output) -> None:
+        views = user_state["views"]
+        due = sorted(s for s, v in views.items() if self._deadline(v) <= watermark)
+        for session in due:
+            view = views.pop(session)
+            user_state["closed"][session] = watermark
+            reason = "idle" if view.get("end") is None else _close_reason(view)
+            self._view_emit(session, user, view, reason, out)
+        horizon = watermark - self.config.closed_memory_ms
+        user_state["closed"] = {s: t for s, t in user_state["closed"].items() if t >= horizon}
+
+    def _seen_save(
+        self,
+        store: StateStore,
+        prefix: bytes,
+        user_state: dict[str, Any],
+        seen_buckets: dict[int, set[int]],
+        watermark: int,
+    ) -> None:
+        """Store the touched id buckets; drop the buckets nobody touched for ``dedup_window_ms``."""
+        touched: dict[str, int] = user_state["b"]
+        for bucket_id, ids in seen_buckets.items():
+            store.set(prefix, f"d{bucket_id}", list(ids))
+            touched[str(bucket_id)] = watermark
+        horizon = watermark - self.config.dedup_window_ms
+        for bucket_key in [b for b, t in touched.items() if t < horizon]:
+            store.delete(prefix, f"d{bucket_key}")
+            del touched[bucket_key]
+
+    def _timer_set(
+        self, timers: _PartitionTimers, store: StateStore, user: str, user_state: dict[str, Any], *, exact: bool
+    ) -> None:
+        """Arm the user's timer at its earliest view deadline (no open view: when its state expires).
+
+        After a message (``exact=False``) an armed timer that is *earlier* than needed is left as it
+        is: it will fire, find nothing due, and be re-armed exactly. That saves rewriting a timer
+        bucket on almost every message (a view's deadline moves with each of its events).
+        """
+        deadline = self._user_deadline(user_state)
+        index = timers.bucket_of(user)
+        bucket = timers.buckets[index]
+        armed = bucket.get(user)
+        if armed == deadline or (not exact and armed is not None and (deadline is None or armed < deadline)):
+            return
+        if deadline is None:
+            bucket.pop(user, None)
+        else:
+            bucket[user] = deadline
+            heapq.heappush(timers.heap, (deadline, user))
+        store.set(PARTITION_PREFIX, f"t{index}", bucket)
+
+    def _user_deadline(self, user_state: dict[str, Any]) -> int | None:
+        views = user_state["views"]
+        if views:
+            return min(self._deadline(v) for v in views.values())
+        # Nothing open: wake up when the dedup ids and closed-session memory have all expired, to
+        # delete the user's state (users who never come back must not stay in the store forever).
+        last = max([*user_state["b"].values(), *user_state["closed"].values()], default=None)
+        if last is None:
+            return None
+        return int(last) + max(self.config.dedup_window_ms, self.config.closed_memory_ms) + 1
+
+    def _timers_fire(self, timers: _PartitionTimers, store: StateStore, watermark: int, out: Output) -> None:
+        heap = timers.heap
+        while heap and heap[0][0] <= watermark:
+            deadline, user = heapq.heappop(heap)
+            if timers.buckets[timers.bucket_of(user)].get(user) != deadline:
+                continue  # superseded by a later deadline (lazy deletion)
+            prefix = user.encode()
+            user_state = store.get(prefix, "u") or {"views": {}, "closed": {}, "b": {}}
+            self._views_close(user, user_state, watermark, out)
+            self._seen_save(store, prefix, user_state, {}, watermark)
+            self._timer_set(timers, store, user, user_state, exact=True)
+            if user_state["views"] or user_state["closed"] or user_state["b"]:
+                store.set(prefix, "u", user_state)
+            else:
+                store.delete(prefix, "u")
+
+    def _view_emit(self, session: str, user: str, view: dict[str, Any], reason: str, out: Output) -> None:
+        figures = view_summarize(view)
+        watched_id = video_watched_id(session)
+        dims = view["dims"]
+        out.views.append(
+            (
+                session,
+                user,
+                view["v"],
+                figures["start_ts"],
+                figures["end_ts"],
+                *dims,
+                figures["has_view_start"],
+                figures["started"],
+                figures["startup_time_ms"],
+                figures["watch_time_ms"],
+                figures["rebuffer_count"],
+                figures["rebuffer_duration_ms"],
+                figures["error_count"],
+                figures["fatal_error_count"],
+                figures["start_failure"],
+                figures["playback_failure"],
+                figures["exit_before_start"],
+                figures["max_position_ms"],
+                figures["completion"],
+                figures["event_count"],
+                reason,
+                watched_id,
+                out.partition,
+                out.offset,
+            )
+        )
+        out.video_watched.append(
+            {
+                "id": str(watched_id),
+                "type": "VideoWatched",
+                "userId": user,
+                "sessionId": session,
+                "videoId": view["v"],
+                "startTime": figures["start_ts"],
+                "endTime": figures["end_ts"],
+                "watchTimeMs": figures["watch_time_ms"],
+                "startupTimeMs": figures["startup_time_ms"] if figures["started"] else None,
+                "rebufferCount": figures["rebuffer_count"],
+                "rebufferDurationMs": figures["rebuffer_duration_ms"],
+                "completionFraction": figures["completion"],
+                "failed": figures["playback_failure"],
+                "closeReason": reason,
+                **dict(zip(_DIM_NAMES, dims, strict=True)),
+            }
+        )
+
+
+def _close_reason(view: dict[str, Any]) -> str:
+    return "ended" if any(e[1] == "ended" for e in view["e"]) else "view_end"
+
+
+def _video_error(row: tuple[Any, ...], view: dict[str, Any] | None) -> dict[str, Any]:
+    view_start = None
+    if view is not None:
+        view_start = next((e[0] for e in view["e"] if e[1] == "view_start"), None)
+    return {
+        "id": str(video_error_id(row[_ID])),
+        "type": "VideoError",
+        "eventId": str(row[_ID]),
+        "userId": row[_USER],
+        "sessionId": row[_SESSION],
+        "videoId": row[_VIDEO],
+        "timestamp": row[_TS],
+        "errorCode": row[_ERRCODE],
+        "errorMessage": row[_ERRMSG],
+        "positionMs": row[_POS],
+        "viewStartTime": view_start,
+        "timeSinceViewStartMs": row[_TS] - view_start if view_start is not None else None,
+        **dict(zip(_DIM_NAMES, row[_DIMS], strict=True)),
+    }
+
+
+def _dead_letter(reason: str, payload: bytes, key: bytes | None, partition: int, offset: int) -> dict[str, Any]:
+    return {
+        "reason": reason,
+        "partition": partition,
+        "offset": offset,
+        "key": key.decode("utf-8", "replace") if key else None,
+        "payload": payload.decode("utf-8", "replace"),
+    }
+
+
+def outputs_merge(outputs: Iterable[Output]) -> Output:
+    """Concatenate the outputs of consecutive messages (tests and the benchmark use it)."""
+    merged: Output | None = None
+    for item in outputs:
+        if merged is None:
+            merged = Output(partition=item.partition, offset=item.offset)
+        merged.offset = item.offset
+        merged.events += item.events
+        merged.views += item.views
+        merged.video_watched += item.video_watched
+        merged.video_errors += item.video_errors
+        merged.dead_letters += item.dead_letters
+        merged.duplicates += item.duplicates
+        merged.late += item.late
+    return merged or Output(partition=-1, offset=-1)

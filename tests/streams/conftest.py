@@ -1,0 +1,272 @@
+"""Real processes for the stream tests: the session's broker and ClickHouse server, worker subprocesses.
+
+Each test gets its own topic prefix and consumer group (so offsets start at 0 on fresh topics) and
+empty ClickHouse tables (rows are keyed by source partition/offset, so a previous test's rows would
+look like already-stored progress).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, Producer
+from django.conf import settings
+from django.db import connections
+
+from analytics_platform import event_format, kafka
+from analytics_platform.clickhouse import client_get
+from analytics_platform.devstack import processes
+from streams import processors
+from streams.simulate import Message, Truth
+
+STREAM_TABLES = (
+    "events",
+    "view_summaries",
+    "event_rollup_minute",
+    "event_rollup_hour",
+    "view_rollup_minute",
+    "view_rollup_hour",
+)
+
+
+@dataclass
+class StreamEnv:
+    tmp_path: Path
+    prefix: str
+    group: str
+    env: dict[str, str]
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def topic(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+    def produce(self, messages: list[Message], **config: Any) -> None:
+        producer = Producer(kafka.client_config(**{"linger.ms": 20, "compression.type": "lz4", **config}))
+        topic = self.topic(event_format.EVENTS_TOPIC)
+        for message in messages:
+            extra = {"partition": message.partition} if message.partition is not None else {}
+            while True:
+                try:
+                    producer.produce(topic, message.value(), message.key(), **extra)
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+        assert producer.flush(30) == 0
+
+    def worker_start(self, *, metrics_port: int = 0, **env: str) -> subprocess.Popen[bytes]:
+        log = open(self.tmp_path / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 -- lives with the process
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(settings.BASE_DIR) / "manage.py"),
+                "run_stream",
+                "--metrics-port",
+                str(metrics_port),
+            ],
+            env={**os.environ, **self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=settings.BASE_DIR,
+        )
+        self.workers.append(process)
+        return process
+
+    def workers_stop(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def clickhouse(self) -> Any:
+        return client_get()
+
+    def consume(self, base: str, *, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Every message of a derived topic (read from the beginning by a fresh group)."""
+        consumer = Consumer(
+            kafka.client_config(
+                **{
+                    "group.id": f"check-{uuid.uuid4().hex[:8]}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                    "session.timeout.ms": 6000,
+                }
+            )
+        )
+        consumer.subscribe([self.topic(base)])
+        values: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        idle_since = None
+        try:
+            while time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is None or message.error():
+                    if values and idle_since is None:
+                        idle_since = time.monotonic()
+                    if idle_since is not None and time.monotonic() - idle_since > 3:
+                        break
+                    continue
+                idle_since = None
+                values.append(orjson.loads(message.value()))
+        finally:
+            consumer.close()
+        return values
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 1.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+
+
+@pytest.fixture
+def stream_env(
+    kafka_broker: processes.ManagedProcess, clickhouse_server: processes.ManagedProcess, tmp_path: Path, settings: Any
+) -> Iterator[StreamEnv]:
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    settings.KAFKA_TOPIC_PREFIX = prefix
+    kafka.topics_ensure()
+    ch = connections["clickhouse"].settings_dict
+    client = client_get()
+    for table in STREAM_TABLES:
+        client.execute(f"TRUNCATE TABLE {table}")
+    client.disconnect()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.address,
+        "KAFKA_TOPIC_PREFIX": prefix,
+        "CLICKHOUSE_HOST": str(ch["HOST"]),
+        "CLICKHOUSE_PORT": str(ch["PORT"]),
+        "CLICKHOUSE_DATABASE": str(ch["NAME"]),
+        "ANALYTICS_VAR_DIR": str(tmp_path / "var"),
+        # Workers started together would race to create var/secret_key (settings._local_secret_key).
+        "DJANGO_SECRET_KEY": "streams-tests-not-secret",
+        "STREAMS_CONSUMER_GROUP": f"streams-{prefix}",
+        "STREAMS_SINK_RETRY_SECONDS": "2",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+    }
+    stream = StreamEnv(tmp_path=tmp_path, prefix=prefix, group=env["STREAMS_CONSUMER_GROUP"], env=env)
+    yield stream
+    stream.workers_stop()
+
+
+def clickhouse_counts(client: Any) -> tuple[int, int]:
+    (events,) = client.execute("SELECT count() FROM events")[0]
+    (views,) = client.execute("SELECT count() FROM view_summaries")[0]
+    return int(events), int(views)
+
+
+def wait_for_truth(stream: StreamEnv, truth: Truth, *, timeout: float) -> None:
+    client = stream.clickhouse()
+    expected = (len(truth.event_ids), len(truth.views))
+    wait_until(lambda: clickhouse_counts(client) >= expected, timeout=timeout, what=f"{expected} rows")
+    client.disconnect()
+
+
+VIEW_FIGURES = (
+    "start_ts",
+    "end_ts",
+    "has_view_start",
+    "started",
+    "startup_time_ms",
+    "watch_time_ms",
+    "rebuffer_count",
+    "rebuffer_duration_ms",
+    "error_count",
+    "fatal_error_count",
+    "start_failure",
+    "playback_failure",
+    "exit_before_start",
+    "close_reason",
+    "event_count",
+    "user_id",
+    "video_id",
+    "country",
+    "device",
+    "os",
+    "browser",
+    "cdn",
+    "player",
+)
+
+
+def assert_clickhouse_matches_truth(client: Any, truth: Truth) -> None:
+    """Every row, summary and rollup equals the truth: nothing lost, nothing counted twice."""
+    rows = client.execute("SELECT toString(event_id), late FROM events")
+    ids = [r[0] for r in rows]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} events stored twice"
+    assert set(ids) == truth.event_ids, (
+        f"missing {len(truth.event_ids - set(ids))}, unexpected {len(set(ids) - truth.event_ids)}"
+    )
+    assert {r[0] for r in rows if r[1]} == truth.late_ids
+
+    for table in ("event_rollup_minute", "event_rollup_hour"):
+        sums = client.execute(f"SELECT sum(events), sum(errors), sum(late_events) FROM {table}")[0]
+        assert tuple(sums) == (len(truth.event_ids), truth.error_events, len(truth.late_ids)), table
+
+    columns = ", ".join(("session_id", *VIEW_FIGURES))
+    summaries = client.execute(
+        f"SELECT {columns}, toUnixTimestamp64Milli(start_ts), toUnixTimestamp64Milli(end_ts) FROM view_summaries"
+    )
+    sessions = [r[0] for r in summaries]
+    assert len(sessions) == len(set(sessions)), "a view was summarised twice"
+    assert set(sessions) == set(truth.views)
+    mismatches = []
+    for row in summaries:
+        got = dict(zip(VIEW_FIGURES, row[1:], strict=False))
+        got["start_ts"], got["end_ts"] = row[-2], row[-1]
+        expected = {k: truth.views[row[0]][k] for k in VIEW_FIGURES}
+        if got != expected:
+            mismatches.append((row[0], got, expected))
+    assert not mismatches, mismatches[:3]
+
+    views = truth.views.values()
+    expected_sums = (
+        sum(v["has_view_start"] for v in views),
+        sum(v["watch_time_ms"] for v in views),
+        sum(v["rebuffer_duration_ms"] for v in views),
+        sum(v["start_failure"] for v in views),
+        sum(v["playback_failure"] for v in views),
+        sum(v["exit_before_start"] for v in views),
+        sum(v["startup_time_ms"] for v in views if v["started"]),
+    )
+    for table in ("view_rollup_minute", "view_rollup_hour"):
+        got_sums = client.execute(
+            "SELECT sum(views), sum(watch_time_ms), sum(rebuffer_duration_ms), sum(start_failures),"
+            f" sum(playback_failures), sum(exits_before_start), sum(startup_time_ms_sum) FROM {table}"
+        )[0]
+        assert tuple(got_sums) == expected_sums, table
+
+
+def assert_derived_events_match_truth(stream: StreamEnv, truth: Truth) -> None:
+    """Each derived id at least once; deduplicated by id, exactly the expected set."""
+    watched = stream.consume(event_format.VIDEO_WATCHED_TOPIC)
+    expected_watched = {str(processors.video_watched_id(s)) for s in truth.views}
+    assert {w["id"] for w in watched} == expected_watched
+    by_id = {w["id"]: w for w in watched}
+    for session, expected in truth.views.items():
+        event = by_id[str(processors.video_watched_id(session))]
+        assert event["watchTimeMs"] == expected["watch_time_ms"]
+        assert event["failed"] == expected["playback_failure"]
+    errors = stream.consume(event_format.VIDEO_ERROR_TOPIC)
+    assert {e["eventId"] for e in errors} == truth.fatal_error_ids
+    assert {e["id"] for e in errors} == {str(processors.video_error_id(uuid.UUID(i))) for i in truth.fatal_error_ids}

@@ -1,0 +1,232 @@
+"""The pure processor on plain data: no broker, no ClickHouse."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from pathlib import Path
+
+import orjson
+
+from streams import processors
+from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, DictStore, PartitionProcessor
+from streams.simulate import Message, stream_generate
+
+T0 = 1_780_000_000_000
+FIGURES = (
+    "start_ts",
+    "end_ts",
+    "has_view_start",
+    "started",
+    "startup_time_ms",
+    "watch_time_ms",
+    "rebuffer_count",
+    "rebuffer_duration_ms",
+    "error_count",
+    "fatal_error_count",
+    "start_failure",
+    "playback_failure",
+    "exit_before_start",
+    "close_reason",
+    "event_count",
+    "user_id",
+    "video_id",
+    "country",
+    "device",
+)
+
+
+def run(messages, *, processor=None, store=None, first_offset=0):
+    processor = processor or PartitionProcessor()
+    store = store if store is not None else DictStore()
+    outputs = [
+        processor.process(m.value(), key=m.key(), partition=0, offset=first_offset + i, store=store)
+        for i, m in enumerate(messages)
+    ]
+    return processors.outputs_merge(outputs), outputs
+
+
+def ev(etype, ts, session="s1", user="u1", **extra):
+    return {
+        "eventId": str(uuid.uuid4()),
+        "type": etype,
+        "userId": user,
+        "sessionId": session,
+        "videoId": "v1",
+        "timestamp": ts,
+        "receivedAt": ts,
+        **extra,
+    }
+
+
+def msg(events, received_at=None, user="u1"):
+    return Message(user_id=user, received_at=received_at or max(e["timestamp"] for e in events), events=events)
+
+
+def tick(ts):
+    return msg([ev("stream.tick", ts, session=None, user="tick")], user="tick")
+
+
+def views_by_session(out):
+    """Summaries by session, without the source offset (which depends on where the view closed)."""
+    index = {name: i for i, name in enumerate(VIEW_COLUMNS) if name != "kafka_offset"}
+    return {row[0]: {name: row[i] for name, i in index.items()} for row in out.views}
+
+
+def test_generated_stream_gives_exactly_the_truth():
+    stream = stream_generate(views=400, users=60, seed=7, partitions=1, start_ms=T0)
+    out, _ = run(stream.messages)
+    truth = stream.truth
+    ids = [str(row[0]) for row in out.events]
+    assert len(ids) == len(set(ids)), "an event was stored twice"
+    assert set(ids) == truth.event_ids
+    late = EVENT_COLUMNS.index("late")
+    assert {str(row[0]) for row in out.events if row[late]} == truth.late_ids
+    assert out.duplicates == truth.duplicates_sent
+    assert len(out.dead_letters) == truth.poison_messages + truth.poison_events
+    assert all(d["reason"] for d in out.dead_letters)
+
+    got = views_by_session(out)
+    assert set(got) == set(truth.views)
+    for session, expected in truth.views.items():
+        row = got[session]
+        assert {k: row[k] for k in FIGURES} == {k: expected[k] for k in FIGURES}, session
+    assert sorted(w["id"] for w in out.video_watched) == sorted(
+        str(processors.video_watched_id(s)) for s in truth.views
+    )
+    assert sorted(e["eventId"] for e in out.video_errors) == sorted(truth.fatal_error_ids)
+    assert {e["id"] for e in out.video_errors} == {
+        str(processors.video_error_id(uuid.UUID(i))) for i in truth.fatal_error_ids
+    }
+
+
+def test_replay_from_a_restored_state_reproduces_the_same_output():
+    """What a crash does: state restored as of the last commit, messages after it replayed."""
+    stream = stream_generate(views=150, users=20, seed=3, partitions=1, start_ms=T0)
+    processor, store = PartitionProcessor(), DictStore()
+    cut = len(stream.messages) // 3
+    run(stream.messages[:cut], processor=processor, store=store)
+    snapshot = copy.deepcopy(store.data)
+    _, first = run(stream.messages[cut:], processor=processor, store=store, first_offset=cut)
+    restored = DictStore()
+    restored.data = snapshot
+    _, second = run(stream.messages[cut:], processor=PartitionProcessor(), store=restored, first_offset=cut)
+    assert [(o.events, o.views, o.video_watched, o.video_errors) for o in first] == [
+        (o.events, o.views, o.video_watched, o.video_errors) for o in second
+    ]
+
+
+def test_watch_time_counts_playing_and_rebuffering_only():
+    events = [
+        ev("view_start", T0),
+        ev("playing", T0 + 1_000),  # startup 1 s
+        ev("pause", T0 + 11_000),  # 10 s played
+        ev("playing", T0 + 16_000),  # 5 s paused: not watched
+        ev("rebuffer_start", T0 + 21_000),  # 5 s played
+        ev("rebuffer_end", T0 + 23_000),  # 2 s rebuffering: watched
+        ev("seek", T0 + 25_000),  # 2 s played
+        ev("playing", T0 + 26_000),  # 1 s seeking: not watched
+        ev("ended", T0 + 30_000),  # 4 s played
+    ]
+    out, _ = run([msg(events), tick(T0 + 200_000)])
+    (view,) = views_by_session(out).values()
+    assert view["startup_time_ms"] == 1_000
+    assert view["watch_time_ms"] == 10_000 + 5_000 + 2_000 + 2_000 + 4_000
+    assert view["rebuffer_duration_ms"] == 2_000
+    assert view["rebuffer_count"] == 1
+    assert view["close_reason"] == "ended"
+    assert view["completion"] == 1.0
+
+
+def test_out_of_order_events_within_the_grace_period_are_sorted_by_event_time():
+    events = [
+        ev("view_start", T0),
+        ev("playing", T0 + 500),
+        ev("rebuffer_start", T0 + 10_000),
+        ev("rebuffer_end", T0 + 13_000),
+        ev("ended", T0 + 20_000),
+    ]
+    in_order, _ = run([msg(events), tick(T0 + 100_000)])
+    # ended first, the rest 3 s later (received before the 5 s grace after the end has passed)
+    shuffled = [msg([events[4]]), msg(list(reversed(events[:4])), received_at=T0 + 23_000)]
+    out_of_order, _ = run([*shuffled, tick(T0 + 100_000)])
+    assert views_by_session(in_order) == views_by_session(out_of_order)
+    assert views_by_session(out_of_order)["s1"]["watch_time_ms"] == 19_500
+    assert not out_of_order.late
+
+
+def test_an_event_after_its_view_closed_is_stored_as_late_and_not_applied():
+    events = [ev("view_start", T0), ev("playing", T0 + 500), ev("ended", T0 + 10_000)]
+    late_event = ev("heartbeat", T0 + 5_000)
+    out, outputs = run([msg(events), tick(T0 + 20_000), msg([late_event], received_at=T0 + 30_000)])
+    assert len(out.views) == 1
+    assert outputs[1].views, "the view closes when the watermark passes end + grace"
+    assert out.late == 1
+    late = EVENT_COLUMNS.index("late")
+    assert [str(r[0]) for r in out.events if r[late]] == [late_event["eventId"]]
+
+
+def test_idle_view_closes_sixty_seconds_after_its_last_event():
+    events = [ev("view_start", T0), ev("playing", T0 + 500), ev("heartbeat", T0 + 10_000)]
+    _, outputs = run([msg(events), tick(T0 + 69_999), tick(T0 + 70_000)])
+    assert not outputs[1].views
+    (view,) = outputs[2].views
+    assert view[VIEW_COLUMNS.index("close_reason")] == "idle"
+    assert outputs[2].video_watched[0]["sessionId"] == "s1"
+
+
+def test_duplicate_event_id_in_a_later_message_counts_once():
+    first = ev("view_start", T0)
+    out, _ = run([msg([first]), msg([dict(first, receivedAt=T0 + 9_000)], received_at=T0 + 9_000)])
+    assert len(out.events) == 1
+    assert out.duplicates == 1
+
+
+def test_fatal_error_publishes_video_error_with_view_context():
+    events = [ev("view_start", T0), ev("playing", T0 + 800), ev("error", T0 + 5_000, errorCode="E1", fatal=True)]
+    out, _ = run([msg(events)])
+    (error,) = out.video_errors
+    assert error["timeSinceViewStartMs"] == 5_000
+    assert error["errorCode"] == "E1"
+    assert error["id"] == str(processors.video_error_id(uuid.UUID(events[2]["eventId"])))
+
+
+def test_poison_messages_go_to_the_dead_letter_output_with_a_reason():
+    bad_json = Message(user_id="u1", received_at=T0, events=[], raw=b"\xff not json")
+    unknown_version = Message(user_id="u1", received_at=T0, events=[], raw=orjson.dumps({"v": 2}))
+    bad_event = msg([ev("view_start", T0), {**ev("playing", T0 + 1), "timestamp": "yesterday"}], received_at=T0)
+    out, _ = run([bad_json, unknown_version, bad_event])
+    reasons = [d["reason"] for d in out.dead_letters]
+    assert reasons[0].startswith("not JSON")
+    assert reasons[1] == "unknown message version 2"
+    assert reasons[2].startswith("timestamp")
+    assert len(out.events) == 1  # the valid event of the mixed message is kept
+
+
+def test_derived_events_match_their_avro_schemas():
+    """The JSON on the topics follows streams/schemas/*.avsc (what an Avro serializer would need)."""
+    import fastavro
+    import fastavro.validation
+
+    schemas = Path(processors.__file__).parent / "schemas"
+    watched = fastavro.parse_schema(orjson.loads((schemas / "video_watched.avsc").read_bytes()))
+    error = fastavro.parse_schema(orjson.loads((schemas / "video_error.avsc").read_bytes()))
+    stream = stream_generate(views=120, users=20, seed=5, partitions=1, start_ms=T0)
+    out, _ = run(stream.messages)
+    assert out.video_watched and out.video_errors
+    for event in out.video_watched:
+        assert fastavro.validation.validate(event, watched, raise_errors=True)
+    for event in out.video_errors:
+        assert fastavro.validation.validate(event, error, raise_errors=True)
+
+
+def test_state_of_a_user_who_never_comes_back_is_deleted_after_the_dedup_window():
+    store = DictStore()
+    events = [ev("view_start", T0), ev("playing", T0 + 500), ev("ended", T0 + 10_000)]
+    run([msg(events), tick(T0 + 60_000)], store=store)
+    assert any(prefix == b"u1" for prefix, _ in store.data), "the user's dedup ids are remembered"
+    day = 24 * 3600 * 1000
+    run([tick(T0 + day + 120_000)], processor=None, store=store, first_offset=2)
+    assert not [key for key in store.data if key[0] == b"u1"]
+    timers = [orjson.loads(v) for (prefix, key), v in store.data.items() if prefix == processors.PARTITION_PREFIX]
+    assert not any("u1" in t for t in timers if isinstance(t, dict))
