@@ -12,6 +12,7 @@ Two configurations come from this one module, chosen by ``ANALYTICS_ENV``:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -66,15 +67,21 @@ VAR_DIR = Path(env("ANALYTICS_VAR_DIR", str(BASE_DIR / "var")))
 
 
 def _local_secret_key() -> str:
-    """A per-checkout key kept under var/ so sessions survive a restart of the local stack."""
+    """A per-checkout key kept under var/ so sessions survive a restart of the local stack.
+
+    Several processes of the stack start at once on a fresh var/: the key is written to a temp
+    file and linked into place, so exactly one key wins and nobody reads a half-written file.
+    """
     path = VAR_DIR / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(50)
-    path.write_text(key)
-    path.chmod(0o600)
-    return key
+    if not path.exists():
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = VAR_DIR / f".secret_key.{os.getpid()}"
+        tmp.write_text(secrets.token_urlsafe(50))
+        tmp.chmod(0o600)
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # atomic, and fails if another process won the race
+        tmp.unlink()
+    return path.read_text().strip()
 
 
 if PRODUCTION:
