@@ -103,8 +103,14 @@ def test_devstack_runs_the_service_and_stops_cleanly(tmp_path: Path) -> None:
         assert status == 200 and b"django_http_requests" in body
     finally:
         _stop(process, output)
+    supervisor = [line.split("|", 1)[1].strip() for line in output if line.startswith("devstack ")]
+    for name in ("broker", "clickhouse", "web", "streams", "worker", "beat"):
+        assert any(line.startswith(f"started {name} (pid") for line in supervisor), supervisor
+    # Nothing died while it ran: the supervisor announces a child's exit before stopping the stack.
+    assert not any("exited with" in line for line in supervisor), supervisor
+    assert supervisor[-1] == "stopped"
     labels = {line.split("|", 1)[0].strip() for line in output if "|" in line}
-    assert {"broker", "clickhouse", "web", "worker", "beat", "devstack"} <= labels, labels
+    assert {"broker", "clickhouse", "web", "streams"} <= labels, labels  # their output is labelled
     # Second start on the same var/: the data survives (the admin user is not recreated).
     output2: list[str] = []
     process = _start(tmp_path / "var", ports, output2)
