@@ -863,7 +863,11 @@ def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequen
     for key in order:
         entry = groups[key]
         values = entry["points"]
-        points = [{"t": label, "value": values.get(t, empty)} for t, label in buckets]
+        if request.interval:
+            points = [{"t": label, "value": values.get(t, empty)} for t, label in buckets]
+        else:
+            # No interval: the whole range is one bucket, labelled with its start (API.md's shape).
+            points = [{"t": request.start.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": entry["total"]}]
         series.append(
             {"group": dict(zip(request.group_by, key, strict=True)), "points": points, "total": entry["total"]}
         )

@@ -312,6 +312,8 @@ def expected(
             for r in members:
                 per_bucket[int(r[time_key].timestamp()) // STEP[interval] * STEP[interval]].append(r)
         points = [{"t": _iso(t), "value": aggregate(per_bucket[t]) if per_bucket.get(t) else empty} for t in buckets]
+        if not interval:
+            points = [{"t": _iso(int(start.timestamp())), "value": total}]  # the whole range as one bucket
         series.append({"group": dict(zip(group_by, key, strict=True)), "points": points, "total": total})
     if group_by:
         series.sort(key=lambda s: (s["total"] is None, -(s["total"] or 0), tuple(str(v) for v in s["group"].values())))
