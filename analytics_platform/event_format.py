@@ -29,6 +29,17 @@ event of a message passed validation, and no ``eventId`` repeats within one requ
 
 Consumers must accept unknown keys (newer producers may add optional fields) and reject messages
 whose ``v`` they do not know (to the dead-letter topic, with the reason).
+
+**Tick messages** (control, not events): ``{"v": 1, "tick": int}``, key ``b"\\x00tick"``, produced
+by the stream workers (``streams.app.IdleTicker``) with an explicit partition, to a partition that
+has been idle for ``STREAMS_IDLE_TICK_SECONDS`` while one of its timers is due. ``tick`` is the
+worker's wall-clock time (epoch ms): "no message reached this partition before this point in the
+log, and the clock says ``tick``". A message is a tick only when it has ``tick`` and neither
+``userId`` nor ``events``; ingest always writes both, so ingest never produces a tick and no client
+can forge one. Consumers must never count a tick as an event (no raw row, no rollup, no dead
+letter); the stream processor uses it to advance the partition's watermark to ``tick - grace``
+(never backwards) so that views close without further traffic (``streams/processors.py``). Other
+consumers of this topic must skip ticks.
 """
 
 from __future__ import annotations

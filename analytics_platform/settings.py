@@ -426,6 +426,9 @@ STREAMS_SINK_CHUNK_ROWS = env_int("STREAMS_SINK_CHUNK_ROWS", 20_000)  # rows per
 STREAMS_CLICKHOUSE_COMPRESSION = env("STREAMS_CLICKHOUSE_COMPRESSION", "lz4" if PRODUCTION else "")
 STREAMS_IDLE_TIMEOUT_MS = env_int("STREAMS_IDLE_TIMEOUT_MS", 60_000)  # a view closes after 60 s without events
 STREAMS_GRACE_MS = env_int("STREAMS_GRACE_MS", 5_000)  # out-of-order allowance before a view closes
+# A partition that consumed nothing for this long gets a tick (wall-clock time as a message) when a
+# timer is due, so finished/silent views close without further traffic; 0 turns ticks off.
+STREAMS_IDLE_TICK_SECONDS = float(env("STREAMS_IDLE_TICK_SECONDS", "5"))
 STREAMS_DEDUP_WINDOW_MS = env_int("STREAMS_DEDUP_WINDOW_MS", 24 * 3600 * 1000)  # eventId memory per user
 # Prometheus exposition of each worker (consumer lag per partition, counters); 0 turns it off.
 # Several workers on one host need one port each: `run_stream --metrics-port`.

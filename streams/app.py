@@ -14,6 +14,10 @@ partition, restored from its changelog topic) -> ``Output`` -> branches:
   ``exactly-once`` on a real Kafka cluster);
 * ``events-dlq``: poison messages and events with the reason.
 
+Idle partitions: an ``IdleTicker`` thread appends a tick (``processors.tick_message``) to each
+assigned partition that has consumed nothing for ``STREAMS_IDLE_TICK_SECONDS`` while one of its
+timers is due by the wall clock, so that finished and silent views close without further traffic.
+
 Checkpoints every ``STREAMS_COMMIT_INTERVAL`` seconds (5). On the local Tansu broker the local state
 dir is wiped at start (``STREAMS_WIPE_STATE_ON_START``): its ListOffsets bug makes kept state crash
 Quix, and the state is rebuilt from the changelog topics anyway.
@@ -24,11 +28,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import orjson
-from confluent_kafka import TopicCollection
+from confluent_kafka import KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from prometheus_client import Counter, Gauge, start_http_server
@@ -38,10 +45,14 @@ from quixstreams.kafka.configuration import ConnectionConfig
 
 from analytics_platform import event_format, kafka
 from analytics_platform.clickhouse import client_get
-from streams.processors import Output, PartitionProcessor, ProcessorConfig, StateStore
+from streams.processors import Output, PartitionProcessor, ProcessorConfig, StateStore, tick_message
 from streams.sinks import ClickHouseSink
 
 logger = logging.getLogger(__name__)
+
+# Key of tick messages (they are produced to an explicit partition; the key only marks them). A
+# userId never starts with NUL, so no user's message carries it.
+TICK_KEY = b"\x00tick"
 
 CONSUMER_LAG = Gauge(
     "streams_consumer_lag", "Messages behind the partition's high watermark", ["group", "topic", "partition"]
@@ -50,6 +61,7 @@ EVENTS_PROCESSED = Counter("streams_events_total", "Events processed (duplicates
 DUPLICATES = Counter("streams_duplicate_events_total", "Events dropped as duplicates of an earlier eventId")
 LATE_EVENTS = Counter("streams_late_events_total", "Events that arrived after their view had closed")
 DEAD_LETTERS = Counter("streams_dead_letters_total", "Messages or events sent to the dead-letter topic")
+TICKS_SENT = Counter("streams_idle_ticks_total", "Ticks produced to idle partitions so that their timers fire")
 
 
 class QuixStore:
@@ -68,27 +80,149 @@ class QuixStore:
         self._tx.delete(key, prefix=prefix)
 
 
-def _stats_to_gauge(group: str) -> Any:
-    """librdkafka statistics callback: per-partition consumer lag into the Prometheus gauge."""
+class TimerView(Protocol):
+    """What the ticker reads of the processor (``PartitionProcessor`` implements it)."""
+
+    def next_deadline(self, partition: int) -> int | None: ...
+
+    def forget(self, partition: int) -> None: ...
+
+
+class IdleTicker:
+    """Appends ticks to the idle partitions this process owns, so that their timers fire.
+
+    Why a thread and a message rather than a wall-clock check inside the processor: the processor
+    must stay a pure function of (state, message) for exact replays, so the wall-clock reading has
+    to enter through the log. Why not Quix: quixstreams 3.28 has no wall-clock punctuation for
+    ``StreamingDataFrame.apply`` (its windows also advance on event time only).
+
+    A partition gets a tick when all of these hold: it is assigned here (librdkafka statistics,
+    refreshed every 5 s); nothing was consumed from it for ``idle_seconds`` (a busy partition's own
+    events advance its watermark); its earliest timer is due at ``now - grace`` or unknown (after an
+    assignment, before the first message); and no tick of ours to it is still unconsumed (at most one
+    in flight, re-sent after ``resend_seconds`` in case it was lost). So a quiet partition gets about
+    one tick per view to close, not one every few seconds forever.
+
+    ``note_message`` and ``assignment_set`` are called by the consumer thread; ``run`` is the
+    ticker's own thread. The shared dicts are only assigned item by item (atomic under the GIL).
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        processor: TimerView,
+        idle_seconds: float,
+        grace_ms: int,
+        producer_factory: Callable[[], Any],
+        resend_seconds: float = 30.0,
+    ) -> None:
+        self.topic = topic
+        self.processor = processor
+        self.idle_seconds = idle_seconds
+        self.grace_ms = grace_ms
+        self.resend_seconds = max(resend_seconds, idle_seconds)
+        self._producer_factory = producer_factory
+        self._assigned: frozenset[int] = frozenset()
+        self._last_message: dict[int, float] = {}  # partition -> monotonic time of its last consumed message
+        self._in_flight: dict[int, float] = {}  # partition -> monotonic time our unconsumed tick was sent
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def note_message(self, partition: int, *, tick: bool) -> None:
+        now = time.monotonic()
+        self._last_message[partition] = now
+        if tick:
+            self._in_flight.pop(partition, None)
+
+    def assignment_set(self, partitions: frozenset[int]) -> None:
+        """The partitions of the events topic assigned here; drops timers of the revoked ones."""
+        for partition in self._assigned - partitions:
+            self.processor.forget(partition)
+            self._in_flight.pop(partition, None)
+        for partition in partitions - self._assigned:
+            self._last_message.setdefault(partition, time.monotonic())
+        self._assigned = partitions
+
+    def due(self, now_monotonic: float, now_ms: int) -> list[int]:
+        """The partitions that need a tick now."""
+        result = []
+        for partition in sorted(self._assigned):
+            if now_monotonic - self._last_message.get(partition, now_monotonic) < self.idle_seconds:
+                continue
+            sent = self._in_flight.get(partition)
+            if sent is not None and now_monotonic - sent < self.resend_seconds:
+                continue
+            deadline = self.processor.next_deadline(partition)
+            if deadline is not None and deadline > now_ms - self.grace_ms:
+                continue
+            result.append(partition)
+        return result
+
+    def run(self) -> None:
+        producer = self._producer_factory()
+        interval = max(0.2, min(1.0, self.idle_seconds / 2))
+        while not self._stop.wait(interval):
+            try:
+                self._tick_due(producer)
+            except Exception:
+                # A failing ticker only delays idle closes; it must not die silently or stop the worker.
+                logger.exception("idle ticker failed; retrying")
+        producer.flush(5)
+
+    def _tick_due(self, producer: Any) -> None:
+        now_ms = int(time.time() * 1000)
+        for partition in self.due(time.monotonic(), now_ms):
+            try:
+                producer.produce(self.topic, tick_message(now_ms), TICK_KEY, partition=partition)
+            except (BufferError, KafkaException) as exc:
+                logger.warning("tick not produced", extra={"partition": partition, "error": str(exc)})
+                continue
+            self._in_flight[partition] = time.monotonic()
+            TICKS_SENT.inc()
+        producer.poll(0)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="idle-ticker", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
+def _stats_to_gauge(group: str, on_assigned: Callable[[dict[str, frozenset[int]]], None] | None = None) -> Any:
+    """librdkafka statistics callback: per-partition consumer lag into the Prometheus gauge.
+
+    ``on_assigned`` also gets the partitions being fetched, per topic (the ticker's view of the
+    assignment, refreshed with each statistics report; Quix has no public assignment hook).
+    """
 
     exported: set[tuple[str, str]] = set()
 
     def on_stats(raw: str) -> None:
         stats = orjson.loads(raw)
         current: set[tuple[str, str]] = set()
+        assigned: dict[str, frozenset[int]] = {}
         for topic, info in stats.get("topics", {}).items():
+            fetching: set[int] = set()
             for partition, p in info.get("partitions", {}).items():
                 if partition == "-1" or p.get("fetch_state") in (None, "none", "stopped"):
                     continue
+                fetching.add(int(partition))
                 lag = p.get("consumer_lag", -1)
                 if lag >= 0:
                     CONSUMER_LAG.labels(group, topic, partition).set(lag)
                     current.add((topic, partition))
+            assigned[topic] = frozenset(fetching)
         # A partition given to another process after a rebalance is no longer this one's to report.
         for topic, partition in exported - current:
             CONSUMER_LAG.remove(group, topic, partition)
         exported.clear()
         exported.update(current)
+        if on_assigned is not None:
+            on_assigned(assigned)
 
     return on_stats
 
@@ -124,8 +258,38 @@ def _alive(pid: int) -> bool:
 def application_build(
     *, consumer_group: str | None = None, processing_guarantee: str | None = None
 ) -> tuple[Application, PartitionProcessor]:
-    """The Quix application of the events worker, configured from settings."""
+    """The Quix application of the events worker, configured from settings (no ticker)."""
+    app, processor, _ = worker_build(consumer_group=consumer_group, processing_guarantee=processing_guarantee)
+    return app, processor
+
+
+def worker_build(
+    *, consumer_group: str | None = None, processing_guarantee: str | None = None
+) -> tuple[Application, PartitionProcessor, IdleTicker | None]:
+    """The Quix application, its processor and its idle ticker (None when ticks are off)."""
     group = consumer_group or settings.STREAMS_CONSUMER_GROUP
+    events_topic = kafka.topic_name(event_format.EVENTS_TOPIC)
+    processor = PartitionProcessor(
+        ProcessorConfig(
+            idle_timeout_ms=settings.STREAMS_IDLE_TIMEOUT_MS,
+            grace_ms=settings.STREAMS_GRACE_MS,
+            dedup_window_ms=settings.STREAMS_DEDUP_WINDOW_MS,
+        )
+    )
+    ticker: IdleTicker | None = None
+    if settings.STREAMS_IDLE_TICK_SECONDS > 0:
+        ticker = IdleTicker(
+            topic=events_topic,
+            processor=processor,
+            idle_seconds=settings.STREAMS_IDLE_TICK_SECONDS,
+            grace_ms=settings.STREAMS_GRACE_MS,
+            producer_factory=lambda: Producer(kafka.client_config(**{"linger.ms": 0, "acks": "all"})),
+        )
+
+    def on_assigned(assigned: dict[str, frozenset[int]]) -> None:
+        if ticker is not None:
+            ticker.assignment_set(assigned.get(events_topic, frozenset()))
+
     state_dir = state_dir_prepare(
         root=Path(settings.STREAMS_STATE_DIR), group=group, wipe=settings.STREAMS_WIPE_STATE_ON_START
     )
@@ -141,25 +305,15 @@ def application_build(
         consumer_extra_config={
             "session.timeout.ms": settings.STREAMS_SESSION_TIMEOUT_MS,
             "statistics.interval.ms": 5000,
-            "stats_cb": _stats_to_gauge(group),
+            "stats_cb": _stats_to_gauge(group, on_assigned),
         },
         state_dir=state_dir,
         use_changelog_topics=True,
     )
-    events = app.topic(
-        kafka.topic_name(event_format.EVENTS_TOPIC), key_deserializer="bytes", value_deserializer="bytes"
-    )
+    events = app.topic(events_topic, key_deserializer="bytes", value_deserializer="bytes")
     watched = app.topic(kafka.topic_name(event_format.VIDEO_WATCHED_TOPIC), key_serializer="str")
     errors = app.topic(kafka.topic_name(event_format.VIDEO_ERROR_TOPIC), key_serializer="str")
     dlq = app.topic(kafka.topic_name(event_format.EVENTS_DLQ_TOPIC), key_serializer="str")
-
-    processor = PartitionProcessor(
-        ProcessorConfig(
-            idle_timeout_ms=settings.STREAMS_IDLE_TIMEOUT_MS,
-            grace_ms=settings.STREAMS_GRACE_MS,
-            dedup_window_ms=settings.STREAMS_DEDUP_WINDOW_MS,
-        )
-    )
 
     def process(value: bytes, key: bytes | None, timestamp: int, headers: Any, state: Any) -> Output:
         context = message_context()
@@ -184,6 +338,8 @@ def application_build(
                     "payload": value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value),
                 }
             )
+        if ticker is not None:
+            ticker.note_message(context.partition, tick=key == TICK_KEY)
         EVENTS_PROCESSED.inc(len(out.events))
         if out.duplicates:
             DUPLICATES.inc(out.duplicates)
@@ -226,7 +382,7 @@ def application_build(
     sdf = sdf.update(sink_add, metadata=True)
     sdf = sdf.apply(derived, expand=True)
     sdf.to_topic(route, key=route_key)
-    return app, processor
+    return app, processor, ticker
 
 
 def stream_run(*, metrics_port: int | None = None, consumer_group: str | None = None) -> None:
@@ -234,6 +390,12 @@ def stream_run(*, metrics_port: int | None = None, consumer_group: str | None = 
     port = settings.STREAMS_METRICS_PORT if metrics_port is None else metrics_port
     if port:
         start_http_server(port, addr=settings.STREAMS_METRICS_ADDR)
-    app, _ = application_build(consumer_group=consumer_group)
+    app, _, ticker = worker_build(consumer_group=consumer_group)
     logger.info("stream worker starting", extra={"group": consumer_group or settings.STREAMS_CONSUMER_GROUP})
-    app.run()
+    if ticker is not None:
+        ticker.start()
+    try:
+        app.run()
+    finally:
+        if ticker is not None:
+            ticker.stop()

@@ -28,6 +28,16 @@ Why it is shaped this way:
   (so one message re-serialises a small bucket, not the whole index) and mirrored in an in-memory
   heap that is rebuilt from the buckets whenever the partition's offsets jump (a new assignment,
   a restart, or Quix seeking back after a sink backpressure).
+* **Ticks: wall-clock progress as data.** Event time only advances with events, so on a partition
+  with no further traffic a finished view would never close. The worker therefore appends a *tick*
+  (``{"v": 1, "tick": <wall-clock ms>}``, see ``analytics_platform/event_format.py``) to a partition
+  that has been idle for ``STREAMS_IDLE_TICK_SECONDS`` while a timer is due. A tick at ``T`` means
+  "the wall clock is ``T``": it raises the watermark to ``T - grace_ms`` (never lowers it; the grace
+  is the allowance for events stamped before ``T`` that are still in flight from ingest or were
+  stamped by a slightly slower clock) and fires the due timers. It writes no raw row, counts as no
+  event and touches no user's state directly. Because the wall-clock reading is *in the message*,
+  the processor stays a pure function: a replay reads the same tick at the same offset and produces
+  the same rows and derived events.
 """
 
 from __future__ import annotations
@@ -197,6 +207,34 @@ def _ts(event: dict[str, Any], name: str) -> int:
     if value is None:
         raise PoisonError(f"{name}: missing")
     return value
+
+
+TICK_MAX_BYTES = 64  # a tick is ``{"v":1,"tick":<13 digits>}``: only short messages are checked for one
+
+
+def tick_decode(value: bytes) -> int | None:
+    """The wall-clock time (epoch ms) of a tick message, or None when ``value`` is not a tick.
+
+    A tick is an object with ``v`` 1 and an integer ``tick`` and neither ``userId`` nor ``events``:
+    an ingest message can never be one (ingest always writes both), so a client cannot forge one.
+    Raises PoisonError for a tick whose time is not an integer in the stored range.
+    """
+    if len(value) > TICK_MAX_BYTES or b'"tick"' not in value:
+        return None
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    if type(body) is not dict or "tick" not in body or "userId" in body or "events" in body:
+        return None
+    if body.get("v") != event_format.MESSAGE_VERSION:
+        return None  # the ordinary path dead-letters an unknown version
+    return _ts(body, "tick")
+
+
+def tick_message(wall_clock_ms: int) -> bytes:
+    """The value of a tick message (produced by the stream workers only, never by ingest)."""
+    return orjson.dumps({"v": event_format.MESSAGE_VERSION, "tick": wall_clock_ms})
 
 
 def message_decode(value: bytes) -> tuple[str, int, list[Any]]:
@@ -444,6 +482,14 @@ class PartitionProcessor:
             timers = self._timers[partition] = _PartitionTimers(store)
         timers.last_offset = offset
         try:
+            tick = tick_decode(value)
+        except PoisonError as exc:
+            out.dead_letters.append(_dead_letter(str(exc), value, key, partition, offset))
+            return out
+        if tick is not None:
+            self._tick(timers, store, tick, out)
+            return out
+        try:
             user, received_at, raw_events = message_decode(value)
         except PoisonError as exc:
             out.dead_letters.append(_dead_letter(str(exc), value, key, partition, offset))
@@ -502,6 +548,37 @@ class PartitionProcessor:
         store.set(prefix, "u", user_state)
         self._timers_fire(timers, store, watermark, out)
         return out
+
+    def _tick(self, timers: _PartitionTimers, store: StateStore, wall_clock_ms: int, out: Output) -> None:
+        """Advance the watermark to ``wall_clock_ms - grace`` (never backwards) and fire due timers."""
+        target = wall_clock_ms - self.config.grace_ms
+        if target <= timers.watermark:
+            return  # traffic (or an earlier tick) already took the partition this far: nothing to do
+        timers.watermark = target
+        store.set(PARTITION_PREFIX, "wm", target)
+        self._timers_fire(timers, store, target, out)
+
+    def next_deadline(self, partition: int) -> int | None:
+        """The earliest armed timer of ``partition`` (event-time ms), for the worker's ticker.
+
+        ``None``: this process has not loaded the partition's timers (no message since the
+        assignment), so it cannot tell: the ticker ticks, and the tick loads them. ``_MAX_TS + 1``:
+        no timer armed. May be earlier than the truth (a superseded heap entry): the tick it causes
+        then finds nothing due and drops that entry. Read from another thread without a lock: the
+        reads are single operations on the list and dict (atomic under the GIL) and any race only
+        makes the answer early or unknown, which costs one spare tick.
+        """
+        timers = self._timers.get(partition)
+        if timers is None:
+            return None
+        try:
+            return timers.heap[0][0]
+        except IndexError:
+            return _MAX_TS + 1
+
+    def forget(self, partition: int) -> None:
+        """Drop the in-memory timers of a partition (it was revoked): the store is the truth again."""
+        self._timers.pop(partition, None)
 
     def _view_add(self, view: dict[str, Any], row: tuple[Any, ...], raw: dict[str, Any]) -> None:
         etype = row[_TYPE]

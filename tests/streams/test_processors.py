@@ -230,3 +230,109 @@ def test_state_of_a_user_who_never_comes_back_is_deleted_after_the_dedup_window(
     assert not [key for key in store.data if key[0] == b"u1"]
     timers = [orjson.loads(v) for (prefix, key), v in store.data.items() if prefix == processors.PARTITION_PREFIX]
     assert not any("u1" in t for t in timers if isinstance(t, dict))
+
+
+class WallTick:
+    """A worker's tick message (wall-clock time), as ``streams.app.IdleTicker`` produces it."""
+
+    def __init__(self, wall_clock_ms):
+        self.wall_clock_ms = wall_clock_ms
+
+    def value(self):
+        return processors.tick_message(self.wall_clock_ms)
+
+    def key(self):
+        return b"\x00tick"
+
+
+GRACE = processors.ProcessorConfig().grace_ms
+IDLE = processors.ProcessorConfig().idle_timeout_ms
+
+
+def test_ended_view_with_no_later_traffic_is_closed_by_a_wall_clock_tick_and_not_before():
+    """A tick at T moves the watermark to T - grace: the view closes once T - grace >= end + grace."""
+    end = T0 + 20_000
+    events = [ev("view_start", T0), ev("playing", T0 + 500), ev("ended", end)]
+    due = end + GRACE + GRACE
+    out, outputs = run([msg(events), WallTick(end + GRACE), WallTick(due - 1), WallTick(due)])
+    assert not outputs[0].views and not outputs[1].views and not outputs[2].views
+    (view,) = outputs[3].views
+    assert view[VIEW_COLUMNS.index("close_reason")] == "ended"
+    assert view[VIEW_COLUMNS.index("watch_time_ms")] == 19_500
+    assert view[VIEW_COLUMNS.index("kafka_offset")] == 3  # stamped with the tick's offset: the sink stays exact
+    assert [w["sessionId"] for w in outputs[3].video_watched] == ["s1"]
+    # Ticks are no events: no raw row, no dead letter, nothing counted.
+    assert len(out.events) == 3
+    assert not out.dead_letters and not out.duplicates and not out.late
+
+
+def test_silent_view_is_closed_by_a_tick_after_sixty_seconds_of_wall_clock():
+    last = T0 + 10_000
+    events = [ev("view_start", T0), ev("playing", T0 + 500), ev("heartbeat", last)]
+    due = last + IDLE + GRACE
+    _, outputs = run([msg(events), WallTick(due - 1), WallTick(due)])
+    assert not outputs[1].views
+    (view,) = outputs[2].views
+    assert view[VIEW_COLUMNS.index("close_reason")] == "idle"
+    assert not outputs[2].events
+
+
+def test_a_tick_behind_the_watermark_changes_nothing():
+    events = [ev("view_start", T0), ev("playing", T0 + 500), ev("ended", T0 + 20_000)]
+    processor, store = PartitionProcessor(), DictStore()
+    run(
+        [msg(events), msg([ev("heartbeat", T0 + 60_000, session="s2", user="u2")], user="u2")],
+        processor=processor,
+        store=store,
+    )
+    before = copy.deepcopy(store.data)
+    out, _ = run([WallTick(T0 + 30_000)], processor=processor, store=store, first_offset=2)
+    assert (out.events, out.views, out.video_watched, out.dead_letters) == ([], [], [], [])
+    assert store.data == before
+
+
+def test_ticks_replay_exactly_and_do_not_disturb_the_truth():
+    """Ticks interleaved with a stream: a replay from restored state gives the same output, and the
+    generated truth still holds when the ticks follow the stream's own time."""
+    stream = stream_generate(views=150, users=20, seed=5, partitions=1, start_ms=T0)
+    messages: list[Message | WallTick] = []
+    previous = None
+    for m in stream.messages:
+        if previous is not None and m.received_at > previous.received_at + 2_000:
+            messages.append(WallTick(m.received_at - 1_000))  # a quiet second: the clock is behind the next event
+        messages.append(m)
+        previous = m
+    processor, store = PartitionProcessor(), DictStore()
+    cut = len(messages) // 2
+    run(messages[:cut], processor=processor, store=store)
+    snapshot = copy.deepcopy(store.data)
+    _, first = run(messages[cut:], processor=processor, store=store, first_offset=cut)
+    restored = DictStore()
+    restored.data = snapshot
+    _, second = run(messages[cut:], processor=PartitionProcessor(), store=restored, first_offset=cut)
+    assert [(o.events, o.views, o.video_watched, o.video_errors) for o in first] == [
+        (o.events, o.views, o.video_watched, o.video_errors) for o in second
+    ]
+    ticks = sum(isinstance(m, WallTick) for m in messages)
+    assert ticks > 50
+    out, _ = run(messages)
+    late = EVENT_COLUMNS.index("late")
+    assert {str(r[0]) for r in out.events} == stream.truth.event_ids
+    assert {str(r[0]) for r in out.events if r[late]} == stream.truth.late_ids
+    assert len(out.dead_letters) == stream.truth.poison_messages + stream.truth.poison_events
+    got = views_by_session(out)
+    assert set(got) == set(stream.truth.views)
+    for session, expected in stream.truth.views.items():
+        assert {k: got[session][k] for k in FIGURES} == {k: expected[k] for k in FIGURES}, session
+
+
+def test_tick_is_recognised_only_in_its_own_shape():
+    assert processors.tick_decode(processors.tick_message(T0)) == T0
+    # An ingest message (userId and events) is never a tick, whatever else it holds.
+    assert (
+        processors.tick_decode(orjson.dumps({"v": 1, "tick": T0, "userId": "u", "receivedAt": T0, "events": []}))
+        is None
+    )
+    assert processors.tick_decode(orjson.dumps({"v": 2, "tick": T0})) is None
+    out, _ = run([WallTick("soon")])
+    assert len(out.dead_letters) == 1 and "tick" in out.dead_letters[0]["reason"]
