@@ -309,6 +309,8 @@ def worker_build(
         },
         state_dir=state_dir,
         use_changelog_topics=True,
+        # Quix would install its own text handler; None leaves its records to the JSON logging.
+        loglevel=None,
     )
     events = app.topic(events_topic, key_deserializer="bytes", value_deserializer="bytes")
     watched = app.topic(kafka.topic_name(event_format.VIDEO_WATCHED_TOPIC), key_serializer="str")
