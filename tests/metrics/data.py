@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from streams import processors
+
 DIM_VALUES = {
     "country": ["US", "DE", "FR", "BR", "JP"],
     "device": ["mobile", "desktop", "tv"],
@@ -33,62 +35,9 @@ API_TO_COL = {
     "player": "player",
     "type": "type",
 }
-EVENT_COLUMNS = [
-    "event_id",
-    "type",
-    "ts",
-    "user_id",
-    "session_id",
-    "video_id",
-    "client_ts",
-    "received_at",
-    "position_ms",
-    "bitrate_kbps",
-    "error_code",
-    "error_message",
-    "fatal",
-    "device",
-    "os",
-    "browser",
-    "country",
-    "cdn",
-    "player",
-    "properties",
-    "late",
-    "kafka_partition",
-    "kafka_offset",
-]
-VIEW_COLUMNS = [
-    "session_id",
-    "user_id",
-    "video_id",
-    "start_ts",
-    "end_ts",
-    "device",
-    "os",
-    "browser",
-    "country",
-    "cdn",
-    "player",
-    "has_view_start",
-    "started",
-    "startup_time_ms",
-    "watch_time_ms",
-    "rebuffer_count",
-    "rebuffer_duration_ms",
-    "error_count",
-    "fatal_error_count",
-    "start_failure",
-    "playback_failure",
-    "exit_before_start",
-    "max_position_ms",
-    "completion",
-    "event_count",
-    "close_reason",
-    "video_watched_id",
-    "kafka_partition",
-    "kafka_offset",
-]
+# The column order the stream sink writes: the generated rows match the real ones.
+EVENT_COLUMNS = processors.EVENT_COLUMNS
+VIEW_COLUMNS = processors.VIEW_COLUMNS
 
 
 @dataclass
