@@ -362,6 +362,9 @@ ETL_TASK_MAX_RETRIES = env_int("ETL_TASK_MAX_RETRIES", 6)
 ETL_TASK_RETRY_BACKOFF = env_int("ETL_TASK_RETRY_BACKOFF", 30)  # seconds; doubles per retry
 ETL_TASK_RETRY_BACKOFF_MAX = env_int("ETL_TASK_RETRY_BACKOFF_MAX", 1800)
 ETL_CATCHUP_DAYS = env_int("ETL_CATCHUP_DAYS", 3)  # the daily task also retries missed days this far back
+# An export that started within this time after its partition ended is provisional: the next
+# nightly run replaces it (views closing after midnight, late retries). 0: the first export is final.
+ETL_SETTLE_SECONDS = env_int("ETL_SETTLE_SECONDS", 6 * 3600)
 # Client-side retries of BigQuery calls; past them the Celery task retries with backoff instead.
 ETL_BIGQUERY_RETRY_DEADLINE = float(env("ETL_BIGQUERY_RETRY_DEADLINE", "120"))
 ETL_BIGQUERY_UPLOAD_RETRIES = env_int("ETL_BIGQUERY_UPLOAD_RETRIES", 6)

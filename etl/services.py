@@ -219,19 +219,27 @@ def partitions_pending(
     *, table: str, first: dt.date, last: dt.date, hourly: bool = False, force: bool = False
 ) -> list[Partition]:
     """The partitions of ``[first, last]`` still to export: all with ``force``, else those without
-    a successful run (an export that failed after an earlier success left the earlier data intact,
-    because every destination replaces a partition atomically)."""
+    a final successful run (an export that failed after an earlier success left the earlier data
+    intact, because every destination replaces a partition atomically).
+
+    A success is final only if it started ``ETL_SETTLE_SECONDS`` after the partition ended: a view
+    that starts before midnight and closes hours later, or an event retried late, lands in
+    ClickHouse after the first (00:15) export. The nightly catch-up therefore exports a day once
+    provisionally and once more, replacing it, the next night.
+    """
     spec = export_table_get(table)
     hours: list[int | None] = list(range(24)) if hourly else [None]
     wanted = [Partition(day=day, hour=hour) for day in days_between(first, last) for hour in hours]
     if force:
         return wanted
-    done = set(
-        ExportRun.objects.filter(
-            table=spec.name, day__gte=first, day__lte=last, status=ExportRun.Status.SUCCEEDED
-        ).values_list("day", "hour")
-    )
-    return [partition for partition in wanted if (partition.day, partition.hour) not in done]
+    settle = dt.timedelta(seconds=settings.ETL_SETTLE_SECONDS)
+    final: set[tuple[dt.date, int | None]] = set()
+    for day, hour, started_at in ExportRun.objects.filter(
+        table=spec.name, day__gte=first, day__lte=last, status=ExportRun.Status.SUCCEEDED
+    ).values_list("day", "hour", "started_at"):
+        if started_at >= Partition(day=day, hour=hour).end + settle:
+            final.add((day, hour))
+    return [partition for partition in wanted if (partition.day, partition.hour) not in final]
 
 
 def closed_days_pending(*, now: dt.datetime, lookback_days: int) -> list[tuple[str, Partition]]:

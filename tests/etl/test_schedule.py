@@ -111,6 +111,27 @@ def test_a_missed_night_is_caught_up_by_the_next_one(beat_app, settings):
     assert days == [(today - dt.timedelta(days=2)).isoformat(), (today - dt.timedelta(days=1)).isoformat()]
 
 
+def test_an_export_right_after_midnight_is_redone_the_next_night(beat_app, settings):
+    # Views that start before midnight close after the 00:15 export: that export is provisional,
+    # and the next night's run replaces the day once more; after that the day is final.
+    settings.ETL_CATCHUP_DAYS = 2
+    settings.ETL_SETTLE_SECONDS = 6 * 3600
+    today = dt.datetime.now(dt.UTC).date()
+    day_before = today - dt.timedelta(days=2)
+    midnight_after = dt.datetime.combine(day_before + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    for table in ("events", "view_summaries"):
+        run = ExportRun.objects.create(table=table, day=day_before, destination="x", status=ExportRun.Status.SUCCEEDED)
+        ExportRun.objects.filter(pk=run.pk).update(started_at=midnight_after + dt.timedelta(minutes=15))
+    beat_app.tasks["etl.tasks.export_closed_days"].apply()
+    days = sorted({args[1] for _, args, _ in _drain(beat_app)})
+    assert days == [day_before.isoformat(), (today - dt.timedelta(days=1)).isoformat()]
+    # Its second export, a day later, is final: the following night leaves the day alone.
+    ExportRun.objects.filter(day=day_before).update(started_at=midnight_after + dt.timedelta(days=1, minutes=15))
+    beat_app.tasks["etl.tasks.export_closed_days"].apply()
+    days = sorted({args[1] for _, args, _ in _drain(beat_app)})
+    assert days == [(today - dt.timedelta(days=1)).isoformat()]
+
+
 def test_closed_day_and_hour_arithmetic_is_utc():
     just_after_midnight = dt.datetime(2026, 3, 29, 0, 0, 1, tzinfo=dt.UTC)
     assert previous_closed_day(just_after_midnight) == dt.date(2026, 3, 28)
