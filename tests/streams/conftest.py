@@ -273,3 +273,39 @@ def assert_derived_events_match_truth(stream: StreamEnv, truth: Truth) -> None:
     errors = stream.consume(event_format.VIDEO_ERROR_TOPIC)
     assert {e["eventId"] for e in errors} == truth.fatal_error_ids
     assert {e["id"] for e in errors} == {str(processors.video_error_id(uuid.UUID(i))) for i in truth.fatal_error_ids}
+
+
+def web_start(stream_env: StreamEnv, tmp_path: Path, *, threads: int = 2) -> tuple[subprocess.Popen[bytes], int]:
+    """gunicorn with this repository's configuration, posting into the test's broker."""
+    port = processes.free_port()
+    web_env = {
+        **os.environ,
+        **stream_env.env,
+        "PYTHONPATH": str(settings.BASE_DIR),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
+        "INGEST_ALLOWLIST_ENABLED": "false",
+        "INGEST_RATE_LIMIT_REQUESTS": "0",
+        "INGEST_PRODUCER_LINGER_MS": "5",
+        "WEB_CONCURRENCY": "1",
+        "WEB_THREADS": str(threads),
+    }
+    (tmp_path / "prom").mkdir()
+    web_env.pop("DATABASE_URL", None)
+    web = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "gunicorn"),
+            "-c",
+            "python:analytics_platform.gunicorn_conf",
+            f"--bind=127.0.0.1:{port}",
+        ],
+        env=web_env,
+        cwd=settings.BASE_DIR,
+        stdout=open(tmp_path / "web.log", "wb"),  # noqa: SIM115 -- lives with the process
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        processes.wait_for_port("127.0.0.1", port, timeout=30, process=web)
+    except BaseException:
+        web.kill()
+        raise
+    return web, port

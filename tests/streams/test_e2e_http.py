@@ -9,21 +9,16 @@ expected ids.
 from __future__ import annotations
 
 import http.client
-import os
-import subprocess
-import sys
 import time
 import zlib
-from pathlib import Path
 
 import orjson
 import pytest
 from django.conf import settings
 
-from analytics_platform.devstack import processes
 from streams.simulate import Message, stream_generate
 
-from .conftest import assert_clickhouse_matches_truth, assert_derived_events_match_truth, wait_for_truth
+from .conftest import assert_clickhouse_matches_truth, assert_derived_events_match_truth, wait_for_truth, web_start
 
 pytestmark = [
     pytest.mark.kafka,
@@ -68,34 +63,8 @@ def _tick_users(messages: list[Message], partitions: int) -> None:
 def test_http_to_clickhouse_gives_exactly_the_truth(stream_env, tmp_path):
     stream = stream_generate(views=300, users=50, seed=41, poison=False)
     _tick_users(stream.messages, settings.KAFKA_DEFAULT_PARTITIONS)
-    port = processes.free_port()
-    web_env = {
-        **os.environ,
-        **stream_env.env,
-        "PYTHONPATH": str(settings.BASE_DIR),
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
-        "INGEST_ALLOWLIST_ENABLED": "false",
-        "INGEST_RATE_LIMIT_REQUESTS": "0",
-        "INGEST_PRODUCER_LINGER_MS": "5",
-        "WEB_CONCURRENCY": "1",
-        "WEB_THREADS": "4",
-    }
-    (tmp_path / "prom").mkdir()
-    web_env.pop("DATABASE_URL", None)
-    web = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "-c",
-            "python:analytics_platform.gunicorn_conf",
-            f"--bind=127.0.0.1:{port}",
-        ],
-        env=web_env,
-        cwd=settings.BASE_DIR,
-        stdout=open(tmp_path / "web.log", "wb"),  # noqa: SIM115 -- lives with the process
-        stderr=subprocess.STDOUT,
-    )
+    web, port = web_start(stream_env, tmp_path, threads=4)
     try:
-        processes.wait_for_port("127.0.0.1", port, timeout=30, process=web)
         stream_env.worker_start()
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         started = time.monotonic()

@@ -8,23 +8,18 @@ Real processes throughout (gunicorn ingest, the session's broker and ClickHouse 
 from __future__ import annotations
 
 import http.client
-import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import orjson
 import pytest
 from django.conf import settings
 
 from analytics_platform import event_format
-from analytics_platform.devstack import processes
 from streams import processors
 from streams.app import IdleTicker
 
-from .conftest import wait_until
+from .conftest import wait_until, web_start
 
 
 class FakeProcessor:
@@ -62,42 +57,11 @@ def test_ticker_ticks_only_idle_assigned_partitions_with_a_due_or_unknown_timer(
     assert ticker.due(start + 100, now_ms) == [3]
 
 
-def _gunicorn(stream_env, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = processes.free_port()
-    web_env = {
-        **os.environ,
-        **stream_env.env,
-        "PYTHONPATH": str(settings.BASE_DIR),
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom"),
-        "INGEST_ALLOWLIST_ENABLED": "false",
-        "INGEST_RATE_LIMIT_REQUESTS": "0",
-        "INGEST_PRODUCER_LINGER_MS": "5",
-        "WEB_CONCURRENCY": "1",
-        "WEB_THREADS": "2",
-    }
-    (tmp_path / "prom").mkdir()
-    web_env.pop("DATABASE_URL", None)
-    web = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "-c",
-            "python:analytics_platform.gunicorn_conf",
-            f"--bind=127.0.0.1:{port}",
-        ],
-        env=web_env,
-        cwd=settings.BASE_DIR,
-        stdout=open(tmp_path / "web.log", "wb"),  # noqa: SIM115 -- lives with the process
-        stderr=subprocess.STDOUT,
-    )
-    processes.wait_for_port("127.0.0.1", port, timeout=30, process=web)
-    return web, port
-
-
 @pytest.mark.kafka
 @pytest.mark.clickhouse
 @pytest.mark.django_db(databases=["default", "clickhouse"])
 def test_a_finished_view_with_no_later_traffic_closes_within_thirty_seconds(stream_env, tmp_path):
-    web, port = _gunicorn(stream_env, tmp_path)
+    web, port = web_start(stream_env, tmp_path)
     try:
         worker = stream_env.worker_start(STREAMS_IDLE_TICK_SECONDS="1")
         time.sleep(8)  # the worker joins its group (assignment known from its first statistics report)
