@@ -12,28 +12,9 @@ from streams import processors
 from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, DictStore, PartitionProcessor
 from streams.simulate import Message, stream_generate
 
+from .conftest import VIEW_FIGURES
+
 T0 = 1_780_000_000_000
-FIGURES = (
-    "start_ts",
-    "end_ts",
-    "has_view_start",
-    "started",
-    "startup_time_ms",
-    "watch_time_ms",
-    "rebuffer_count",
-    "rebuffer_duration_ms",
-    "error_count",
-    "fatal_error_count",
-    "start_failure",
-    "playback_failure",
-    "exit_before_start",
-    "close_reason",
-    "event_count",
-    "user_id",
-    "video_id",
-    "country",
-    "device",
-)
 
 
 def run(messages, *, processor=None, store=None, first_offset=0):
@@ -90,7 +71,7 @@ def test_generated_stream_gives_exactly_the_truth():
     assert set(got) == set(truth.views)
     for session, expected in truth.views.items():
         row = got[session]
-        assert {k: row[k] for k in FIGURES} == {k: expected[k] for k in FIGURES}, session
+        assert {k: row[k] for k in VIEW_FIGURES} == {k: expected[k] for k in VIEW_FIGURES}, session
     assert sorted(w["id"] for w in out.video_watched) == sorted(
         str(processors.video_watched_id(s)) for s in truth.views
     )
@@ -323,7 +304,7 @@ def test_ticks_replay_exactly_and_do_not_disturb_the_truth():
     got = views_by_session(out)
     assert set(got) == set(stream.truth.views)
     for session, expected in stream.truth.views.items():
-        assert {k: got[session][k] for k in FIGURES} == {k: expected[k] for k in FIGURES}, session
+        assert {k: got[session][k] for k in VIEW_FIGURES} == {k: expected[k] for k in VIEW_FIGURES}, session
 
 
 def test_tick_is_recognised_only_in_its_own_shape():
