@@ -64,7 +64,7 @@ def application_processes(*, port: int) -> list[tuple[str, list[str]]]:
 def runtime_dirs_prepare() -> dict[str, str]:
     """Create var/ folders; return the environment every child process shares."""
     var = Path(settings.VAR_DIR)
-    for sub in ("clickhouse", "celery/queue", "celery/processed", "logs"):
+    for sub in ("clickhouse", "celery/queue", "celery/processed", "celery/control", "logs"):
         (var / sub).mkdir(parents=True, exist_ok=True)
     # Prometheus multi-process files describe live processes only: start from an empty folder.
     prom = var / "prometheus"
