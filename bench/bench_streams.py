@@ -88,6 +88,12 @@ def main() -> None:
     parser.add_argument(
         "--batch-ms", type=int, default=10_000, help="how often a player sends its events (one message per request)"
     )
+    parser.add_argument(
+        "--coalesce",
+        type=int,
+        default=16,
+        help="events per v2 message (what the ingest coalescer makes of many requests; 0: one v1 message per request)",
+    )
     args = parser.parse_args()
 
     from analytics_platform.devstack import processes
@@ -108,12 +114,13 @@ def main() -> None:
     }
     _setup_django(env)
     from confluent_kafka import Producer
+    from django.conf import settings
     from django.core.management import call_command
 
     from analytics_platform import event_format, kafka
     from analytics_platform.clickhouse import client_get, database_ensure
     from streams.processors import DictStore, PartitionProcessor
-    from streams.simulate import stream_generate
+    from streams.simulate import batches_coalesce, stream_generate
 
     workers: list[subprocess.Popen[bytes]] = []
     try:
@@ -125,8 +132,16 @@ def main() -> None:
             views=views, users=max(10, views // 10), seed=99, poison=False, batch_ms=args.batch_ms, disorder_rate=0
         )
         total_events = sum(len(m.events) for m in stream.messages)
-        print(f"generated {len(stream.messages)} messages, {total_events} events, {len(stream.truth.views)} views")
-        print(f"(mean {total_events / len(stream.messages):.1f} events per message: one per user per request)")
+        request_count = len(stream.messages)
+        if args.coalesce:
+            stream.messages = batches_coalesce(
+                stream.messages, partitions=settings.KAFKA_DEFAULT_PARTITIONS, max_events=args.coalesce
+            )
+        print(f"generated {request_count} requests, {total_events} events, {len(stream.truth.views)} views")
+        print(
+            f"{len(stream.messages)} messages, mean {total_events / len(stream.messages):.1f} events per message "
+            + (f"(v2 batches of up to {args.coalesce})" if args.coalesce else "(v1: one per user per request)")
+        )
 
         # 1. pure processor
         processor, store = PartitionProcessor(), DictStore()
@@ -137,6 +152,7 @@ def main() -> None:
             profiler.enable()
         for offset, (value, key) in enumerate(values):
             processor.process(value, key=key, partition=0, offset=offset, store=store)
+        processor.checkpoint()
         if profiler:
             profiler.disable()
         cpu = time.process_time() - started
@@ -250,6 +266,7 @@ def main() -> None:
             tick_start = time.time()
             budget = args.rate // 20  # 50 ms slices
             n = 0
+            requests = []
             while n < budget and index < len(messages):
                 m = messages[index]
                 index += 1
@@ -258,9 +275,16 @@ def main() -> None:
                 for e in m.events:
                     e["receivedAt"] = now_ms
                     e["timestamp"] = now_ms - 1000
-                producer.produce(topic, m.value(), m.key())
+                requests.append(m)
                 sent.append((now_ms, len(m.events)))
                 n += len(m.events)
+            if args.coalesce:
+                requests = batches_coalesce(
+                    requests, partitions=settings.KAFKA_DEFAULT_PARTITIONS, max_events=args.coalesce
+                )
+            for m in requests:
+                extra = {"partition": m.partition} if m.partition is not None else {}
+                producer.produce(topic, m.value(), m.key(), **extra)
             producer.poll(0)
             time.sleep(max(0.0, 0.05 - (time.time() - tick_start)))
         producer.flush(30)

@@ -42,6 +42,7 @@ from prometheus_client import Counter, Gauge, start_http_server
 from quixstreams import Application, message_context
 from quixstreams.exceptions import QuixException
 from quixstreams.kafka.configuration import ConnectionConfig
+from quixstreams.sinks.base import BaseSink
 
 from analytics_platform import event_format, kafka
 from analytics_platform.clickhouse import client_get
@@ -62,6 +63,7 @@ DUPLICATES = Counter("streams_duplicate_events_total", "Events dropped as duplic
 LATE_EVENTS = Counter("streams_late_events_total", "Events that arrived after their view had closed")
 DEAD_LETTERS = Counter("streams_dead_letters_total", "Messages or events sent to the dead-letter topic")
 TICKS_SENT = Counter("streams_idle_ticks_total", "Ticks produced to idle partitions so that their timers fire")
+STATE_WRITES = Counter("streams_state_writes_total", "State entries written to the Quix store at checkpoints")
 
 
 class QuixStore:
@@ -78,6 +80,29 @@ class QuixStore:
 
     def delete(self, prefix: bytes, key: str) -> None:
         self._tx.delete(key, prefix=prefix)
+
+
+class StateFlushSink(BaseSink):
+    """Writes the processor's cached state changes into the Quix transactions at each checkpoint.
+
+    Not a destination: a sink is the one hook Quix calls at every checkpoint before it produces the
+    changelogs and commits the offsets (``Checkpoint.commit``: sinks, then changelogs, then
+    offsets). Registered before the ClickHouse sink. When a checkpoint is dropped instead (sink
+    backpressure), Quix rewinds the partitions and the processor, seeing the offsets jump, reloads
+    their state from the store, so nothing cached from the dropped checkpoint survives.
+    """
+
+    def __init__(self, processor: PartitionProcessor) -> None:
+        super().__init__()
+        self.processor = processor
+
+    def add(  # noqa: PLR0917 -- Quix's BaseSink.add signature
+        self, value: Any, key: Any, timestamp: int, headers: Any, topic: str, partition: int, offset: int
+    ) -> None:
+        raise NotImplementedError("StateFlushSink takes no records")
+
+    def flush(self) -> None:
+        STATE_WRITES.inc(self.processor.checkpoint())
 
 
 class TimerView(Protocol):
@@ -317,60 +342,65 @@ def worker_build(
     errors = app.topic(kafka.topic_name(event_format.VIDEO_ERROR_TOPIC), key_serializer="str")
     dlq = app.topic(kafka.topic_name(event_format.EVENTS_DLQ_TOPIC), key_serializer="str")
 
-    def process(value: bytes, key: bytes | None, timestamp: int, headers: Any, state: Any) -> Output:
-        context = message_context()
-        # The Quix state object is bound to the message key; the processor also needs the
-        # partition-wide entries and other users' state (timers), so it uses the transaction.
-        store: StateStore = QuixStore(state._transaction)
-        try:
-            out = processor.process(value, key=key, partition=context.partition, offset=context.offset, store=store)
-        except QuixException:
-            raise  # the state store or the framework failing is not the message's fault: crash, restart, replay
-        except Exception as exc:
-            # A processor bug must not stop the partition forever. Deterministic like the rest: a
-            # replay fails the same way and dead-letters the same message.
-            logger.exception("processor failed; message dead-lettered", extra={"offset": context.offset})
-            out = Output(partition=context.partition, offset=context.offset)
-            out.dead_letters.append(
-                {
-                    "reason": f"processor error: {exc!r}"[:1000],
-                    "partition": context.partition,
-                    "offset": context.offset,
-                    "key": key.decode("utf-8", "replace") if key else None,
-                    "payload": value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value),
-                }
-            )
-        if ticker is not None:
-            ticker.note_message(context.partition, tick=key == TICK_KEY)
-        EVENTS_PROCESSED.inc(len(out.events))
-        if out.duplicates:
-            DUPLICATES.inc(out.duplicates)
-        if out.late:
-            LATE_EVENTS.inc(out.late)
-        if out.dead_letters:
-            DEAD_LETTERS.inc(len(out.dead_letters))
-        return out
-
     sink = ClickHouseSink(
         client_factory=lambda: client_get(compression=settings.STREAMS_CLICKHOUSE_COMPRESSION or False),
         topic_id_get=topic_id_get,
         retry_after=settings.STREAMS_SINK_RETRY_SECONDS,
         chunk_rows=settings.STREAMS_SINK_CHUNK_ROWS,
     )
-    # One linear chain, no branches: Quix deep-copies (pickles) a value for every branch, which
-    # cost ~10% of the worker's CPU. ``sdf.sink()`` is a terminal branch, so the sink is registered
-    # and fed here the way ``sdf.sink()`` does it, and the chain goes on to the output topics.
     sdf = app.dataframe(events)
+    # Sinks flush in registration order at each checkpoint, all before Quix produces the changelogs
+    # and commits: the processor's cached state goes into the transactions first.
+    sdf.processing_context.sink_manager.register(StateFlushSink(processor))
     sdf.processing_context.sink_manager.register(sink)
-
-    def sink_add(o: Output, key: Any, timestamp: int, headers: Any) -> None:
-        context = message_context()
-        sink.add(o, key, timestamp, headers, context.topic, context.partition, context.offset)
-
     routes = {"VideoWatched": (watched, "sessionId"), "VideoError": (errors, "eventId")}
+    no_derived: tuple[dict[str, Any], ...] = ()
 
-    def derived(o: Output) -> list[dict[str, Any]]:
-        return [*o.video_watched, *o.video_errors, *o.dead_letters]
+    def process(value: bytes, key: bytes | None, timestamp: int, headers: Any, state: Any) -> Any:
+        """Process one message, hand its rows to the sink, return its derived events (expanded).
+
+        One step of the dataframe does it all: each further step costs per message, and Quix
+        deep-copies (pickles) a value for every branch, so the sink is fed here the way
+        ``sdf.sink()`` would, rather than from a branch.
+        """
+        context = message_context()
+        partition, offset = context.partition, context.offset
+        # The Quix state object is bound to the message key; the processor also needs the
+        # partition-wide entries and other users' state (timers), so it uses the transaction.
+        store: StateStore = QuixStore(state._transaction)
+        try:
+            out = processor.process(value, key=key, partition=partition, offset=offset, store=store)
+        except QuixException:
+            raise  # the state store or the framework failing is not the message's fault: crash, restart, replay
+        except Exception as exc:
+            # A processor bug must not stop the partition forever. Deterministic like the rest: a
+            # replay fails the same way and dead-letters the same message.
+            logger.exception("processor failed; message dead-lettered", extra={"offset": offset})
+            out = Output(partition=partition, offset=offset)
+            out.dead_letters.append(
+                {
+                    "reason": f"processor error: {exc!r}"[:1000],
+                    "partition": partition,
+                    "offset": offset,
+                    "key": key.decode("utf-8", "replace") if key else None,
+                    "payload": value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value),
+                }
+            )
+        # Every offset reaches the sink, rows or not: it tracks contiguous offsets per partition.
+        sink.add(out, key, timestamp, headers, events_topic, partition, offset)
+        if ticker is not None:
+            ticker.note_message(partition, tick=key == TICK_KEY)
+        if out.events:
+            EVENTS_PROCESSED.inc(len(out.events))
+        if out.duplicates:
+            DUPLICATES.inc(out.duplicates)
+        if out.late:
+            LATE_EVENTS.inc(out.late)
+        if out.dead_letters:
+            DEAD_LETTERS.inc(len(out.dead_letters))
+        if out.video_watched or out.video_errors or out.dead_letters:
+            return [*out.video_watched, *out.video_errors, *out.dead_letters]
+        return no_derived
 
     def route(value: dict[str, Any], key: Any, timestamp: int, headers: Any) -> Any:
         target = routes.get(value.get("type", ""))
@@ -380,9 +410,7 @@ def worker_build(
         target = routes.get(value.get("type", ""))
         return str(value[target[1]]) if target else str(value.get("key") or "")
 
-    sdf = sdf.apply(process, stateful=True, metadata=True)
-    sdf = sdf.update(sink_add, metadata=True)
-    sdf = sdf.apply(derived, expand=True)
+    sdf = sdf.apply(process, stateful=True, metadata=True, expand=True)
     sdf.to_topic(route, key=route_key)
     return app, processor, ticker
 

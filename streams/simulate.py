@@ -22,26 +22,74 @@ from typing import Any
 
 import orjson
 
+from analytics_platform import event_format
+
 TICK_TYPE = "stream.tick"
 
 
 @dataclass
 class Message:
-    """One Kafka message of the events topic (event_format.py), plus when it is delivered."""
+    """One Kafka message of the events topic (event_format.py), plus when it is delivered.
+
+    v1 (``version=1``): one user's request, keyed by ``user_id``. v2: a coalesced batch of a
+    partition (``batches_coalesce``), no key, explicit ``partition``.
+    """
 
     user_id: str
     received_at: int
     events: list[dict[str, Any]]
-    partition: int | None = None  # forced partition (ticks); None: by key
+    partition: int | None = None  # forced partition (ticks, v2 batches); None: by key
     raw: bytes | None = None  # a poison payload instead of the JSON body
+    version: int = event_format.MESSAGE_VERSION
 
     def value(self) -> bytes:
         if self.raw is not None:
             return self.raw
-        return orjson.dumps({"v": 1, "userId": self.user_id, "receivedAt": self.received_at, "events": self.events})
+        if self.version == event_format.BATCH_VERSION:
+            return orjson.dumps({"v": self.version, "events": self.events})
+        return orjson.dumps(
+            {"v": self.version, "userId": self.user_id, "receivedAt": self.received_at, "events": self.events}
+        )
 
-    def key(self) -> bytes:
-        return self.user_id.encode()
+    def key(self) -> bytes | None:
+        return None if self.version == event_format.BATCH_VERSION else self.user_id.encode()
+
+
+def batches_coalesce(messages: list[Message], *, partitions: int, max_events: int) -> list[Message]:
+    """What the ingest coalescer makes of these requests: v2 batches of up to ``max_events`` per partition.
+
+    Requests are taken in delivery order; a user's events go to ``partition_of(userId)``, as with a
+    v1 key. Forced-partition and poison messages pass through unchanged, after what is pending for
+    their partition (so the order within each partition is kept).
+    """
+    out: list[Message] = []
+    pending: dict[int, Message] = {}
+
+    def emit(partition: int) -> None:
+        batch = pending.pop(partition, None)
+        if batch is not None:
+            out.append(batch)
+
+    for message in messages:
+        partition = message.partition
+        if partition is None:
+            partition = event_format.partition_of(message.user_id, partitions)
+        if message.raw is not None or message.partition is not None:
+            emit(partition)
+            out.append(message)
+            continue
+        batch = pending.get(partition)
+        if batch is None:
+            batch = pending[partition] = Message(
+                user_id="", received_at=0, events=[], partition=partition, version=event_format.BATCH_VERSION
+            )
+        batch.events.extend(message.events)
+        batch.received_at = max(batch.received_at, message.received_at)
+        if len(batch.events) >= max_events:
+            emit(partition)
+    for partition in sorted(pending):
+        emit(partition)
+    return out
 
 
 @dataclass

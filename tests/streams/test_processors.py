@@ -7,10 +7,11 @@ import uuid
 from pathlib import Path
 
 import orjson
+import pytest
 
 from streams import processors
 from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, DictStore, PartitionProcessor
-from streams.simulate import Message, stream_generate
+from streams.simulate import Message, batches_coalesce, stream_generate
 
 from .conftest import VIEW_FIGURES
 
@@ -24,6 +25,7 @@ def run(messages, *, processor=None, store=None, first_offset=0):
         processor.process(m.value(), key=m.key(), partition=0, offset=first_offset + i, store=store)
         for i, m in enumerate(messages)
     ]
+    processor.checkpoint()  # what the worker does before each commit: cached state into the store
     return processors.outputs_merge(outputs), outputs
 
 
@@ -174,14 +176,86 @@ def test_fatal_error_publishes_video_error_with_view_context():
 
 def test_poison_messages_go_to_the_dead_letter_output_with_a_reason():
     bad_json = Message(user_id="u1", received_at=T0, events=[], raw=b"\xff not json")
-    unknown_version = Message(user_id="u1", received_at=T0, events=[], raw=orjson.dumps({"v": 2}))
+    unknown_version = Message(user_id="u1", received_at=T0, events=[], raw=orjson.dumps({"v": 99}))
+    batch_without_events = Message(user_id="u1", received_at=T0, events=[], raw=orjson.dumps({"v": 2}))
     bad_event = msg([ev("view_start", T0), {**ev("playing", T0 + 1), "timestamp": "yesterday"}], received_at=T0)
-    out, _ = run([bad_json, unknown_version, bad_event])
+    out, _ = run([bad_json, unknown_version, batch_without_events, bad_event])
     reasons = [d["reason"] for d in out.dead_letters]
     assert reasons[0].startswith("not JSON")
-    assert reasons[1] == "unknown message version 2"
-    assert reasons[2].startswith("timestamp")
+    assert reasons[1] == "unknown message version 99"
+    assert reasons[2] == "events: not a list"
+    assert reasons[3].startswith("timestamp")
     assert len(out.events) == 1  # the valid event of the mixed message is kept
+
+
+def _comparable(out):
+    """Rows and derived events without the source offsets (batching changes which message holds what)."""
+    offset = EVENT_COLUMNS.index("kafka_offset")
+    events = sorted(row[:offset] for row in out.events)
+    views = views_by_session(out)
+    watched = sorted((e["id"], orjson.dumps(e, option=orjson.OPT_SORT_KEYS)) for e in out.video_watched)
+    errors = sorted(e["id"] for e in out.video_errors)
+    return events, views, watched, errors, out.duplicates, out.late
+
+
+@pytest.mark.parametrize("max_events", [1, 7, 64])
+def test_v2_batches_give_the_same_rows_views_and_derived_events_as_per_user_messages(max_events):
+    """The ingest coalescer's v2 batches (many users per message) change no figure of the truth."""
+    stream = stream_generate(views=300, users=40, seed=13, partitions=1, start_ms=T0, poison=False)
+    expected, _ = run(stream.messages)
+    batches = batches_coalesce(stream.messages, partitions=1, max_events=max_events)
+    assert all(m.version == 2 for m in batches if m.partition is None or m.user_id == "")
+    if max_events > 1:
+        assert len(batches) < len(stream.messages) / 2, "events of several users share a message"
+    got, _ = run(batches)
+    assert _comparable(got) == _comparable(expected)
+    assert len(got.views) == len(stream.truth.views)
+    assert {str(row[0]) for row in got.events} == stream.truth.event_ids
+
+
+def test_a_v2_event_without_a_usable_user_is_dead_lettered_alone():
+    good = ev("view_start", T0, user="u7", session="s7")
+    nameless = {**ev("heartbeat", T0 + 1), "userId": 42}
+    batch = Message(user_id="", received_at=T0, events=[good, nameless], partition=0, version=2)
+    processor, store = PartitionProcessor(), DictStore()
+    out, _ = run([batch], processor=processor, store=store)
+    assert [row[0] for row in out.events] == [uuid.UUID(good["eventId"])]
+    assert [d["reason"] for d in out.dead_letters] == ["userId: not a string of 1-128 characters"]
+    assert not [key for key in store.data if key[0] == b""], "no state for the nameless event"
+
+
+def test_state_cache_checkpoints_change_nothing_but_when_the_store_is_written():
+    """Checkpointing after every message or only at the end: same outputs, same stored state."""
+    stream = stream_generate(views=150, users=20, seed=17, partitions=1, start_ms=T0, poison=False)
+    every, every_store, every_outputs = PartitionProcessor(), DictStore(), []
+    once, once_store, once_outputs = PartitionProcessor(), DictStore(), []
+    for i, m in enumerate(stream.messages):
+        every_outputs.append(every.process(m.value(), key=m.key(), partition=0, offset=i, store=every_store))
+        every.checkpoint()
+        once_outputs.append(once.process(m.value(), key=m.key(), partition=0, offset=i, store=once_store))
+    assert not once_store.data, "write-back: nothing reaches the store before the checkpoint"
+    assert once.checkpoint() > 0
+    users = {f"user-17-{u}".encode() for u in range(20)}
+    assert users <= {prefix for prefix, _ in once_store.data}
+    assert every_store.data == once_store.data
+    assert _comparable(processors.outputs_merge(every_outputs)) == _comparable(processors.outputs_merge(once_outputs))
+
+
+def test_a_rewind_drops_the_cached_changes_of_the_dropped_checkpoint():
+    """Sink backpressure: Quix drops the checkpoint's state and seeks back to the committed offset."""
+    stream = stream_generate(views=150, users=20, seed=19, partitions=1, start_ms=T0, poison=False)
+    cut = len(stream.messages) // 2
+    processor, store = PartitionProcessor(), DictStore()
+    run(stream.messages[:cut], processor=processor, store=store)  # committed
+    for i, m in enumerate(stream.messages[cut:], start=cut):  # processed, never committed
+        processor.process(m.value(), key=m.key(), partition=0, offset=i, store=store)
+    assert processor._timers[0].cache.dirty
+    _, replayed = run(stream.messages[cut:], processor=processor, store=store, first_offset=cut)
+    fresh_store = DictStore()
+    run(stream.messages[:cut], store=fresh_store)
+    _, fresh = run(stream.messages[cut:], store=fresh_store, first_offset=cut)
+    assert [_comparable(o) for o in replayed] == [_comparable(o) for o in fresh]
+    assert store.data == fresh_store.data
 
 
 def test_derived_events_match_their_avro_schemas():
