@@ -57,7 +57,7 @@ from .protocol import (
     read_query,
     server_hello,
 )
-from .sql import InsertTarget, first_keyword, insert_target
+from .sql import InlineInsert, InsertTarget, first_keyword, inline_insert, insert_target
 
 logger = logging.getLogger(__name__)
 
@@ -273,8 +273,11 @@ class Session:
         else:
             self.engine.apply_settings(packet.settings)
         target = insert_target(sql) if keyword == "INSERT" else None
+        inline = inline_insert(sql) if keyword == "INSERT" and target is None else None
         if target is not None:
             self._insert(target, blocks)
+        elif inline is not None:
+            self._insert_inline(inline, sql)
         elif keyword in _STREAMED:
             stream = self.engine.stream(sql)
             if stream is None:
@@ -392,6 +395,19 @@ class Session:
             insert.cancel()
             self._send(END_OF_STREAM)
             return
+        except BaseException:
+            insert.cancel()
+            raise
+        self._send(Progress(written_rows=rows, written_bytes=nbytes).encode(self.revision) + END_OF_STREAM)
+
+    def _insert_inline(self, inline: InlineInsert, sql: str) -> None:
+        """An INSERT with its data in the query text: spool the data, run it ``FROM INFILE``."""
+        assert self.engine is not None
+        target = inline.target
+        insert = self.engine.begin_insert(target.head, target.settings, self.config.spool_dir, inline.format)
+        try:
+            insert.append(sql[inline.data_start :].encode())
+            rows, nbytes = insert.finish()
         except BaseException:
             insert.cancel()
             raise

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from analytics_platform.clickhouse_server.compression import METHOD_LZ4, METHOD_NONE, FrameSource, compress_frames
 from analytics_platform.clickhouse_server.native import UnsupportedType, column_for, split_args
 from analytics_platform.clickhouse_server.protocol import ByteReader, encode_varint
-from analytics_platform.clickhouse_server.sql import first_keyword, insert_target
+from analytics_platform.clickhouse_server.sql import first_keyword, inline_insert, insert_target
 
 
 @pytest.mark.parametrize(
@@ -96,3 +98,37 @@ def test_frames_round_trip_across_the_1_mib_limit(method: int) -> None:
     decompressed = ByteReader(FrameSource(raw))
 
     assert decompressed.read(len(payload)) == payload
+
+
+@pytest.mark.parametrize(
+    ("sql", "fmt", "data"),
+    [
+        ('INSERT INTO t (a, b) FORMAT JSONCompactColumns\n[[1],["x"]]', "JSONCompactColumns", '[[1],["x"]]'),
+        ('INSERT INTO t SETTINGS x = 1 FORMAT JSONEachRow \t {"a": 1}', "JSONEachRow", '{"a": 1}'),
+        ("INSERT INTO t FORMAT JSONCompactEachRow \r\n\n[1]", "JSONCompactEachRow", "\n[1]"),
+    ],
+)
+def test_inline_json_insert_is_split_where_clickhouse_starts_the_data(sql: str, fmt: str, data: str) -> None:
+    inline = inline_insert(sql)
+
+    assert inline is not None
+    assert (inline.format, sql[inline.data_start :]) == (fmt, data)
+    assert insert_target(sql) is None
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["INSERT INTO t FORMAT CSV\n1,a", "INSERT INTO t VALUES (1)", "INSERT INTO t FORMAT JSONEachRow", "SELECT 1"],
+)
+def test_other_statements_are_not_spooled_as_inline_json(sql: str) -> None:
+    assert inline_insert(sql) is None
+
+
+def test_routing_an_insert_does_not_lex_its_inline_data() -> None:
+    # Lexing 20 MB of JSON in Python took seconds per insert; routing must look at the head only.
+    sql = "INSERT INTO t (a, s) FORMAT JSONCompactColumns\n[[" + ",".join(["1"] * 5_000_000) + '],["x"]]'
+    started = time.perf_counter()
+    assert insert_target(sql) is None
+    inline = inline_insert(sql)
+    assert inline is not None and inline.target.columns == ["a", "s"]
+    assert time.perf_counter() - started < 0.5

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from clickhouse_driver import Client
 from clickhouse_driver.errors import ServerException
@@ -223,3 +224,22 @@ def test_progress_reports_rows_read(client: Client) -> None:
     assert progress.get_result() == [(3000000,)]
     assert reported and reported[-1][0] == 3000000  # cumulative rows read from storage
     assert client.last_query.progress.rows == 3000000
+
+
+def test_insert_with_inline_json_data_round_trips_and_reports_errors(client: Client, table_name: str) -> None:
+    client.execute(
+        f"CREATE TABLE {table_name} (id UUID, ts DateTime64(3, 'UTC'), n Nullable(Int64), b Bool, s String)"
+        " ENGINE = MergeTree ORDER BY id"
+    )
+    ident = uuid.UUID(int=12345)
+    text = 'a "quoted" \\ line\nbreak é 😀 ; FORMAT Native'
+    quoted = orjson.dumps(text).decode()
+    data = f'[["{ident}", "{ident}"], [1700000000.123, 0.001], [null, -5], [true, false], [{quoted}, ""]]'
+    client.execute(f"INSERT INTO {table_name} (id, ts, n, b, s) FORMAT JSONCompactColumns\n{data}")
+
+    rows = client.execute(f"SELECT id, toUnixTimestamp64Milli(ts), n, b, s FROM {table_name} ORDER BY ts")
+    assert rows == [(ident, 1, -5, False, ""), (ident, 1_700_000_000_123, None, True, text)]
+    with pytest.raises(ServerException) as raised:
+        client.execute(f'INSERT INTO {table_name} (id) FORMAT JSONCompactColumns\n[["not-a-uuid"]]')
+    assert raised.value.code != 0
+    assert client.execute(f"SELECT count() FROM {table_name}") == [(2,)]
