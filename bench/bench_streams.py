@@ -74,6 +74,24 @@ def baseline_main(topic: str, messages: int, group: str) -> None:
     app.run()
 
 
+def cpu_of(pid: int) -> float:
+    """User + system CPU seconds of a process."""
+    stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> str:
+    """CPU seconds of a process's threads: the main thread, other Python threads, librdkafka's."""
+    groups: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        comm = (task / "comm").read_text().strip()
+        stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        seconds = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+        name = "main" if task.name == str(pid) else ("librdkafka" if comm.startswith("rdk:") else comm)
+        groups[name] = groups.get(name, 0.0) + seconds
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1]))
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -208,6 +226,7 @@ def main() -> None:
             b = client.execute("SELECT count() FROM view_summaries")[0][0]
             return int(a), int(b)
 
+        ch_cpu_before = cpu_of(clickhouse.process.pid)
         first_rows = None
         launch = time.monotonic()
         while True:
@@ -229,6 +248,8 @@ def main() -> None:
             f"{(total_events / (done - launch)) / (total_events / base_seconds):.2f}"
         )
         print(f"  rows: {got} expected {expected}")
+        server_cpu = cpu_of(clickhouse.process.pid) - ch_cpu_before
+        print(f"  worker CPU by thread: {thread_cpu(worker.pid)}; ClickHouse server CPU: {server_cpu:.1f} s")
 
         # 4. freshness at a steady rate while the worker keeps running
         template = stream_generate(

@@ -12,10 +12,10 @@ restored as of the committed offset, so a replayed message yields the same rows 
 and skipping them by offset is exact whatever the batch boundaries were. (Insert-deduplication
 tokens would need identical batch boundaries across runs, which Quix checkpoints do not give.)
 
-Inserts run on a writer thread, in chunks of about ``chunk_rows`` rows per partition, while the
-main thread keeps processing; ``flush()`` (each checkpoint, before offsets are committed) hands
-over the rest and waits until everything is written. Rows written ahead of a commit that never
-happens are simply skipped when replayed.
+Inserts run on a writer thread, in chunks of about ``chunk_rows`` rows (all partitions in one
+INSERT per table), while the main thread keeps processing; ``flush()`` (each checkpoint, before
+offsets are committed) hands over the rest and waits until everything is written. Rows written
+ahead of a commit that never happens are simply skipped when replayed.
 
 Rows are sent as ``INSERT ... FORMAT JSONCompactColumns <data>``: the data is inline in the query
 text, encoded by orjson in C, and ClickHouse parses it in C++ (see ``json_columns_insert``).
@@ -85,12 +85,18 @@ def json_columns_insert(table: str, columns: Sequence[str], rows: Sequence[Seque
 
 
 class _Chunk:
-    __slots__ = ("outputs", "partition", "rows", "topic")
+    """Outputs of one topic, per partition in offset order; written as one INSERT per table.
 
-    def __init__(self, topic: str, partition: int) -> None:
+    One INSERT for all partitions, not one per partition: every INSERT makes a part in the table
+    and in each materialized view's target, and the parts must then be merged; a worker owns
+    several partitions, so per-partition inserts multiplied the parts and the server's work.
+    """
+
+    __slots__ = ("outputs", "rows", "topic")
+
+    def __init__(self, topic: str) -> None:
         self.topic = topic
-        self.partition = partition
-        self.outputs: list[Output] = []
+        self.outputs: dict[int, list[Output]] = {}
         self.rows = 0
 
 
@@ -112,7 +118,7 @@ class ClickHouseSink(BatchingSink):
         self._client: Client | None = None
         self._retry_after = retry_after
         self._chunk_rows = chunk_rows
-        self._chunks: dict[int, _Chunk] = {}
+        self._chunk: _Chunk | None = None
         # (table, partition) -> the last source offset known to be fully stored in that table;
         # touched by the writer thread only.
         self._stored: dict[tuple[str, int], int] = {}
@@ -137,13 +143,19 @@ class ClickHouseSink(BatchingSink):
         partition: int,
         offset: int,
     ) -> None:
-        chunk = self._chunks.get(partition)
-        if chunk is None:
-            chunk = self._chunks[partition] = _Chunk(topic, partition)
-        chunk.outputs.append(value)
+        chunk = self._chunk
+        if chunk is None or chunk.topic != topic:
+            if chunk is not None:
+                self._queue.put(chunk)
+            chunk = self._chunk = _Chunk(topic)
+        outputs = chunk.outputs.get(partition)
+        if outputs is None:
+            chunk.outputs[partition] = [value]
+        else:
+            outputs.append(value)
         chunk.rows += len(value.events) + len(value.views)
         if chunk.rows >= self._chunk_rows:
-            del self._chunks[partition]
+            self._chunk = None
             self._queue.put(chunk)
 
     def write(self, batch: Any) -> None:  # pragma: no cover -- add/flush are overridden
@@ -151,9 +163,9 @@ class ClickHouseSink(BatchingSink):
 
     def flush(self) -> None:
         """Hand over what is left and wait for the writer; raise backpressure if anything failed."""
-        for chunk in self._chunks.values():
-            self._queue.put(chunk)
-        self._chunks.clear()
+        if self._chunk is not None:
+            self._queue.put(self._chunk)
+            self._chunk = None
         self._queue.join()
         if self._failed is not None:
             error, self._failed = self._failed, None
@@ -170,7 +182,7 @@ class ClickHouseSink(BatchingSink):
                 logger.warning(
                     "clickhouse write failed; backing off",
                     extra={
-                        "partition": chunk.partition,
+                        "partitions": sorted(chunk.outputs),
                         "retry_after": self._retry_after,
                         "error": repr(exc)[:_ERROR_TEXT_LIMIT],
                     },
@@ -182,25 +194,29 @@ class ClickHouseSink(BatchingSink):
                 self._queue.task_done()
 
     def _chunk_write(self, chunk: _Chunk) -> None:
-        outputs = chunk.outputs
-        first, last = outputs[0].offset, outputs[-1].offset
         topic_id = self._topic_ids.get(chunk.topic)
         if topic_id is None:
             topic_id = self._topic_ids[chunk.topic] = self._topic_id_get(chunk.topic)
         for table, attr, columns in _TABLES:
-            rows = [row for output in outputs for row in getattr(output, attr)]
-            key = (table, chunk.partition)
-            stored = self._stored.get(key)
-            if stored is None or first != stored + 1:
-                stored = self._stored_offset(table, topic_id, chunk.partition)
-            if rows and rows[0][-1] <= stored:
-                fresh = [row for row in rows if row[-1] > stored]
-                ROWS_SKIPPED.labels(table).inc(len(rows) - len(fresh))
-                rows = fresh
+            rows: list[Any] = []
+            progress: list[tuple[tuple[str, int], int]] = []
+            for partition, outputs in chunk.outputs.items():
+                first, last = outputs[0].offset, outputs[-1].offset
+                key = (table, partition)
+                stored = self._stored.get(key)
+                if stored is None or first != stored + 1:
+                    stored = self._stored_offset(table, topic_id, partition)
+                part_rows = [row for output in outputs for row in getattr(output, attr)]
+                if part_rows and part_rows[0][-1] <= stored:
+                    fresh = [row for row in part_rows if row[-1] > stored]
+                    ROWS_SKIPPED.labels(table).inc(len(part_rows) - len(fresh))
+                    part_rows = fresh
+                rows += part_rows
+                progress.append((key, max(last, stored)))
             if rows:
                 self._insert(table, columns, rows, topic_id)
                 ROWS_WRITTEN.labels(table).inc(len(rows))
-            self._stored[key] = max(last, stored)
+            self._stored.update(progress)
 
     def _stored_offset(self, table: str, topic_id: str, partition: int) -> int:
         """The largest source offset ``table`` holds for ``partition`` of this topic (-1 when none)."""
