@@ -228,11 +228,13 @@ def main() -> None:
 
         ch_cpu_before = cpu_of(clickhouse.process.pid)
         first_rows = None
+        first_cpu = 0.0
         launch = time.monotonic()
         while True:
             got = counts()
             if got[0] and first_rows is None:
                 first_rows = (time.monotonic(), got[0])
+                first_cpu = cpu_of(worker.pid)
             if got >= expected:
                 break
             time.sleep(0.2)
@@ -249,6 +251,8 @@ def main() -> None:
         )
         print(f"  rows: {got} expected {expected}")
         server_cpu = cpu_of(clickhouse.process.pid) - ch_cpu_before
+        steady_cpu = (cpu_of(worker.pid) - first_cpu) / max(1, got[0] - first_rows[1]) * 1e6
+        print(f"  worker CPU between first and last checkpoint (no start-up): {steady_cpu:.1f} us/event")
         print(f"  worker CPU by thread: {thread_cpu(worker.pid)}; ClickHouse server CPU: {server_cpu:.1f} s")
 
         # 4. freshness at a steady rate while the worker keeps running

@@ -391,3 +391,8 @@ def test_tick_is_recognised_only_in_its_own_shape():
     assert processors.tick_decode(orjson.dumps({"v": 2, "tick": T0})) is None
     out, _ = run([WallTick("soon")])
     assert len(out.dead_letters) == 1 and "tick" in out.dead_letters[0]["reason"]
+
+
+@pytest.mark.parametrize("session", ["s1", "é" * 40, str(uuid.UUID(int=7)), "x" * 128])
+def test_the_fast_video_watched_id_is_uuid5(session):
+    assert processors._video_watched_id_str(session) == str(processors.video_watched_id(session))
