@@ -723,10 +723,15 @@ class PartitionProcessor:
         self.config = config or ProcessorConfig()
         self.cache_entries = cache_entries
         self._timers: dict[int, _PartitionTimers] = {}
+        self._forgotten: set[int] = set()  # revoked partitions, dropped at the next checkpoint
 
     def checkpoint(self) -> int:
         """Write every partition's cached state changes to its store; return how many entries."""
-        return sum(t.cache.flush(self.cache_entries) for t in list(self._timers.values()))
+        written = sum(t.cache.flush(self.cache_entries) for t in list(self._timers.values()))
+        forgotten, self._forgotten = self._forgotten, set()
+        for partition in forgotten:
+            self._timers.pop(partition, None)  # written above: nothing is lost
+        return written
 
     def process(self, value: bytes, *, key: bytes | None, partition: int, offset: int, store: StateStore) -> Output:
         """Process one message against ``store`` (changes are cached until ``checkpoint()``)."""
@@ -858,8 +863,13 @@ class PartitionProcessor:
             return _MAX_TS + 1
 
     def forget(self, partition: int) -> None:
-        """Drop the in-memory timers of a partition (it was revoked): the store is the truth again."""
-        self._timers.pop(partition, None)
+        """Drop a revoked partition's cached state and timers at the next checkpoint, once written.
+
+        Called from the ticker's thread: dropping at once could lose changes the main thread is
+        still making (or has cached, not yet written). Correctness does not depend on it (a
+        partition that comes back with other offsets is reloaded from the store): it frees memory.
+        """
+        self._forgotten.add(partition)
 
     def _view_add(self, view: dict[str, Any], row: tuple[Any, ...], properties: dict[str, Any] | None) -> None:
         etype = row[_TYPE]

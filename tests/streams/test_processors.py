@@ -396,3 +396,15 @@ def test_tick_is_recognised_only_in_its_own_shape():
 @pytest.mark.parametrize("session", ["s1", "é" * 40, str(uuid.UUID(int=7)), "x" * 128])
 def test_the_fast_video_watched_id_is_uuid5(session):
     assert processors._video_watched_id_str(session) == str(processors.video_watched_id(session))
+
+
+def test_forgetting_a_revoked_partition_keeps_its_cached_changes():
+    """The ticker thread reports a revoked partition at any moment: nothing cached may be lost."""
+    processor, store = PartitionProcessor(), DictStore()
+    events = [ev("view_start", T0), ev("playing", T0 + 500)]
+    processor.process(msg(events).value(), key=b"u1", partition=0, offset=0, store=store)
+    processor.forget(0)
+    assert processor.next_deadline(0) is not None, "still usable until the checkpoint"
+    assert processor.checkpoint() > 0
+    assert (b"u1", "u") in store.data
+    assert processor.next_deadline(0) is None, "dropped once written"
