@@ -122,6 +122,7 @@ class Coalescer:
         self._on_error = on_error
         self._cond = threading.Condition(threading.Lock())
         self._buffers: dict[int, _Buffer] = {}
+        self._next_due = float("inf")  # no buffer is due before; may be early (then nothing is due)
         self._stopped = False
         self._thread = threading.Thread(target=self._flush_loop, name="ingest-coalesce", daemon=True)
         self._thread.start()
@@ -137,6 +138,11 @@ class Coalescer:
         opened = False
         touched: list[_Buffer] = []
         with self._cond:
+            # Produce what is due on this thread, which holds the GIL now, rather than wait for the
+            # flush thread to get it: under load it waits tens of ms for the GIL behind the request
+            # threads, and the buffers grow old.
+            if now >= self._next_due:
+                self._seal_due(now)
             buffers = self._buffers
             for partition, partition_parts in parts.items():
                 buffer = buffers.get(partition)
@@ -147,7 +153,9 @@ class Coalescer:
                         buffer = None
                     if buffer is None:
                         buffer = buffers[partition] = _Buffer(partition, now + linger)
-                        opened = True
+                        if linger > 0 and buffer.deadline < self._next_due:
+                            self._next_due = buffer.deadline
+                            opened = True
                     buffer.parts.append(value)
                     buffer.size += 1 + len(value)
                     buffer.events += events
@@ -162,7 +170,7 @@ class Coalescer:
                     if buffers.get(buffer.partition) is buffer:
                         del buffers[buffer.partition]
                         self._seal(buffer)
-            elif opened:
+            elif opened:  # the flush thread may be waiting for a later deadline
                 self._cond.notify()
         ticket.release()
 
@@ -181,27 +189,31 @@ class Coalescer:
             return
         instrumentation.events_per_message.observe(buffer.events)
 
+    def _seal_due(self, now: float) -> None:
+        """Produce every buffer due by ``now`` (lock held) and note when the next one is."""
+        next_due = float("inf")
+        for partition, buffer in list(self._buffers.items()):
+            if buffer.deadline > now:
+                next_due = min(next_due, buffer.deadline)
+                continue
+            del self._buffers[partition]
+            try:
+                self._seal(buffer)
+            except Exception:  # the flush thread must survive: every later request would time out
+                log.exception("ingest coalescer flush failed")
+                for ticket in buffer.tickets:
+                    ticket.fail("flush_failed", "the events could not be handed to Kafka")
+        self._next_due = next_due
+
     def _flush_loop(self) -> None:
+        """Produce buffers that come due while no request arrives to do it."""
         cond = self._cond
         with cond:
             while not self._stopped:
-                if not self._buffers:
-                    cond.wait()
-                    continue
                 now = time.monotonic()
-                due = min(buffer.deadline for buffer in self._buffers.values())
-                if due > now:
-                    cond.wait(due - now)
-                    continue
-                for partition, buffer in list(self._buffers.items()):
-                    if buffer.deadline <= now:
-                        del self._buffers[partition]
-                        try:
-                            self._seal(buffer)
-                        except Exception:  # the thread must survive: every later request would time out
-                            log.exception("ingest coalescer flush failed")
-                            for ticket in buffer.tickets:
-                                ticket.fail("flush_failed", "the events could not be handed to Kafka")
+                if now >= self._next_due:
+                    self._seal_due(now)
+                cond.wait(None if self._next_due == float("inf") else self._next_due - now)
 
     def alive(self) -> bool:
         return self._thread.is_alive()
