@@ -123,8 +123,10 @@ class EventProducer:
         broker does not answer within ``timeout``.
         """
         count = self._partitions
-        if count and time.monotonic() < self._partitions_expire:
+        now = time.monotonic()
+        if count and now < self._partitions_expire:
             return count
+        deadline = now + timeout
         if not self._metadata_lock.acquire(blocking=not count, timeout=-1 if count else timeout):
             if count:
                 return count
@@ -134,7 +136,7 @@ class EventProducer:
             if count and time.monotonic() < self._partitions_expire:
                 return count
             try:
-                metadata = self._producer.list_topics(self.topic, timeout=timeout)
+                metadata = self._producer.list_topics(self.topic, timeout=max(0.1, deadline - time.monotonic()))
                 topic = metadata.topics.get(self.topic)
                 if topic is None or topic.error is not None or not topic.partitions:
                     raise KafkaException(topic.error if topic is not None else "topic missing from metadata")
@@ -152,7 +154,7 @@ class EventProducer:
 
     def _metadata_failed(self, detail: str) -> DeliveryFailed:
         instrumentation.delivery_failures.labels(reason="metadata_unavailable").inc()
-        return DeliveryFailed("metadata_unavailable", f"Kafka did not tell the topic's partitions: {detail}")
+        return DeliveryFailed("metadata_unavailable", f"Kafka did not give the topic's partition count: {detail}")
 
     def send(self, users: Iterable[tuple[str, list[Part]]], *, timeout: float) -> None:
         """Hand each user's encoded events to the coalescer and wait until the broker acknowledged them.

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("ingest_open", "fast_pr
 
 @pytest.fixture
 def no_linger(fast_producer: Any) -> Any:
-    """Thousands of sequential requests: do not wait a linger or a coalescing window on each."""
+    """Thousands of sequential requests: do not wait a coalescing window (or a linger) on each."""
     fast_producer.INGEST_PRODUCER_LINGER_MS = 0
     fast_producer.INGEST_COALESCE_MS = 0
     return fast_producer
