@@ -1,12 +1,12 @@
 """The Kafka message format of the ``events`` topic: the contract between ingest and streams.
 
-One Kafka message per (request, userId): the ingest endpoint groups a request's accepted events by
-``userId`` and produces one message per user, keyed by the UTF-8 ``userId`` (so all of a user's
-events land on one partition, in order; librdkafka's default partitioner, crc32(key) modulo the
-partition count). Grouping cuts per-message overhead in the producer, the broker and the consumers
-(measured about 4x the events/s of one message per event). When one user's events of a request
-encode to more than ``INGEST_MAX_MESSAGE_BYTES`` (900 kB by default, under the broker's 1 MB),
-they are split, in order, over several messages with the same key and ``receivedAt``.
+Ingest produces batch messages (``"v": 2``, below): the events of many users and requests of one
+ingest process that fall in one partition. Version 1, one message per (request, userId), is what
+ingest produced before and remains valid input (older producers during a rolling upgrade, data
+already in the topic): the ingest endpoint grouped a request's accepted events by ``userId`` into
+one message keyed by the UTF-8 ``userId`` (so all of a user's events land on one partition, in
+order; librdkafka's default partitioner, crc32(key) modulo the partition count), split in order
+over several messages with the same key and ``receivedAt`` above ``INGEST_MAX_MESSAGE_BYTES``.
 
 Message value: JSON (UTF-8), ``{"v": 1, "userId": str, "receivedAt": int, "events": [Event, ...]}``
 where ``receivedAt`` is the server receive time (epoch ms) of the request and each Event is the
@@ -33,8 +33,9 @@ coalesced for up to ``INGEST_COALESCE_MS`` (and up to ``INGEST_MAX_MESSAGE_BYTES
 exactly as above (it carries its own ``userId`` and ``receivedAt``). The message has no key; it is
 produced to an explicit partition, ``partition_of(userId, partitions)``: crc32(userId) modulo the
 partition count, the partition librdkafka's default partitioner gives a v1 message keyed by that
-userId, so a user's v1 and v2 messages share one partition and stay in order. Every event of a v2
-message belongs to that partition; a user's events appear in the order they were accepted.
+userId (checked against librdkafka in ``tests/ingest/test_partitioning.py``), so a user's v1 and v2
+messages share one partition and stay in order. Every event of a v2 message belongs to that
+partition; a user's events appear in the order they were accepted.
 Why: the stream worker pays a fixed cost per Kafka message (the Quix loop, state reads and writes)
 that dominated its CPU at about 2 events per v1 message (one player request); batches of tens to
 hundreds of events amortise it. Consumers must accept both versions (v1 from older producers during
@@ -48,11 +49,11 @@ by the stream workers (``streams.app.IdleTicker``) with an explicit partition, t
 has been idle for ``STREAMS_IDLE_TICK_SECONDS`` while one of its timers is due. ``tick`` is the
 worker's wall-clock time (epoch ms): "no message reached this partition before this point in the
 log, and the clock says ``tick``". A message is a tick only when it has ``tick`` and neither
-``userId`` nor ``events``; ingest always writes both, so ingest never produces a tick and no client
-can forge one. Consumers must never count a tick as an event (no raw row, no rollup, no dead
-letter); the stream processor uses it to advance the partition's watermark to ``tick - grace``
-(never backwards) so that views close without further traffic (``streams/processors.py``). Other
-consumers of this topic must skip ticks.
+``userId`` nor ``events``; ingest always writes ``events`` (v1 also ``userId``), so ingest never
+produces a tick and no client can forge one. Consumers must never count a tick as an event (no raw
+row, no rollup, no dead letter); the stream processor uses it to advance the partition's watermark
+to ``tick - grace`` (never backwards) so that views close without further traffic
+(``streams/processors.py``). Other consumers of this topic must skip ticks.
 """
 
 from __future__ import annotations

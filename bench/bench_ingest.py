@@ -202,6 +202,22 @@ def baseline(bootstrap: str, bodies: list[bytes], seconds: float) -> dict[str, f
     return {"events_per_s": events / elapsed, "cpu_s_per_1000": cpu / events * 1000, "unacked": pending[0]}
 
 
+def events_per_message_scrape(port: int) -> tuple[float, float]:
+    """(sum, count) of the ingest_events_per_message histogram, summed over the workers; (0, 0) if absent."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", "/prometheus/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    values = {"sum": 0.0, "count": 0.0}
+    for line in text.splitlines():
+        for suffix in values:
+            if line.startswith(f"ingest_events_per_message_{suffix} "):
+                values[suffix] += float(line.rsplit(" ", 1)[1])
+    return values["sum"], values["count"]
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -317,6 +333,7 @@ def main() -> None:
         for p in procs:
             p.start()
         time.sleep(max(0.0, measure_from - time.time()))
+        per_message_start = events_per_message_scrape(port)
         cpu_start = {pid: cpu_seconds(pid) for pid in server_pids}
         threads_start = thread_cpu(server_pids[1:])
         broker_start = cpu_seconds(broker.process.pid)
@@ -347,6 +364,7 @@ def main() -> None:
         cpu_end = {pid: cpu_seconds(pid) for pid in server_pids}
         threads_end = thread_cpu(server_pids[1:])
         broker_end = cpu_seconds(broker.process.pid)
+        per_message_end = events_per_message_scrape(port)
         results: list[Any] = []
         client_cpu = 0.0
         for _ in procs:
@@ -399,6 +417,12 @@ def main() -> None:
         "  CPU per server process: "
         + ", ".join(f"{pid} {cpu_end[pid] - cpu_start[pid]:.1f} s" for pid in server_pids)
         + f" (master {server_pids[0]})"
+    )
+    produced, messages = (end - start for end, start in zip(per_message_end, per_message_start, strict=True))
+    print(
+        f"  Kafka messages: {messages:,.0f}, {produced / messages:.1f} events per message (ingest_events_per_message)"
+        if messages
+        else "  Kafka messages: not measured (no ingest_events_per_message histogram)"
     )
     print(f"  ratio to baseline: {rate / base['events_per_s']:.2f}")
     if args.profile:

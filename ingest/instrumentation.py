@@ -1,9 +1,9 @@
 """Prometheus metrics of the ingest endpoint.
 
 Named ``instrumentation`` because ``metrics`` is the metrics-query app. Counters are incremented
-once per request with per-reason totals (never once per event), so instrumentation stays off the
-per-event budget. Works in gunicorn's multi-process mode (``PROMETHEUS_MULTIPROC_DIR``): the queue
-depth gauge is summed over live processes.
+once per request or per Kafka message with per-reason totals (never once per event), so
+instrumentation stays off the per-event budget. Works in gunicorn's multi-process mode
+(``PROMETHEUS_MULTIPROC_DIR``): the queue depth gauge is summed over live processes.
 """
 
 from __future__ import annotations
@@ -38,8 +38,15 @@ producer_queue_depth = Gauge(
 )
 delivery_failures = Counter(
     "ingest_delivery_failures",
-    "Kafka messages not acknowledged: by reason (a librdkafka error name, ack_timeout, queue_full).",
+    "Kafka messages not acknowledged, by reason (a librdkafka error name, queue_full), and requests that "
+    "gave up waiting (ack_timeout) or got no partition count (metadata_unavailable).",
     ["reason"],
+)
+events_per_message = Histogram(
+    "ingest_events_per_message",
+    "Events per produced Kafka message (v2 batches coalesced across requests): what the stream workers' "
+    "fixed per-message cost is spread over.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
 )
 
 

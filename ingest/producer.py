@@ -1,10 +1,16 @@
 """The process-wide Kafka producer of the ingest endpoint and the per-request acknowledgement wait.
 
-Why one producer per process with a poll thread: librdkafka batches across requests (linger,
-compression, one in-flight pipeline per broker), which is where the throughput comes from; a
-producer per request would defeat it. Delivery reports are served by one background thread calling
-``poll()``, so request threads only ``produce()`` and then block on their own latch, released when
-the broker has acknowledged (acks=all) every message of that request, or on the first failure.
+Why one producer per process with a poll thread: requests are coalesced into v2 batch messages
+per partition (``ingest.coalescer``) and librdkafka pipelines them (compression, one in-flight
+pipeline per broker), which is where the throughput comes from; a producer per request would
+defeat both. Delivery reports are served by one background thread calling ``poll()``, so request
+threads only hand their events over and then block on their own ticket, released when the broker
+has acknowledged (acks=all) every message holding any of that request's events, or on the first
+failure.
+
+Messages go to an explicit partition, ``partition_of(userId, partitions)``; the partition count
+comes from the producer's metadata, cached for ``METADATA_MAX_AGE_SECONDS`` and refreshed sooner
+after an unknown-partition error.
 
 The producer is rebuilt when the Kafka settings change (tests point it at a private broker), after
 a fork (a gunicorn worker must not share its parent's librdkafka threads) and after a fatal error.
@@ -19,13 +25,20 @@ from collections.abc import Iterable
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from django.conf import settings
 
 from analytics_platform import event_format, kafka
 from ingest import instrumentation
+from ingest.coalescer import Coalescer, Part, Ticket
 
 log = structlog.get_logger(__name__)
+
+# How long a known partition count is trusted: partitions added to the topic are picked up within
+# this time (a user's events then move to crc32(userId) % the new count, as for keyed messages).
+METADATA_MAX_AGE_SECONDS = 30.0
+# After a failed refresh with a count already known: try again this soon (one request at a time).
+METADATA_RETRY_SECONDS = 5.0
 
 
 class DeliveryFailed(Exception):
@@ -37,29 +50,8 @@ class DeliveryFailed(Exception):
         self.detail = detail
 
 
-class _Acks:
-    """Counts one request's delivery reports down; only the poll thread calls it."""
-
-    __slots__ = ("done", "error", "remaining")
-
-    def __init__(self, count: int) -> None:
-        self.remaining = count
-        self.error: KafkaError | None = None
-        self.done = threading.Event()
-
-    def __call__(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            instrumentation.delivery_failures.labels(reason=err.name()).inc()
-            if self.error is None:
-                self.error = err
-            self.done.set()
-        self.remaining -= 1
-        if self.remaining <= 0:
-            self.done.set()
-
-
 def producer_config() -> dict[str, Any]:
-    """librdkafka settings: durable (acks=all, idempotent) and batched (linger, compression)."""
+    """librdkafka settings: durable (acks=all, idempotent) and compressed; the batching is ours (coalescer)."""
     ack_timeout_ms = int(settings.INGEST_ACK_TIMEOUT_SECONDS * 1000)
     return kafka.client_config(
         **{
@@ -68,7 +60,8 @@ def producer_config() -> dict[str, Any]:
             "linger.ms": settings.INGEST_PRODUCER_LINGER_MS,
             "batch.num.messages": settings.INGEST_PRODUCER_BATCH_MESSAGES,
             "compression.type": settings.INGEST_PRODUCER_COMPRESSION,
-            # librdkafka's default, spelled out: the partition is crc32(userId) % partitions.
+            # librdkafka's default, spelled out: a keyed message goes to crc32(key) % partitions,
+            # which ``partition_of`` reproduces for the explicit partitions of v2 messages.
             "partitioner": "consistent_random",
             # A message still unacknowledged after the request gave up is abandoned soon after, so
             # the queue cannot grow without bound while the broker is away. The client retries it
@@ -88,6 +81,10 @@ class EventProducer:
         self.pid = os.getpid()
         self.fatal: KafkaError | None = None
         self._producer = Producer({**config, "error_cb": self._on_error})
+        self._partitions = 0  # 0: not known yet
+        self._partitions_expire = 0.0
+        self._metadata_lock = threading.Lock()
+        self._coalescer = Coalescer(self._produce, self._on_delivery_error)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name="ingest-kafka-poll", daemon=True)
         self._thread.start()
@@ -98,6 +95,13 @@ class EventProducer:
             log.error("kafka producer fatal error", error=str(err))
         else:
             log.warning("kafka producer error", error=str(err))
+
+    def _on_delivery_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART):
+            self._partitions_expire = 0.0  # the partition count may have changed: ask the broker again
+
+    def _produce(self, partition: int, value: bytes, on_delivery: Any) -> None:
+        self._producer.produce(self.topic, value, partition=partition, on_delivery=on_delivery)
 
     def _poll_loop(self) -> None:
         next_gauge = 0.0
@@ -111,32 +115,85 @@ class EventProducer:
                 instrumentation.producer_queue_depth.set(len(self._producer))
                 next_gauge = now + 1.0
 
-    def send(self, messages: Iterable[tuple[bytes, bytes]], *, count: int, timeout: float) -> None:
-        """Produce ``count`` (key, value) messages and wait until the broker acknowledged all of them.
+    def partitions(self, *, timeout: float) -> int:
+        """The events topic's partition count, from a cached metadata answer.
 
-        Raises ``DeliveryFailed`` on a delivery error, a full local queue or after ``timeout``.
+        One thread refreshes a stale count while the others keep using it; with no count known
+        yet every caller waits for it. Raises ``DeliveryFailed`` when no count is known and the
+        broker does not answer within ``timeout``.
         """
-        if count == 0:
-            return
-        acks = _Acks(count)
-        produce = self._producer.produce
-        topic = self.topic
+        count = self._partitions
+        now = time.monotonic()
+        if count and now < self._partitions_expire:
+            return count
+        deadline = now + timeout
+        if not self._metadata_lock.acquire(blocking=not count, timeout=-1 if count else timeout):
+            if count:
+                return count
+            raise self._metadata_failed("another request's metadata request is still waiting")
         try:
-            for key, value in messages:
-                produce(topic, value, key, on_delivery=acks)
-        except BufferError:
-            instrumentation.delivery_failures.labels(reason="queue_full").inc()
-            raise DeliveryFailed("queue_full", "the Kafka producer queue is full") from None
-        if not acks.done.wait(timeout):
+            count = self._partitions
+            if count and time.monotonic() < self._partitions_expire:
+                return count
+            try:
+                metadata = self._producer.list_topics(self.topic, timeout=max(0.1, deadline - time.monotonic()))
+                topic = metadata.topics.get(self.topic)
+                if topic is None or topic.error is not None or not topic.partitions:
+                    raise KafkaException(topic.error if topic is not None else "topic missing from metadata")
+            except KafkaException as exc:
+                log.warning("kafka metadata refresh failed", topic=self.topic, error=str(exc))
+                if count:  # keep the known count; a broker really away fails the deliveries anyway
+                    self._partitions_expire = time.monotonic() + METADATA_RETRY_SECONDS
+                    return count
+                raise self._metadata_failed(str(exc)) from None
+            self._partitions = len(topic.partitions)
+            self._partitions_expire = time.monotonic() + METADATA_MAX_AGE_SECONDS
+            return self._partitions
+        finally:
+            self._metadata_lock.release()
+
+    def _metadata_failed(self, detail: str) -> DeliveryFailed:
+        instrumentation.delivery_failures.labels(reason="metadata_unavailable").inc()
+        return DeliveryFailed("metadata_unavailable", f"Kafka did not give the topic's partition count: {detail}")
+
+    def send(self, users: Iterable[tuple[str, list[Part]]], *, timeout: float) -> None:
+        """Hand each user's encoded events to the coalescer and wait until the broker acknowledged them.
+
+        ``users``: (userId, parts) in request order; a user's parts go, in order, to the buffer
+        of ``partition_of(userId)``. Raises ``DeliveryFailed`` when the partition count is not
+        known, on a delivery error, a full local queue or after ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        partitions = self.partitions(timeout=timeout)
+        partition_of = event_format.partition_of
+        by_partition: dict[int, list[Part]] = {}
+        for user_id, parts in users:
+            partition = partition_of(user_id, partitions)
+            pending = by_partition.get(partition)
+            if pending is None:
+                by_partition[partition] = list(parts)
+            else:
+                pending.extend(parts)
+        if not by_partition:
+            return
+        ticket = Ticket()
+        self._coalescer.submit(
+            ticket,
+            by_partition,
+            linger=settings.INGEST_COALESCE_MS / 1000,
+            limit=settings.INGEST_MAX_MESSAGE_BYTES,
+        )
+        if not ticket.done.wait(max(0.0, deadline - time.monotonic())):
             instrumentation.delivery_failures.labels(reason="ack_timeout").inc()
             raise DeliveryFailed("ack_timeout", f"Kafka did not acknowledge the events within {timeout:g}s")
-        if acks.error is not None:
-            raise DeliveryFailed(acks.error.name(), f"Kafka refused the events: {acks.error.str()}")
+        if ticket.reason is not None:
+            raise DeliveryFailed(ticket.reason, ticket.detail)
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._thread.is_alive() and self._coalescer.alive()
 
     def close(self, timeout: float = 0.0) -> None:
+        self._coalescer.close()
         self._stop.set()
         self._thread.join(1.0)
         self._producer.flush(timeout)

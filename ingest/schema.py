@@ -88,15 +88,6 @@ class RawBatch(msgspec.Struct, gc=False):
     sentAt: Rfc3339 | EpochMs | UnsetType = UNSET  # wire name
 
 
-class Message(msgspec.Struct, gc=False):
-    """The Kafka message value (analytics_platform.event_format)."""
-
-    v: int
-    userId: str  # wire name
-    receivedAt: int  # wire name
-    events: list[Event]
-
-
 @dataclass(frozen=True, slots=True)
 class EventError:
     """Why one event (``index``) or the body itself (``index`` None) was refused."""

@@ -2,16 +2,17 @@
 
 The steps, in order: content checks (type, encoding, size), gzip, decoding and per-event
 validation (``ingest.schema``), type-dependent rules, in-batch deduplication on ``eventId``,
-normalisation (clock-skew correction, server receive time), grouping per ``userId`` into the Kafka
-message format of ``analytics_platform.event_format``, and the wait for the broker's
-acknowledgement. Only then is anything reported accepted.
+normalisation (clock-skew correction, server receive time), grouping per ``userId`` and encoding
+(each event once, on the request's thread), then the hand-over to the producer, which coalesces
+the events of concurrent requests per partition into v2 batch messages
+(``analytics_platform.event_format``), and the wait for the broker's acknowledgement. Only then is
+anything reported accepted.
 """
 
 from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from msgspec import UNSET
 from analytics_platform import event_format
 from analytics_platform.errors import ApplicationError
 from ingest import instrumentation, schema
+from ingest.coalescer import BATCH_OVERHEAD, Part
 from ingest.producer import DeliveryFailed, producer_get
 from ingest.schema import Event, EventError
 
@@ -148,38 +150,33 @@ def events_prepare(
     return groups, errors
 
 
-def messages_encode(
-    *, groups: dict[str, list[Event]], received_at_ms: int
-) -> tuple[list[tuple[bytes, bytes]], list[Event]]:
-    """One Kafka message (key, value) per userId, split only to fit ``INGEST_MAX_MESSAGE_BYTES``.
+def events_encode(*, groups: dict[str, list[Event]]) -> tuple[list[tuple[str, list[Part]]], list[Event]]:
+    """Each user's events as JSON pieces of a v2 message value, in order; and the events too large.
 
-    Returns the messages and the events that do not fit in a message even alone (the broker would
-    refuse them, and the client's retries with them forever): those are rejected, not produced.
+    One encode call per user (the list, brackets dropped): the coalescer only joins these pieces
+    when it produces a message. A user whose events do not fit in one message together is encoded
+    event by event, so the coalescer can spread them over several messages. An event that does not
+    fit in a message even alone (the broker would refuse it, and the client would retry it forever)
+    is returned apart, to be rejected, not produced.
     """
-    limit = settings.INGEST_MAX_MESSAGE_BYTES
-    out: list[tuple[bytes, bytes]] = []
+    room = settings.INGEST_MAX_MESSAGE_BYTES - BATCH_OVERHEAD
+    out: list[tuple[str, list[Part]]] = []
     oversized: list[Event] = []
     for user_id, events in groups.items():
-        key = user_id.encode()
-        for value, chunk in _values_fitting(user_id, events, received_at_ms, limit):
-            if len(value) <= limit:
-                out.append((key, value))
+        encoded = _encode(events)
+        if len(encoded) - 2 <= room:
+            out.append((user_id, [(encoded[1:-1], len(events))]))
+            continue
+        parts: list[Part] = []
+        for event in events:
+            value = _encode(event)
+            if len(value) <= room:
+                parts.append((value, 1))
             else:
-                oversized.extend(chunk)
+                oversized.append(event)
+        if parts:
+            out.append((user_id, parts))
     return out, oversized
-
-
-def _values_fitting(
-    user_id: str, events: list[Event], received_at_ms: int, limit: int
-) -> Iterator[tuple[bytes, list[Event]]]:
-    """The message value, or halves of the events in order until each value fits (or is one event)."""
-    value = _encode(schema.Message(event_format.MESSAGE_VERSION, user_id, received_at_ms, events))
-    if len(value) <= limit or len(events) == 1:
-        yield value, events
-        return
-    half = len(events) // 2
-    yield from _values_fitting(user_id, events[:half], received_at_ms, limit)
-    yield from _values_fitting(user_id, events[half:], received_at_ms, limit)
 
 
 def _oversized_reject(*, oversized: list[Event], decoded: schema.DecodedBatch, errors: list[EventError]) -> None:
@@ -213,7 +210,7 @@ def event_batch_ingest(*, body: bytes, content_type: str, content_encoding: str,
         raise ApplicationError(str(exc), code="too_many_events", field="events", status_code=413) from None
 
     groups, errors = events_prepare(decoded=decoded, received_at_ms=received_at_ms)
-    messages, oversized = messages_encode(groups=groups, received_at_ms=received_at_ms)
+    users, oversized = events_encode(groups=groups)
     if oversized:
         _oversized_reject(oversized=oversized, decoded=decoded, errors=errors)
     accepted = sum(len(group) for group in groups.values()) - len(oversized)
@@ -229,7 +226,7 @@ def event_batch_ingest(*, body: bytes, content_type: str, content_encoding: str,
         )
 
     try:
-        producer_get().send(messages, count=len(messages), timeout=settings.INGEST_ACK_TIMEOUT_SECONDS)
+        producer_get().send(users, timeout=settings.INGEST_ACK_TIMEOUT_SECONDS)
     except DeliveryFailed as exc:
         instrumentation.events_rejected.labels(reason="broker_unavailable").inc(accepted)
         raise ApplicationError(

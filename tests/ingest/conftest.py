@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
@@ -39,8 +38,18 @@ def body_of(events: list[Any], **top: Any) -> bytes:
 
 
 def expected_partition(user_id: str, partitions: int | None = None) -> int:
-    # librdkafka's consistent partitioner: crc32 of the key modulo the partition count.
-    return zlib.crc32(user_id.encode()) % (partitions or settings.KAFKA_DEFAULT_PARTITIONS)
+    # librdkafka's consistent partitioner: crc32 of the key modulo the partition count (checked
+    # against the real partitioner in test_partitioning.py).
+    return event_format.partition_of(user_id, partitions or settings.KAFKA_DEFAULT_PARTITIONS)
+
+
+def value_of(msg: Any) -> dict[str, Any]:
+    return msgspec.json.decode(msg.value())
+
+
+def events_of(messages: Iterable[Any], user_ids: set[str] | None = None) -> list[dict[str, Any]]:
+    """The events of ``messages`` in order (of ``user_ids`` only, when given)."""
+    return [e for m in messages for e in value_of(m)["events"] if user_ids is None or e["userId"] in user_ids]
 
 
 class TopicReader:
@@ -60,7 +69,10 @@ class TopicReader:
     def messages_for(
         self, user_ids: set[str], *, expected: int, settle: float = 1.0, timeout: float = 20.0
     ) -> list[Any]:
-        """Messages keyed by one of ``user_ids``; waits for ``expected`` then ``settle`` s more for extras."""
+        """Messages holding an event of one of ``user_ids``, in (partition, offset) order.
+
+        Waits for ``expected`` messages, then ``settle`` s more for extras (a message produced twice).
+        """
         found: list[Any] = []
         deadline = time.monotonic() + timeout
         settle_until: float | None = None
@@ -72,9 +84,10 @@ class TopicReader:
             msg = self.consumer.poll(0.2)
             if msg is None or msg.error():
                 continue
-            if msg.key() is not None and msg.key().decode() in user_ids:
+            value = msgspec.json.decode(msg.value())
+            if any(e.get("userId") in user_ids for e in value.get("events", ())):
                 found.append(msg)
-        return found
+        return sorted(found, key=lambda m: (m.partition(), m.offset()))
 
     def close(self) -> None:
         self.consumer.close()
@@ -97,8 +110,7 @@ def ingest_open(settings: Any) -> Any:
 
 @pytest.fixture
 def fast_producer(settings: Any, kafka_broker: Any) -> Iterator[Any]:
-    """A producer bound to the session broker with a short linger, so tests do not wait 50 ms each."""
-    settings.INGEST_PRODUCER_LINGER_MS = 5
+    """A producer bound to the session broker, rebuilt for the test's settings."""
     producer.producer_reset()
     yield settings
     producer.producer_reset()

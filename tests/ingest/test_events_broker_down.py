@@ -11,7 +11,16 @@ from django.test import Client
 from analytics_platform import kafka
 from analytics_platform.devstack import processes
 from ingest import producer
-from tests.ingest.conftest import body_of, event_make
+from tests.ingest.conftest import body_of, event_make, expected_partition
+
+
+def users_on_distinct_partitions(count: int) -> list[str]:
+    by_partition: dict[int, str] = {}
+    while len(by_partition) < count:
+        user = f"user-{time.monotonic_ns()}-{len(by_partition)}"
+        by_partition.setdefault(expected_partition(user), user)
+    return list(by_partition.values())
+
 
 pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("ingest_open")]
 
@@ -20,7 +29,6 @@ def test_stopped_broker_gives_503_with_retry_after_and_nothing_accepted(client: 
     broker = processes.broker_start()
     try:
         settings.KAFKA_BOOTSTRAP_SERVERS = broker.address
-        settings.INGEST_PRODUCER_LINGER_MS = 5
         settings.INGEST_ACK_TIMEOUT_SECONDS = 1.5
         kafka.topics_ensure()
         producer.producer_reset()
@@ -46,11 +54,12 @@ def test_stopped_broker_gives_503_with_retry_after_and_nothing_accepted(client: 
 
 
 def test_full_producer_queue_gives_503_not_202(client: Client, settings: Any, kafka_broker: Any) -> None:
-    settings.INGEST_PRODUCER_QUEUE_MESSAGES = 1  # room for one message: a batch of five users cannot fit
+    # Room for one message: a batch of users on two partitions (two messages) cannot fit.
+    settings.INGEST_PRODUCER_QUEUE_MESSAGES = 1
     settings.INGEST_PRODUCER_LINGER_MS = 200
     producer.producer_reset()
     try:
-        events = [event_make(userId=f"user-{i}-{time.monotonic_ns()}") for i in range(5)]
+        events = [event_make(userId=user) for user in users_on_distinct_partitions(2)]
         response = client.post("/events", data=body_of(events), content_type="application/json")
         assert response.status_code == 503, response.content
         assert int(response["Retry-After"]) > 0

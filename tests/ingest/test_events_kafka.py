@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from django.test import Client
 
-from tests.ingest.conftest import TopicReader, body_of, event_make, expected_partition
+from tests.ingest.conftest import TopicReader, body_of, event_make, events_of, expected_partition
 
 pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("ingest_open", "fast_producer")]
 
@@ -20,7 +20,7 @@ def post(client: Client, body: bytes, **headers: Any) -> Any:
     return client.post("/events", data=body, content_type=headers.pop("content_type", "application/json"), **headers)
 
 
-def test_valid_batch_is_on_the_topic_once_per_event_keyed_and_partitioned_by_user(
+def test_valid_batch_is_on_the_topic_once_per_event_in_v2_messages_partitioned_by_user(
     client: Client, topic_reader: TopicReader
 ) -> None:
     users = [f"user-{uuid.uuid4().hex}" for _ in range(5)]
@@ -31,26 +31,27 @@ def test_valid_batch_is_on_the_topic_once_per_event_keyed_and_partitioned_by_use
     assert response.status_code == 202, response.content
     assert response.json() == {"accepted": 50, "rejected": 0, "errors": []}
 
-    messages = topic_reader.messages_for(set(users), expected=5)
-    assert len(messages) == 5  # one message per (request, userId), nothing produced twice
+    partitions = {expected_partition(user) for user in users}
+    messages = topic_reader.messages_for(set(users), expected=len(partitions))
+    # One v2 message per partition the request touched, nothing produced twice.
+    assert sorted(m.partition() for m in messages) == sorted(partitions)
     seen: dict[str, dict[str, Any]] = {}
     for msg in messages:
-        user = msg.key().decode()
-        assert msg.partition() == expected_partition(user)
+        assert msg.key() is None
         value = msgspec.json.decode(msg.value())
-        assert value["v"] == 1
-        assert value["userId"] == user
-        assert before <= value["receivedAt"] <= after
+        assert set(value) == {"v", "events"}
+        assert value["v"] == 2
         for event in value["events"]:
-            assert event["userId"] == user
-            assert event["receivedAt"] == value["receivedAt"]
+            assert event["userId"] in users
+            assert msg.partition() == expected_partition(event["userId"])
+            assert before <= event["receivedAt"] <= after
             assert event["eventId"] not in seen
             seen[event["eventId"]] = event
     assert set(seen) == {e["eventId"] for e in events}
-    # A user's events keep the request's order inside the message.
-    for msg in messages:
-        positions = [e["positionMs"] for e in msgspec.json.decode(msg.value())["events"]]
-        assert positions == sorted(positions)
+    # A user's events keep the request's order.
+    for user in users:
+        positions = [e["positionMs"] for e in events_of(messages, {user})]
+        assert positions == sorted(positions) and len(positions) == 10
 
 
 def test_event_is_normalised_as_event_format_documents(client: Client, topic_reader: TopicReader) -> None:
@@ -89,8 +90,9 @@ def test_sent_at_corrects_the_client_clock(client: Client, topic_reader: TopicRe
     assert response.status_code == 202, response.content
     [msg] = topic_reader.messages_for({user}, expected=1)
     value = msgspec.json.decode(msg.value())
-    received = value["receivedAt"]
+    received = value["events"][0]["receivedAt"]
     for sent, got in zip(events, value["events"], strict=True):
+        assert got["receivedAt"] == received  # one request, one receive time
         assert got["clientTimestamp"] == sent["timestamp"]
         assert got["timestamp"] == received - (client_now - sent["timestamp"])
     assert abs(value["events"][1]["timestamp"] - (int(time.time() * 1000) - 1000)) < 5000
@@ -156,6 +158,7 @@ def test_gzip_body_is_accepted(client: Client, topic_reader: TopicReader) -> Non
 
 
 def test_a_large_user_batch_is_split_to_fit_the_broker(client: Client, topic_reader: TopicReader, settings) -> None:
+    # The user's events do not fit one message: they are spread, in order, over several.
     settings.INGEST_MAX_MESSAGE_BYTES = 20_000
     user = f"user-{uuid.uuid4().hex}"
     events = [event_make(userId=user, properties={"blob": "x" * 500}) for _ in range(100)]
@@ -164,9 +167,9 @@ def test_a_large_user_batch_is_split_to_fit_the_broker(client: Client, topic_rea
     messages = topic_reader.messages_for({user}, expected=4)
     assert len(messages) >= 4
     assert all(len(m.value()) <= 20_000 for m in messages)
-    ids = [e["eventId"] for m in messages for e in msgspec.json.decode(m.value())["events"]]
-    assert sorted(ids) == sorted(e["eventId"] for e in events)
-    assert len({m.partition() for m in messages}) == 1
+    ids = [e["eventId"] for e in events_of(messages)]
+    assert ids == [e["eventId"] for e in events]
+    assert {m.partition() for m in messages} == {expected_partition(user)}
 
 
 def test_prometheus_counts_accepted_rejected_latency_and_queue(client: Client, topic_reader: TopicReader) -> None:
@@ -186,6 +189,10 @@ def test_prometheus_counts_accepted_rejected_latency_and_queue(client: Client, t
     name = 'ingest_requests_total{code="accepted",status="202"}'
     assert sample(after, name) - sample(before, name) == 1
     assert "ingest_producer_queue_messages" in after
+    # Both accepted events went to Kafka in at most two messages (their users' partitions).
+    count = sample(after, "ingest_events_per_message_count") - sample(before, "ingest_events_per_message_count")
+    total = sample(after, "ingest_events_per_message_sum") - sample(before, "ingest_events_per_message_sum")
+    assert (total, count) in {(2, 1), (2, 2)}
     assert "ingest_delivery_failures_total" in after or "ingest_delivery_failures" in after
 
 

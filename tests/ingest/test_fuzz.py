@@ -25,8 +25,9 @@ pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("ingest_open", "fast_pr
 
 @pytest.fixture
 def no_linger(fast_producer: Any) -> Any:
-    """Thousands of requests: do not wait even the fast producer's 5 ms linger on each."""
+    """Thousands of sequential requests: do not wait a coalescing window (or a linger) on each."""
     fast_producer.INGEST_PRODUCER_LINGER_MS = 0
+    fast_producer.INGEST_COALESCE_MS = 0
     return fast_producer
 
 

@@ -40,7 +40,6 @@ def server(kafka_broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "PROMETHEUS_MULTIPROC_DIR": str(prom),
         "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.address,
         "INGEST_ALLOWLIST_ENABLED": "false",  # no Django tables in this throwaway var dir
-        "INGEST_PRODUCER_LINGER_MS": "5",
         "WEB_CONCURRENCY": "2",
         "WEB_THREADS": "4",
         "LOG_LEVEL": "WARNING",
