@@ -227,6 +227,7 @@ def main() -> None:
             return int(a), int(b)
 
         ch_cpu_before = cpu_of(clickhouse.process.pid)
+        broker_cpu_before = cpu_of(broker.process.pid)
         first_rows = None
         first_cpu = 0.0
         launch = time.monotonic()
@@ -253,7 +254,11 @@ def main() -> None:
         server_cpu = cpu_of(clickhouse.process.pid) - ch_cpu_before
         steady_cpu = (cpu_of(worker.pid) - first_cpu) / max(1, got[0] - first_rows[1]) * 1e6
         print(f"  worker CPU between first and last checkpoint (no start-up): {steady_cpu:.1f} us/event")
-        print(f"  worker CPU by thread: {thread_cpu(worker.pid)}; ClickHouse server CPU: {server_cpu:.1f} s")
+        broker_cpu = cpu_of(broker.process.pid) - broker_cpu_before
+        print(
+            f"  worker CPU by thread: {thread_cpu(worker.pid)}; ClickHouse server CPU: {server_cpu:.1f} s; "
+            f"broker CPU: {broker_cpu:.1f} s"
+        )
 
         # 4. freshness at a steady rate while the worker keeps running
         template = stream_generate(
