@@ -442,6 +442,9 @@ STREAMS_GRACE_MS = env_int("STREAMS_GRACE_MS", 5_000)  # out-of-order allowance 
 # timer is due, so finished/silent views close without further traffic; 0 turns ticks off.
 STREAMS_IDLE_TICK_SECONDS = float(env("STREAMS_IDLE_TICK_SECONDS", "5"))
 STREAMS_DEDUP_WINDOW_MS = env_int("STREAMS_DEDUP_WINDOW_MS", 24 * 3600 * 1000)  # eventId memory per user
+# State entries a worker keeps decoded in memory across checkpoints (all its partitions together);
+# what one checkpoint changed is always kept until it is written. About 2-3 entries per active user.
+STREAMS_STATE_CACHE_ENTRIES = env_int("STREAMS_STATE_CACHE_ENTRIES", 150_000)
 # Prometheus exposition of each worker (consumer lag per partition, counters); 0 turns it off.
 # Several workers on one host need one port each: `run_stream --metrics-port`.
 STREAMS_METRICS_PORT = env_int("STREAMS_METRICS_PORT", 9310)

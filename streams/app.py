@@ -299,7 +299,8 @@ def worker_build(
             idle_timeout_ms=settings.STREAMS_IDLE_TIMEOUT_MS,
             grace_ms=settings.STREAMS_GRACE_MS,
             dedup_window_ms=settings.STREAMS_DEDUP_WINDOW_MS,
-        )
+        ),
+        cache_entries=settings.STREAMS_STATE_CACHE_ENTRIES,
     )
     ticker: IdleTicker | None = None
     if settings.STREAMS_IDLE_TICK_SECONDS > 0:

@@ -719,7 +719,7 @@ class PartitionProcessor:
     and tests call before they look into a store.
     """
 
-    def __init__(self, config: ProcessorConfig | None = None, *, cache_entries: int = 200_000) -> None:
+    def __init__(self, config: ProcessorConfig | None = None, *, cache_entries: int = 150_000) -> None:
         self.config = config or ProcessorConfig()
         self.cache_entries = cache_entries
         self._timers: dict[int, _PartitionTimers] = {}
@@ -727,7 +727,9 @@ class PartitionProcessor:
 
     def checkpoint(self) -> int:
         """Write every partition's cached state changes to its store; return how many entries."""
-        written = sum(t.cache.flush(self.cache_entries) for t in list(self._timers.values()))
+        partitions = list(self._timers.values())
+        capacity = self.cache_entries // max(1, len(partitions))  # the budget is the process's
+        written = sum(t.cache.flush(capacity) for t in partitions)
         forgotten, self._forgotten = self._forgotten, set()
         for partition in forgotten:
             self._timers.pop(partition, None)  # written above: nothing is lost
