@@ -25,6 +25,7 @@ Quix, and the state is rebuilt from the changelog topics anyway.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -416,12 +417,33 @@ def worker_build(
     return app, processor, ticker
 
 
+# Collections: after the young generation has seen this many more allocations than frees (CPython's
+# default is 700), then every 50 young and every 1,000 middle collections (10 and 10 by default).
+GC_THRESHOLDS = (50_000, 50, 1_000)
+
+
+def gc_tune() -> None:
+    """Fewer cyclic-GC passes for the worker: the processor allocates a few objects per event.
+
+    The default thresholds ran a young-generation pass every 700 net allocations and an older one
+    every ten of those, each walking objects that never become garbage (the state cache, Quix and
+    Django internals); measured in ``bench/bench_streams.py``: decoding a message cost 9.3 CPU-us
+    per event in the worker against 3.2 in a bare process, 4.2 with this. ``freeze`` moves what
+    start-up allocated out of every future pass. The processor makes few reference cycles, so
+    collecting them later costs little memory.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def stream_run(*, metrics_port: int | None = None, consumer_group: str | None = None) -> None:
     """Run the events worker until SIGTERM/SIGINT (Quix commits the last checkpoint on the way out)."""
     port = settings.STREAMS_METRICS_PORT if metrics_port is None else metrics_port
     if port:
         start_http_server(port, addr=settings.STREAMS_METRICS_ADDR)
     app, _, ticker = worker_build(consumer_group=consumer_group)
+    gc_tune()
     logger.info("stream worker starting", extra={"group": consumer_group or settings.STREAMS_CONSUMER_GROUP})
     if ticker is not None:
         ticker.start()
