@@ -57,6 +57,7 @@ def baseline_main(topic: str, messages: int, group: str) -> None:
         consumer_extra_config={"session.timeout.ms": 6000},
         commit_interval=5,
         use_changelog_topics=False,
+        state_dir=tempfile.mkdtemp(prefix="bench-baseline-state-"),  # Quix's default is ./state
     )
     seen = {"n": 0, "first": 0.0}
 
