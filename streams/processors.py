@@ -967,9 +967,7 @@ class PartitionProcessor:
     def _user_deadline(self, user_state: dict[str, Any]) -> int | None:
         views = user_state["views"]
         if views:
-            grace, idle = self.config.grace_ms, self.config.idle_timeout_ms
-            # ``_deadline`` inlined: this runs for every user of every message.
-            return min(v["last"] + idle if v.get("end") is None else v["end"] + grace for v in views.values())
+            return min(map(self._deadline, views.values()))
         # Nothing open: wake up when the dedup ids and closed-session memory have all expired, to
         # delete the user's state (users who never come back must not stay in the store forever).
         last = max([*user_state["b"].values(), *user_state["closed"].values()], default=None)
