@@ -117,7 +117,7 @@ class ClickHouseSink(BatchingSink):
         client_factory: Callable[[], Client],
         topic_id_get: Callable[[str], str] = lambda topic: "",
         retry_after: float = 5.0,
-        chunk_rows: int = 20_000,
+        chunk_rows: int = 50_000,
     ) -> None:
         super().__init__()
         self._client_factory = client_factory
