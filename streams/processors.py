@@ -392,15 +392,18 @@ _NonNegative = Annotated[int, Meta(ge=0, le=_MAX_INT64)]
 _Dimension = Annotated[str, Meta(max_length=256)]
 
 
-class _EventIn(msgspec.Struct):
+class _EventIn(msgspec.Struct, gc=False):
     """An event as ``event_row`` accepts it, checked by msgspec in C (the fast path).
+
+    ``gc=False``: a decoded event cannot be part of a reference cycle, so the cyclic collector need
+    not track the thousands decoded per second.
 
     At least as strict as ``event_row`` on every field (anything it refuses falls back to the slow
     path, which then names the field), so both paths give the same rows.
     """
 
     eventId: uuid.UUID
-    type: Annotated[str, Meta(pattern=event_format.CUSTOM_TYPE_PATTERN)]  # playback types match it too
+    type: str  # checked in ``_struct_row``: a pattern here ran the regex on every event (40% of decoding)
     userId: Annotated[str, Meta(min_length=1, max_length=128)]
     timestamp: _Ts
     receivedAt: _Ts
@@ -421,7 +424,7 @@ class _EventIn(msgspec.Struct):
     properties: dict[str, Any] | None = None
 
 
-class _MessageIn(msgspec.Struct):
+class _MessageIn(msgspec.Struct, gc=False):
     v: int
     events: list[_EventIn]
     userId: str | UnsetType = UNSET
@@ -490,8 +493,11 @@ def _struct_row(event: _EventIn, partition: int, offset: int) -> tuple[Any, ...]
     etype = event.type
     session = event.sessionId or ""
     video = event.videoId or ""
-    if etype in event_format.PLAYBACK_TYPES and not (session and video):
-        raise PoisonError("playback event without sessionId/videoId")
+    if etype in event_format.PLAYBACK_TYPES:
+        if not (session and video):
+            raise PoisonError("playback event without sessionId/videoId")
+    elif not _CUSTOM_TYPE.match(etype):
+        raise PoisonError("type: not a playback or custom type")  # the slow path names it
     ts = event.timestamp
     client_ts = event.clientTimestamp
     properties = event.properties

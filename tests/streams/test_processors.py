@@ -224,6 +224,18 @@ def test_a_v2_event_without_a_usable_user_is_dead_lettered_alone():
     assert not [key for key in store.data if key[0] == b""], "no state for the nameless event"
 
 
+@pytest.mark.parametrize("version", [1, 2])
+def test_event_types_are_checked_on_the_fast_path_too(version):
+    """A custom type must match the pattern; the fast path (msgspec) leaves that check to Python."""
+    good = ev("player.quality_change", T0, user="u8", session="s8")
+    bad = {**ev("heartbeat", T0 + 1, user="u8", session="s8"), "type": "Not A Type!"}
+    batch = Message(user_id="u8", received_at=T0, events=[good, bad], partition=0, version=version)
+    out, _ = run([batch])
+    assert [row[0] for row in out.events] == [uuid.UUID(good["eventId"])]
+    assert len(out.dead_letters) == 1
+    assert out.dead_letters[0]["reason"].startswith("type: 'Not A Type!' is neither a playback type")
+
+
 def test_state_cache_checkpoints_change_nothing_but_when_the_store_is_written():
     """Checkpointing after every message or only at the end: same outputs, same stored state."""
     stream = stream_generate(views=150, users=20, seed=17, partitions=1, start_ms=T0, poison=False)
