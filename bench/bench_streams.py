@@ -1,6 +1,6 @@
 """Benchmark of the stream worker: events/s per worker process, CPU per event, freshness.
 
-    PYTHONPATH=. python bench/bench_streams.py [--events 300000] [--rate 20000] [--seconds 30]
+    PYTHONPATH=. python bench/bench_streams.py [--events 300000] [--rate 20000] [--seconds 30] [--repeat 3]
 
 Starts its own Tansu broker and embedded ClickHouse server (free ports, temporary dirs), then:
 
@@ -9,7 +9,11 @@ Starts its own Tansu broker and embedded ClickHouse server (free ports, temporar
 2. baseline: a Quix app that only consumes the same topic (stateless ``update``), in its own
    process -- what one Quix process costs before any work;
 3. worker: ``manage.py run_stream`` over the same backlog, until ClickHouse holds every event and
-   every view summary -- events/s and CPU-seconds per event of one worker process;
+   every view summary -- events/s and CPU-seconds per event of one worker process, ``--repeat``
+   times (a fresh consumer group and emptied tables each time; medians). Also printed: the worker's
+   capacity on a core of its own (1 / its CPU per event) and what the embedded ClickHouse server and
+   the broker, which share this machine's cores, cost per event -- the ceiling they put on any
+   worker here;
 4. freshness: a producer at a steady ``--rate`` for ``--seconds`` while the worker runs; every
    event's ``receivedAt`` (the time ingest would stamp at POST) is compared with the moment a poller
    (every 200 ms) first sees it in ClickHouse -> p50/p95 event-to-queryable latency.
@@ -23,12 +27,14 @@ import io
 import os
 import pstats
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -93,6 +99,61 @@ def thread_cpu(pid: int) -> str:
     return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1]))
 
 
+def tables_truncate(client: Any) -> None:
+    """Empty every table (not the views) of the benchmark's database, for the next worker run."""
+    rows = client.execute(
+        "SELECT name FROM system.tables WHERE database = currentDatabase() "
+        "AND engine NOT IN ('MaterializedView', 'View') AND name != 'django_migrations'"
+    )
+    for (name,) in rows:
+        client.execute(f"TRUNCATE TABLE `{name}`")
+
+
+def worker_measure(
+    worker: subprocess.Popen[bytes],
+    client: Any,
+    expected: tuple[int, int],
+    total_events: int,
+    clickhouse_pid: int,
+    broker_pid: int,
+) -> dict[str, float]:
+    """Wait until ClickHouse holds every event and view; the worker's rate and everyone's CPU."""
+
+    def counts() -> tuple[int, int]:
+        a = client.execute("SELECT count() FROM events")[0][0]
+        b = client.execute("SELECT count() FROM view_summaries")[0][0]
+        return int(a), int(b)
+
+    ch_cpu_before = cpu_of(clickhouse_pid)
+    broker_cpu_before = cpu_of(broker_pid)
+    first_rows: tuple[float, int] | None = None
+    first_cpu = 0.0
+    launch = time.monotonic()
+    while True:
+        got = counts()
+        if got[0] and first_rows is None:
+            first_rows = (time.monotonic(), got[0])
+            first_cpu = cpu_of(worker.pid)
+        if got >= expected:
+            break
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.returncode}; rows {got} of {expected}")
+        time.sleep(0.2)
+    done = time.monotonic()
+    assert got == expected, (got, expected)
+    assert first_rows is not None
+    cpu = cpu_of(worker.pid)
+    print(f"  worker CPU by thread: {thread_cpu(worker.pid)}")
+    return {
+        "events_per_s": total_events / (done - launch),
+        "steady_events_per_s": (got[0] - first_rows[1]) / max(1e-6, done - first_rows[0]),
+        "cpu_us": cpu / total_events * 1e6,
+        "steady_cpu_us": (cpu - first_cpu) / max(1, got[0] - first_rows[1]) * 1e6,
+        "clickhouse_us": (cpu_of(clickhouse_pid) - ch_cpu_before) / total_events * 1e6,
+        "broker_us": (cpu_of(broker_pid) - broker_cpu_before) / total_events * 1e6,
+    }
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -104,6 +165,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=20_000, help="events/s of the freshness phase")
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--profile", action="store_true", help="cProfile the pure processor")
+    parser.add_argument("--repeat", type=int, default=1, help="worker runs over the backlog (the median is reported)")
     parser.add_argument(
         "--batch-ms", type=int, default=10_000, help="how often a player sends its events (one message per request)"
     )
@@ -210,55 +272,44 @@ def main() -> None:
         base_seconds = float(line.split()[1])
         print(f"baseline (Quix consume only, 1 process): {total_events / base_seconds:,.0f} events/s")
 
-        # 3. the worker over the backlog
+        # 3. the worker over the backlog, --repeat times (each run: fresh consumer group and tables)
         client = client_get()
-        worker = subprocess.Popen(
-            [sys.executable, str(ROOT / "manage.py"), "run_stream", "--metrics-port", "0"],
-            env=child_env,
-            stdout=open(tmp / "worker.log", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        workers.append(worker)
         expected = (len(stream.truth.event_ids), len(stream.truth.views))
-
-        def counts() -> tuple[int, int]:
-            a = client.execute("SELECT count() FROM events")[0][0]
-            b = client.execute("SELECT count() FROM view_summaries")[0][0]
-            return int(a), int(b)
-
-        ch_cpu_before = cpu_of(clickhouse.process.pid)
-        broker_cpu_before = cpu_of(broker.process.pid)
-        first_rows = None
-        first_cpu = 0.0
-        launch = time.monotonic()
-        while True:
-            got = counts()
-            if got[0] and first_rows is None:
-                first_rows = (time.monotonic(), got[0])
-                first_cpu = cpu_of(worker.pid)
-            if got >= expected:
-                break
-            time.sleep(0.2)
-        done = time.monotonic()
-        stat = Path(f"/proc/{worker.pid}/stat").read_text().split()
-        cpu_seconds = (int(stat[13]) + int(stat[14])) / os.sysconf("SC_CLK_TCK")
-        assert first_rows is not None
-        steady = (got[0] - first_rows[1]) / max(1e-6, done - first_rows[0])
+        runs = []
+        for run in range(args.repeat):
+            if run:
+                worker = workers.pop()
+                worker.send_signal(signal.SIGTERM)
+                worker.wait(60)
+                tables_truncate(client)
+            group = f"bench-worker-{run}"
+            worker = subprocess.Popen(
+                [sys.executable, str(ROOT / "manage.py"), "run_stream", "--metrics-port", "0"],
+                env={**child_env, "STREAMS_CONSUMER_GROUP": group},
+                stdout=open(tmp / f"worker-{run}.log", "wb"),  # noqa: SIM115
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+            workers.append(worker)
+            runs.append(
+                worker_measure(worker, client, expected, total_events, clickhouse.process.pid, broker.process.pid)
+            )
+            print(f"  run {run + 1}: " + ", ".join(f"{k} {v:,.1f}" for k, v in runs[-1].items()))
+        median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+        capacity = 1e6 / median["steady_cpu_us"]
+        services = median["clickhouse_us"] + median["broker_us"]
         print(
-            f"worker (1 process): {total_events / (done - launch):,.0f} events/s including start and group join "
-            f"({done - launch:.1f} s); {steady:,.0f} events/s between first and last checkpoint; "
-            f"{cpu_seconds / total_events * 1e6:.1f} CPU-us/event; ratio to baseline "
-            f"{(total_events / (done - launch)) / (total_events / base_seconds):.2f}"
+            f"worker (1 process, median of {len(runs)}): {median['events_per_s']:,.0f} events/s including start "
+            f"and group join; {median['steady_events_per_s']:,.0f} events/s between first and last checkpoint; "
+            f"{median['cpu_us']:.1f} CPU-us/event ({median['steady_cpu_us']:.1f} without start-up); ratio to "
+            f"baseline {median['events_per_s'] / (total_events / base_seconds):.2f}"
         )
-        print(f"  rows: {got} expected {expected}")
-        server_cpu = cpu_of(clickhouse.process.pid) - ch_cpu_before
-        steady_cpu = (cpu_of(worker.pid) - first_cpu) / max(1, got[0] - first_rows[1]) * 1e6
-        print(f"  worker CPU between first and last checkpoint (no start-up): {steady_cpu:.1f} us/event")
-        broker_cpu = cpu_of(broker.process.pid) - broker_cpu_before
+        print(f"  worker capacity on a core of its own: {capacity:,.0f} events/s (1 / steady CPU per event)")
         print(
-            f"  worker CPU by thread: {thread_cpu(worker.pid)}; ClickHouse server CPU: {server_cpu:.1f} s; "
-            f"broker CPU: {broker_cpu:.1f} s"
+            f"  co-located services per event: ClickHouse server {median['clickhouse_us']:.1f} CPU-us, broker "
+            f"{median['broker_us']:.1f} CPU-us; on this machine's {os.cpu_count()} cores they alone cap the "
+            f"pipeline at {(os.cpu_count() or 1) * 1e6 / services:,.0f} events/s, and with the worker at "
+            f"{(os.cpu_count() or 1) * 1e6 / (services + median['steady_cpu_us']):,.0f} events/s"
         )
 
         # 4. freshness at a steady rate while the worker keeps running
