@@ -438,6 +438,9 @@ STREAMS_SINK_RETRY_SECONDS = float(env("STREAMS_SINK_RETRY_SECONDS", "5"))
 # view_summaries, whatever the row count): 50k rows instead of 20k cut the server's CPU by a quarter
 # in bench/bench_streams.py. A checkpoint still writes what it has, so freshness does not change.
 STREAMS_SINK_CHUNK_ROWS = env_int("STREAMS_SINK_CHUNK_ROWS", 50_000)
+# ... or sooner, once its rows are this old and the sink's writer is idle: the checkpoint then waits
+# for about this much data, not for a whole checkpoint's worth when the rate is below 10k events/s.
+STREAMS_SINK_CHUNK_SECONDS = float(env("STREAMS_SINK_CHUNK_SECONDS", "1.5"))
 # lz4 costs the worker ~7 us of CPU per row: worth it across a network, not on loopback.
 STREAMS_CLICKHOUSE_COMPRESSION = env("STREAMS_CLICKHOUSE_COMPRESSION", "lz4" if PRODUCTION else "")
 STREAMS_IDLE_TIMEOUT_MS = env_int("STREAMS_IDLE_TIMEOUT_MS", 60_000)  # a view closes after 60 s without events

@@ -352,6 +352,7 @@ def worker_build(
         topic_id_get=topic_id_get,
         retry_after=settings.STREAMS_SINK_RETRY_SECONDS,
         chunk_rows=settings.STREAMS_SINK_CHUNK_ROWS,
+        chunk_seconds=settings.STREAMS_SINK_CHUNK_SECONDS,
     )
     sdf = app.dataframe(events)
     # Sinks flush in registration order at each checkpoint, all before Quix produces the changelogs

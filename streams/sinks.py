@@ -100,12 +100,13 @@ class _Chunk:
     several partitions, so per-partition inserts multiplied the parts and the server's work.
     """
 
-    __slots__ = ("outputs", "rows", "topic")
+    __slots__ = ("outputs", "rows", "started", "topic")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
         self.outputs: dict[int, list[Output]] = {}
         self.rows = 0
+        self.started = time.monotonic()
 
 
 class ClickHouseSink(BatchingSink):
@@ -118,6 +119,7 @@ class ClickHouseSink(BatchingSink):
         topic_id_get: Callable[[str], str] = lambda topic: "",
         retry_after: float = 5.0,
         chunk_rows: int = 50_000,
+        chunk_seconds: float = 1.5,
     ) -> None:
         super().__init__()
         self._client_factory = client_factory
@@ -126,6 +128,7 @@ class ClickHouseSink(BatchingSink):
         self._client: Client | None = None
         self._retry_after = retry_after
         self._chunk_rows = chunk_rows
+        self._chunk_seconds = chunk_seconds
         self._chunk: _Chunk | None = None
         # (table, partition) -> the last source offset known to be fully stored in that table;
         # touched by the writer thread only.
@@ -162,7 +165,12 @@ class ClickHouseSink(BatchingSink):
         else:
             outputs.append(value)
         chunk.rows += len(value.events) + len(value.views)
-        if chunk.rows >= self._chunk_rows:
+        # A chunk goes to the writer when it is full, or when it is ``chunk_seconds`` old and the
+        # writer is idle: INSERTs stay large (each costs the server a part per table and view), yet
+        # the checkpoint, which waits for the last one, finds little left to write at any rate.
+        if chunk.rows >= self._chunk_rows or (
+            not self._queue.unfinished_tasks and time.monotonic() - chunk.started >= self._chunk_seconds
+        ):
             self._chunk = None
             self._queue.put(chunk)
 

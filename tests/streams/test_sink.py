@@ -233,3 +233,19 @@ def test_a_rejected_chunk_raises_backpressure_and_later_chunks_are_not_written(t
     with pytest.raises(SinkBackpressureError):
         sink.flush()
     assert [r[0] for r in tables.execute("SELECT kafka_offset FROM events ORDER BY kafka_offset")] == [0]
+
+
+def test_an_aged_chunk_is_written_before_the_checkpoint_when_the_writer_is_idle(tables):
+    """Below ``chunk_rows``, rows still reach ClickHouse once ``chunk_seconds`` old, not all at flush."""
+    sink = _sink(chunk_rows=1_000_000, chunk_seconds=0.2)
+    _add(sink, [Output(partition=3, offset=o, events=[_event(o)]) for o in range(3)])
+    time.sleep(0.5)
+    assert tables.execute("SELECT count() FROM events")[0][0] == 0, "young chunks wait for size or age"
+    _add(sink, [Output(partition=3, offset=3, events=[_event(3)])])  # the chunk is old now: handed over
+    deadline = time.monotonic() + 10
+    while tables.execute("SELECT count() FROM events")[0][0] < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tables.execute("SELECT count() FROM events")[0][0] == 4, "written without a flush"
+    _add(sink, [Output(partition=3, offset=4, events=[_event(4)])])  # a new, young chunk
+    sink.flush()
+    assert [r[0] for r in tables.execute("SELECT kafka_offset FROM events ORDER BY kafka_offset")] == list(range(5))
