@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,9 +33,9 @@ class LogStoreConfig:
 
     url: str
     index_prefix: str = "analytics-logs"
-    api_key: str = ""
+    api_key: str = field(default="", repr=False)  # secrets stay out of reprs (tracebacks, debug output)
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     ca_certs: str = ""
     request_timeout: float = 10.0
     # Test hook only: the elastic_transport node class. The in-memory server the tests run

@@ -85,3 +85,9 @@ def test_process_names() -> None:
 def test_messages_show_the_url_without_credentials() -> None:
     config = LogStoreConfig(url="https://shipper:s3cret@logs.example.com:9243/base")
     assert config.display_url == "https://logs.example.com:9243/base"
+
+
+def test_secrets_stay_out_of_the_configuration_repr() -> None:
+    config = LogStoreConfig(url="https://logs.example.com", api_key="key-value", username="u", password="pw-value")
+    assert "key-value" not in repr(config)
+    assert "pw-value" not in repr(config)
