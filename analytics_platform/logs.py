@@ -1,13 +1,15 @@
 """Structured JSON logs on stdout for every process (web, stream workers, Celery, commands).
 
 structlog renders both its own events and stdlib ``logging`` records (Django, gunicorn, Celery,
-Quix) as one JSON object per line, so the log shipper can index them without parsing text. Each
+Quix) as one JSON object per line, so a log shipper can index them without parsing text. Each
 line carries the request id and, when a span is active, the OpenTelemetry trace and span ids, so
-a log line can be joined to its trace.
+a log line can be joined to its trace. With ``ELASTICSEARCH_LOGS_URL`` set, the same lines also go
+to Elasticsearch from inside each process (``analytics_platform.log_shipping``).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -24,14 +26,36 @@ def add_trace_context(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, 
     return event_dict
 
 
-SHARED_PROCESSORS: list[Any] = [
+def add_record_timestamp(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """Stamp a stdlib record with the time it was made, not the time a handler formats it.
+
+    Every handler (stdout, Elasticsearch) runs the foreign pre-chain on its own; with a clock read
+    per handler the same line would carry different timestamps on stdout and in the log store.
+    Same format as structlog's ``TimeStamper(fmt="iso", utc=True)``.
+    """
+    record = event_dict.get("_record")
+    if record is not None:
+        created = dt.datetime.fromtimestamp(record.created, tz=dt.UTC)
+        event_dict["timestamp"] = created.isoformat().replace("+00:00", "Z")
+    return event_dict
+
+
+_CONTEXT_PROCESSORS: list[Any] = [
     structlog.contextvars.merge_contextvars,
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
+]
+SHARED_PROCESSORS: list[Any] = [
+    *_CONTEXT_PROCESSORS,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
     add_trace_context,
 ]
-FOREIGN_PRE_CHAIN: list[Any] = [*SHARED_PROCESSORS, structlog.stdlib.ExtraAdder()]
+FOREIGN_PRE_CHAIN: list[Any] = [
+    *_CONTEXT_PROCESSORS,
+    add_record_timestamp,
+    add_trace_context,
+    structlog.stdlib.ExtraAdder(),
+]
 JSON_RENDERER: list[Any] = [
     structlog.stdlib.ProcessorFormatter.remove_processors_meta,
     structlog.processors.format_exc_info,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -456,3 +457,40 @@ STREAMS_STATE_CACHE_ENTRIES = env_int("STREAMS_STATE_CACHE_ENTRIES", 150_000)
 # Several workers on one host need one port each: `run_stream --metrics-port`.
 STREAMS_METRICS_PORT = env_int("STREAMS_METRICS_PORT", 9310)
 STREAMS_METRICS_ADDR = env("STREAMS_METRICS_ADDR", "127.0.0.1")
+# --- Logs to Elasticsearch -------------------------------------------------------------------
+# Off unless ELASTICSEARCH_LOGS_URL is set: then every process also ships its JSON log lines (the
+# ones on stdout) to daily indices `<prefix>-YYYY.MM.DD`, from a background thread with a bounded
+# queue (analytics_platform/log_shipping.py); `manage.py logs_search` reads them back. Credentials
+# come from the environment only: an API key, or a user and password. TLS with an https:// URL,
+# verified against the system CAs or ELASTICSEARCH_LOGS_CA_CERTS.
+ELASTICSEARCH_LOGS_URL = os.environ.get("ELASTICSEARCH_LOGS_URL", "")
+ELASTICSEARCH_LOGS_INDEX_PREFIX = env("ELASTICSEARCH_LOGS_INDEX_PREFIX", "analytics-logs")
+ELASTICSEARCH_LOGS_API_KEY = os.environ.get("ELASTICSEARCH_LOGS_API_KEY", "")
+ELASTICSEARCH_LOGS_USERNAME = os.environ.get("ELASTICSEARCH_LOGS_USERNAME", "")
+ELASTICSEARCH_LOGS_PASSWORD = os.environ.get("ELASTICSEARCH_LOGS_PASSWORD", "")
+ELASTICSEARCH_LOGS_CA_CERTS = os.environ.get("ELASTICSEARCH_LOGS_CA_CERTS", "")
+# Lines held in memory per process while Elasticsearch is slow or down; past it new lines are
+# dropped (and counted), never waited for. About 1 KB each.
+ELASTICSEARCH_LOGS_QUEUE_SIZE = env_int("ELASTICSEARCH_LOGS_QUEUE_SIZE", 10_000)
+ELASTICSEARCH_LOGS_BATCH_SIZE = env_int("ELASTICSEARCH_LOGS_BATCH_SIZE", 500)
+ELASTICSEARCH_LOGS_FLUSH_SECONDS = float(env("ELASTICSEARCH_LOGS_FLUSH_SECONDS", "1"))
+ELASTICSEARCH_LOGS_REQUEST_TIMEOUT_SECONDS = float(env("ELASTICSEARCH_LOGS_REQUEST_TIMEOUT_SECONDS", "10"))
+# How long a process's exit waits for its last lines to be shipped.
+ELASTICSEARCH_LOGS_EXIT_TIMEOUT_SECONDS = float(env("ELASTICSEARCH_LOGS_EXIT_TIMEOUT_SECONDS", "2"))
+if ELASTICSEARCH_LOGS_URL:
+    if not ELASTICSEARCH_LOGS_URL.startswith(("http://", "https://")):
+        raise ImproperlyConfigured("ELASTICSEARCH_LOGS_URL must be an http:// or https:// URL")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", ELASTICSEARCH_LOGS_INDEX_PREFIX):
+        # An Elasticsearch index name: lowercase, none of \/*?"<>|,# or spaces.
+        raise ImproperlyConfigured("ELASTICSEARCH_LOGS_INDEX_PREFIX must be lowercase letters, digits, '.', '_', '-'")
+    if ELASTICSEARCH_LOGS_API_KEY and ELASTICSEARCH_LOGS_USERNAME:
+        raise ImproperlyConfigured("set ELASTICSEARCH_LOGS_API_KEY or ELASTICSEARCH_LOGS_USERNAME/PASSWORD, not both")
+    if bool(ELASTICSEARCH_LOGS_USERNAME) != bool(ELASTICSEARCH_LOGS_PASSWORD):
+        raise ImproperlyConfigured("ELASTICSEARCH_LOGS_USERNAME and ELASTICSEARCH_LOGS_PASSWORD go together")
+    LOGGING["handlers"]["elasticsearch"] = {
+        "()": "analytics_platform.log_shipping.handler_from_settings",
+        "formatter": "json",  # the stdout line's formatter: the same fields in both places
+    }
+    LOGGING["root"]["handlers"].append("elasticsearch")
+# The client logs every request at INFO: the shipper's once-a-second bulk would fill stdout.
+LOGGING["loggers"]["elastic_transport"] = {"level": "WARNING"}
