@@ -712,9 +712,10 @@ class _PartitionTimers:
         heapq.heapify(self.heap)
         self.last_offset = -2
 
-    def bucket_of(self, user: str) -> int:
+    def bucket_of(self, prefix: bytes) -> int:
+        """The timer bucket of the user whose state key prefix (the encoded userId) is ``prefix``."""
         # A stable hash (Python's str hash is salted per process).
-        return zlib.crc32(user.encode()) % TIMER_BUCKETS
+        return zlib.crc32(prefix) % TIMER_BUCKETS
 
 
 class PartitionProcessor:
@@ -822,7 +823,7 @@ class PartitionProcessor:
                     if session in closed or ts < late_horizon:
                         late = True
                     else:
-                        view = views[session] = {"e": [], "u": user, "v": row[_VIDEO], "dims": [""] * 6, "seq": 0}
+                        view = views[session] = {"e": [], "u": user, "v": row[_VIDEO], "dims": [""] * 6}
                 if late:
                     row = (*row[:_LATE], True, *row[_LATE + 1 :])
                     out.late += 1
@@ -839,7 +840,7 @@ class PartitionProcessor:
         # than its earliest view deadline, so closing them here too would only repeat the work.
         for user, prefix, user_state, seen_buckets in touched:
             self._seen_save(store, prefix, user_state, seen_buckets, watermark)
-            self._timer_set(timers, store, user, user_state, exact=False)
+            self._timer_set(timers, store, user, prefix, user_state, exact=False)
             store.set(prefix, "u", user_state)
         self._timers_fire(timers, store, watermark, out)
 
@@ -881,16 +882,23 @@ class PartitionProcessor:
 
     def _view_add(self, view: dict[str, Any], row: tuple[Any, ...], properties: dict[str, Any] | None) -> None:
         etype = row[_TYPE]
-        view["seq"] += 1
-        view["e"].append([row[_TS], etype, row[_POS], row[_FATAL], view["seq"]])
+        ts = row[_TS]
+        events = view["e"]
+        # The arrival number breaks ties of event time; views stored before it was derived from
+        # the list's length kept it in "seq", which always equalled that length.
+        events.append([ts, etype, row[_POS], row[_FATAL], len(events) + 1])
         if etype == "view_start" or not view.get("s"):
             # The view's context comes from its view_start (else its first event).
             view["s"] = etype == "view_start"
             view["v"] = row[_VIDEO] or view["v"]
             view["dims"] = [new or old for new, old in zip(row[_DIMS], view["dims"], strict=True)]
         if etype in ("ended", "view_end"):
-            view["end"] = max(view.get("end") or 0, row[_TS])
-        view["last"] = max(view.get("last") or 0, row[_TS])
+            end = view.get("end")
+            if end is None or ts > end:
+                view["end"] = ts
+        last = view.get("last")
+        if last is None or ts > last:
+            view["last"] = ts
         if properties:
             duration = properties.get("durationMs")
             if isinstance(duration, int) and not isinstance(duration, bool) and duration > 0:
@@ -949,7 +957,14 @@ class PartitionProcessor:
             del touched[bucket_key]
 
     def _timer_set(
-        self, timers: _PartitionTimers, store: StateStore, user: str, user_state: dict[str, Any], *, exact: bool
+        self,
+        timers: _PartitionTimers,
+        store: StateStore,
+        user: str,
+        prefix: bytes,
+        user_state: dict[str, Any],
+        *,
+        exact: bool,
     ) -> None:
         """Arm the user's timer at its earliest view deadline (no open view: when its state expires).
 
@@ -958,7 +973,7 @@ class PartitionProcessor:
         bucket on almost every message (a view's deadline moves with each of its events).
         """
         deadline = self._user_deadline(user_state)
-        index = timers.bucket_of(user)
+        index = timers.bucket_of(prefix)
         bucket = timers.buckets[index]
         armed = bucket.get(user)
         if armed == deadline or (not exact and armed is not None and (deadline is None or armed < deadline)):
@@ -973,7 +988,15 @@ class PartitionProcessor:
     def _user_deadline(self, user_state: dict[str, Any]) -> int | None:
         views = user_state["views"]
         if views:
-            return min(map(self._deadline, views.values()))
+            # ``_deadline`` of each view, inlined: this runs for every user of every message.
+            grace, idle = self.config.grace_ms, self.config.idle_timeout_ms
+            earliest: int | None = None
+            for view in views.values():
+                end = view.get("end")
+                deadline = int(end) + grace if end is not None else int(view["last"]) + idle
+                if earliest is None or deadline < earliest:
+                    earliest = deadline
+            return earliest
         # Nothing open: wake up when the dedup ids and closed-session memory have all expired, to
         # delete the user's state (users who never come back must not stay in the store forever).
         last = max([*user_state["b"].values(), *user_state["closed"].values()], default=None)
@@ -985,13 +1008,13 @@ class PartitionProcessor:
         heap = timers.heap
         while heap and heap[0][0] <= watermark:
             deadline, user = heapq.heappop(heap)
-            if timers.buckets[timers.bucket_of(user)].get(user) != deadline:
-                continue  # superseded by a later deadline (lazy deletion)
             prefix = user.encode()
+            if timers.buckets[timers.bucket_of(prefix)].get(user) != deadline:
+                continue  # superseded by a later deadline (lazy deletion)
             user_state = store.get(prefix, "u") or {"views": {}, "closed": {}, "b": {}}
             self._views_close(user, user_state, watermark, out)
             self._seen_save(store, prefix, user_state, {}, watermark)
-            self._timer_set(timers, store, user, user_state, exact=True)
+            self._timer_set(timers, store, user, prefix, user_state, exact=True)
             if user_state["views"] or user_state["closed"] or user_state["b"]:
                 store.set(prefix, "u", user_state)
             else:
