@@ -437,7 +437,7 @@ STREAMS_SINK_RETRY_SECONDS = float(env("STREAMS_SINK_RETRY_SECONDS", "5"))
 # Rows per INSERT, written while processing goes on. Each INSERT costs ClickHouse a part in the table
 # and in every materialized view's target (about 50 ms of embedded-server CPU for events, 80 ms for
 # view_summaries, whatever the row count): 50k rows instead of 20k cut the server's CPU by a quarter
-# in bench/bench_streams.py. A checkpoint still writes what it has, so freshness does not change.
+# in bench/bench_streams.py.
 STREAMS_SINK_CHUNK_ROWS = env_int("STREAMS_SINK_CHUNK_ROWS", 50_000)
 # ... or sooner, once its rows are this old and the sink's writer is idle: the checkpoint then waits
 # for about this much data, not for a whole checkpoint's worth when the rate is below 10k events/s.

@@ -988,15 +988,7 @@ class PartitionProcessor:
     def _user_deadline(self, user_state: dict[str, Any]) -> int | None:
         views = user_state["views"]
         if views:
-            # ``_deadline`` of each view, inlined: this runs for every user of every message.
-            grace, idle = self.config.grace_ms, self.config.idle_timeout_ms
-            earliest: int | None = None
-            for view in views.values():
-                end = view.get("end")
-                deadline = int(end) + grace if end is not None else int(view["last"]) + idle
-                if earliest is None or deadline < earliest:
-                    earliest = deadline
-            return earliest
+            return min(map(self._deadline, views.values()))
         # Nothing open: wake up when the dedup ids and closed-session memory have all expired, to
         # delete the user's state (users who never come back must not stay in the store forever).
         last = max([*user_state["b"].values(), *user_state["closed"].values()], default=None)
