@@ -26,6 +26,7 @@ import cProfile
 import io
 import os
 import pstats
+import shutil
 import signal
 import statistics
 import subprocess
@@ -51,6 +52,7 @@ def _setup_django(env: dict[str, str]) -> None:
 def baseline_main(topic: str, messages: int, group: str) -> None:
     """A Quix app that only consumes: the per-process floor of Quix + librdkafka."""
     _setup_django({})
+    state_dir = tempfile.mkdtemp(prefix="bench-baseline-state-")  # Quix's default is ./state
     from quixstreams import Application
     from quixstreams.kafka.configuration import ConnectionConfig
 
@@ -63,7 +65,7 @@ def baseline_main(topic: str, messages: int, group: str) -> None:
         consumer_extra_config={"session.timeout.ms": 6000},
         commit_interval=5,
         use_changelog_topics=False,
-        state_dir=tempfile.mkdtemp(prefix="bench-baseline-state-"),  # Quix's default is ./state
+        state_dir=state_dir,
     )
     seen = {"n": 0, "first": 0.0}
 
@@ -78,7 +80,10 @@ def baseline_main(topic: str, messages: int, group: str) -> None:
 
     sdf = app.dataframe(app.topic(topic, value_deserializer="bytes", key_deserializer="bytes"))
     sdf.update(count)
-    app.run()
+    try:
+        app.run()
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def cpu_of(pid: int) -> float:
@@ -402,6 +407,7 @@ def main() -> None:
                     w.kill()
         clickhouse.stop()
         broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
