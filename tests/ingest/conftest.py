@@ -37,6 +37,16 @@ def body_of(events: list[Any], **top: Any) -> bytes:
     return msgspec.json.encode({**top, "events": events})
 
 
+def assert_broker_unavailable(response: Any, message_part: str = "") -> None:
+    """The API's answer when Kafka did not take the events: 503, Retry-After, nothing accepted."""
+    assert response.status_code == 503, response.content
+    assert int(response["Retry-After"]) > 0
+    body = msgspec.json.decode(response.content)
+    assert body["error"]["code"] == "broker_unavailable"
+    assert message_part in body["error"]["message"]
+    assert body["accepted"] == 0
+
+
 def expected_partition(user_id: str, partitions: int | None = None) -> int:
     # librdkafka's consistent partitioner: crc32 of the key modulo the partition count (checked
     # against the real partitioner in test_partitioning.py).

@@ -11,7 +11,7 @@ from django.test import Client
 from analytics_platform import kafka
 from analytics_platform.devstack import processes
 from ingest import producer
-from tests.ingest.conftest import body_of, event_make, expected_partition
+from tests.ingest.conftest import assert_broker_unavailable, body_of, event_make, expected_partition
 
 
 def users_on_distinct_partitions(count: int) -> list[str]:
@@ -42,12 +42,10 @@ def test_stopped_broker_gives_503_with_retry_after_and_nothing_accepted(client: 
                 "/events", data=body_of([event_make(), event_make()]), content_type="application/json"
             )
             elapsed = time.monotonic() - started
-            assert response.status_code == 503, response.content
-            assert int(response["Retry-After"]) > 0
-            body = response.json()
-            assert body["error"]["code"] == "broker_unavailable"
-            assert body["accepted"] == 0
-            assert elapsed < settings.INGEST_ACK_TIMEOUT_SECONDS + 1.5  # bounded wait
+            assert_broker_unavailable(response)
+            # Bounded by the ack timeout, not librdkafka's minutes-long message timeout (slack for a
+            # busy machine).
+            assert elapsed < settings.INGEST_ACK_TIMEOUT_SECONDS + 10
     finally:
         broker.kill()
         producer.producer_reset()
@@ -61,11 +59,6 @@ def test_full_producer_queue_gives_503_not_202(client: Client, settings: Any, ka
     try:
         events = [event_make(userId=user) for user in users_on_distinct_partitions(2)]
         response = client.post("/events", data=body_of(events), content_type="application/json")
-        assert response.status_code == 503, response.content
-        assert int(response["Retry-After"]) > 0
-        body = response.json()
-        assert body["error"]["code"] == "broker_unavailable"
-        assert "queue is full" in body["error"]["message"]
-        assert body["accepted"] == 0
+        assert_broker_unavailable(response, "queue is full")
     finally:
         producer.producer_reset()

@@ -14,14 +14,21 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
-import msgspec
 import pytest
 from django.test import Client
 
 from analytics_platform import kafka
 from analytics_platform.devstack import processes
 from ingest import producer
-from tests.ingest.conftest import TopicReader, body_of, event_make, events_of, expected_partition, value_of
+from tests.ingest.conftest import (
+    TopicReader,
+    assert_broker_unavailable,
+    body_of,
+    event_make,
+    events_of,
+    expected_partition,
+    value_of,
+)
 
 pytestmark = [pytest.mark.kafka, pytest.mark.usefixtures("ingest_open")]
 
@@ -181,12 +188,7 @@ def test_a_failed_delivery_fails_every_request_of_the_message(settings: Any) -> 
         elapsed = time.monotonic() - started
         after = metrics.get("/prometheus/metrics").content.decode()
         for response in responses:
-            assert response.status_code == 503, response
-            body = msgspec.json.decode(response.content)
-            assert body["error"]["code"] == "broker_unavailable"
-            assert "Kafka refused the events" in body["error"]["message"]  # the delivery report, not a timeout
-            assert body["accepted"] == 0
-            assert int(response["Retry-After"]) > 0
+            assert_broker_unavailable(response, "Kafka refused the events")  # the delivery report, not a timeout
         # Settled by the delivery report (message timeout 2 s after the 1 s window; slower on a busy
         # machine), never by the request giving up at its 30 s ack timeout.
         assert elapsed < settings.INGEST_ACK_TIMEOUT_SECONDS
@@ -214,13 +216,9 @@ def test_no_partition_count_gives_503_with_retry_after(settings: Any) -> None:
         response = post(body_of([event_make(), event_make()]))
         elapsed = time.monotonic() - started
         after = metrics.get("/prometheus/metrics").content.decode()
-        assert response.status_code == 503, response.content
-        assert int(response["Retry-After"]) > 0
-        body = response.json()
-        assert body["error"]["code"] == "broker_unavailable"
-        assert "partition count" in body["error"]["message"]
-        assert body["accepted"] == 0
-        assert elapsed < settings.INGEST_ACK_TIMEOUT_SECONDS + 1.5
+        assert_broker_unavailable(response, "partition count")
+        # Bounded by the ack timeout, not librdkafka's metadata timeouts (slack for a busy machine).
+        assert elapsed < settings.INGEST_ACK_TIMEOUT_SECONDS + 10
         name = 'ingest_delivery_failures_total{reason="metadata_unavailable"}'
         assert sample(after, name) - sample(before, name) == 1
     finally:

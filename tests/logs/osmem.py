@@ -10,6 +10,7 @@ private ``ELASTICSEARCH_LOGS_NODE_CLASS`` setting (or ``LogStoreConfig.node_clas
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import urllib.request
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from elastic_transport._node import NodeApiResponse
 from elastic_transport.client_utils import DEFAULT, DefaultType
 from elasticsearch import Elasticsearch
 
-from analytics_platform.devstack.processes import free_port, wait_for_port
+from analytics_platform.devstack.processes import ManagedProcess, free_port, wait_for_port
 
 
 class PlainJsonNode(Urllib3HttpNode):
@@ -48,9 +49,8 @@ def osmem_binary() -> Path:
 
 
 @dataclass
-class Osmem:
-    process: subprocess.Popen[bytes]
-    port: int
+class Osmem(ManagedProcess):
+    """The project's managed process (``stop``, ``kill``) plus an Elasticsearch client for it."""
 
     @property
     def url(self) -> str:
@@ -63,20 +63,9 @@ class Osmem:
         with urllib.request.urlopen(f"{self.url}{path}", timeout=5) as response:
             return json.loads(response.read())
 
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
 
 def osmem_start(port: int | None = None) -> Osmem:
     """Start osmem-server on ``port`` (a free one by default); it exits with the test process too."""
-    import os
-
     port = port or free_port()
     process = subprocess.Popen(
         [str(osmem_binary()), "-addr", f"127.0.0.1:{port}", "-no-stdin-watch", "-parent-pid", str(os.getpid())],
@@ -84,4 +73,4 @@ def osmem_start(port: int | None = None) -> Osmem:
         stderr=subprocess.DEVNULL,
     )
     wait_for_port("127.0.0.1", port, timeout=20, process=process)
-    return Osmem(process, port)
+    return Osmem("osmem", process, "127.0.0.1", port)
