@@ -1,6 +1,7 @@
 """Benchmark of the stream worker: events/s per worker process, CPU per event, freshness.
 
     PYTHONPATH=. python bench/bench_streams.py [--events 300000] [--rate 20000] [--seconds 30] [--repeat 3]
+    PYTHONPATH=. python bench/bench_streams.py --worker-only --repeat 3 --variant "STREAMS_X=1 STREAMS_Y=2"
 
 Starts its own Tansu broker and embedded ClickHouse server (free ports, temporary dirs), then:
 
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -114,15 +116,35 @@ def tables_truncate(client: Any) -> None:
         client.execute(f"TRUNCATE TABLE `{name}`")
 
 
+def events_counted(metrics_port: int) -> float | None:
+    """The worker's ``streams_events_total`` (events processed so far), from its Prometheus port."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=1) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("streams_events_total "):
+            return float(line.split()[1])
+    return None
+
+
 def worker_measure(
     worker: subprocess.Popen[bytes],
+    metrics_port: int,
     client: Any,
     expected: tuple[int, int],
     total_events: int,
     clickhouse_pid: int,
     broker_pid: int,
 ) -> dict[str, float]:
-    """Wait until ClickHouse holds every event and view; the worker's rate and everyone's CPU."""
+    """Wait until ClickHouse holds every event and view; the worker's rate and everyone's CPU.
+
+    Two rates: events over the whole run (start, group join and the wait for the last checkpoint
+    included), and the processing rate, from the worker's own event counter between 10% and 90%
+    of the events (checkpoints included, start and end excluded). Rows reach ClickHouse in steps
+    (chunks, checkpoints), which made a rate read from the table swing by a third between runs.
+    """
 
     def counts() -> tuple[int, int]:
         a = client.execute("SELECT count() FROM events")[0][0]
@@ -131,14 +153,15 @@ def worker_measure(
 
     ch_cpu_before = cpu_of(clickhouse_pid)
     broker_cpu_before = cpu_of(broker_pid)
-    first_rows: tuple[float, int] | None = None
-    first_cpu = 0.0
     launch = time.monotonic()
+    marks: dict[float, tuple[float, float, float]] = {}  # fraction -> (time, events counted, worker CPU)
     while True:
         got = counts()
-        if got[0] and first_rows is None:
-            first_rows = (time.monotonic(), got[0])
-            first_cpu = cpu_of(worker.pid)
+        counted = events_counted(metrics_port)
+        if counted is not None:
+            for fraction in (0.1, 0.9):
+                if fraction not in marks and counted >= fraction * total_events:
+                    marks[fraction] = (time.monotonic(), counted, cpu_of(worker.pid))
         if got >= expected:
             break
         if worker.poll() is not None:
@@ -146,14 +169,14 @@ def worker_measure(
         time.sleep(0.2)
     done = time.monotonic()
     assert got == expected, (got, expected)
-    assert first_rows is not None
     cpu = cpu_of(worker.pid)
     print(f"  worker CPU by thread: {thread_cpu(worker.pid)}")
+    (t10, n10, cpu10), (t90, n90, cpu90) = marks[0.1], marks[0.9]
     return {
         "events_per_s": total_events / (done - launch),
-        "steady_events_per_s": (got[0] - first_rows[1]) / max(1e-6, done - first_rows[0]),
+        "steady_events_per_s": (n90 - n10) / max(1e-6, t90 - t10),
         "cpu_us": cpu / total_events * 1e6,
-        "steady_cpu_us": (cpu - first_cpu) / max(1, got[0] - first_rows[1]) * 1e6,
+        "steady_cpu_us": (cpu90 - cpu10) / max(1.0, n90 - n10) * 1e6,
         "clickhouse_us": (cpu_of(clickhouse_pid) - ch_cpu_before) / total_events * 1e6,
         "broker_us": (cpu_of(broker_pid) - broker_cpu_before) / total_events * 1e6,
     }
@@ -171,6 +194,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--profile", action="store_true", help="cProfile the pure processor")
     parser.add_argument("--repeat", type=int, default=1, help="worker runs over the backlog (the median is reported)")
+    parser.add_argument(
+        "--variant", default="", help='"NAME=VALUE ...": also run a worker with this environment, interleaved'
+    )
+    parser.add_argument(
+        "--worker-only", action="store_true", help="skip the pure processor, the baseline and the freshness phase"
+    )
     parser.add_argument(
         "--batch-ms", type=int, default=10_000, help="how often a player sends its events (one message per request)"
     )
@@ -230,29 +259,31 @@ def main() -> None:
         )
 
         # 1. pure processor, --repeat times (the median: this machine's speed drifts between runs)
-        values = [(m.value(), m.key()) for m in stream.messages]
-        profiler = cProfile.Profile() if args.profile else None
-        cpus = []
-        for _ in range(args.repeat):
-            processor, store = PartitionProcessor(), DictStore()
-            started = time.process_time()
+        if not args.worker_only:
+            values = [(m.value(), m.key()) for m in stream.messages]
+            profiler = cProfile.Profile() if args.profile else None
+            cpus = []
+            for _ in range(args.repeat):
+                processor, store = PartitionProcessor(), DictStore()
+                started = time.process_time()
+                if profiler:
+                    profiler.enable()
+                for offset, (value, key) in enumerate(values):
+                    processor.process(value, key=key, partition=0, offset=offset, store=store)
+                processor.checkpoint()
+                if profiler:
+                    profiler.disable()
+                cpus.append(time.process_time() - started)
+            cpu = statistics.median(cpus)
+            print(
+                f"pure processor: {total_events / cpu:,.0f} events/s of one core "
+                f"({cpu / total_events * 1e6:.1f} us/event; "
+                f"runs {', '.join(f'{c / total_events * 1e6:.1f}' for c in cpus)})"
+            )
             if profiler:
-                profiler.enable()
-            for offset, (value, key) in enumerate(values):
-                processor.process(value, key=key, partition=0, offset=offset, store=store)
-            processor.checkpoint()
-            if profiler:
-                profiler.disable()
-            cpus.append(time.process_time() - started)
-        cpu = statistics.median(cpus)
-        print(
-            f"pure processor: {total_events / cpu:,.0f} events/s of one core ({cpu / total_events * 1e6:.1f} us/event; "
-            f"runs {', '.join(f'{c / total_events * 1e6:.1f}' for c in cpus)})"
-        )
-        if profiler:
-            out = io.StringIO()
-            pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
-            print(out.getvalue())
+                out = io.StringIO()
+                pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
+                print(out.getvalue())
 
         # produce the backlog
         producer = Producer(kafka.client_config(**{"linger.ms": 50, "compression.type": "lz4"}))
@@ -269,57 +300,82 @@ def main() -> None:
 
         # 2. baseline: a Quix app that only consumes
         child_env = {**os.environ, **env}
-        base = subprocess.Popen(
-            [sys.executable, __file__, "--baseline", topic, str(len(stream.messages)), "bench-baseline"],
-            env=child_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            cwd=ROOT,
-        )
-        out_text, _ = base.communicate(timeout=600)
-        line = next(ln for ln in out_text.decode().splitlines() if ln.startswith("BASELINE"))
-        base_seconds = float(line.split()[1])
-        print(f"baseline (Quix consume only, 1 process): {total_events / base_seconds:,.0f} events/s")
+        base_seconds = 0.0
+        if not args.worker_only:
+            base = subprocess.Popen(
+                [sys.executable, __file__, "--baseline", topic, str(len(stream.messages)), "bench-baseline"],
+                env=child_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                cwd=ROOT,
+            )
+            out_text, _ = base.communicate(timeout=600)
+            line = next(ln for ln in out_text.decode().splitlines() if ln.startswith("BASELINE"))
+            base_seconds = float(line.split()[1])
+            print(f"baseline (Quix consume only, 1 process): {total_events / base_seconds:,.0f} events/s")
 
         # 3. the worker over the backlog, --repeat times (each run: fresh consumer group and tables)
         client = client_get()
         expected = (len(stream.truth.event_ids), len(stream.truth.views))
-        runs = []
+        variant = dict(item.split("=", 1) for item in args.variant.split())
+        configs = {"default": {}, **({f"variant {args.variant}": variant} if variant else {})}
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
         for run in range(args.repeat):
-            if run:
-                worker = workers.pop()
-                worker.send_signal(signal.SIGTERM)
-                worker.wait(60)
-                tables_truncate(client)
-            group = f"bench-worker-{run}"
-            worker = subprocess.Popen(
-                [sys.executable, str(ROOT / "manage.py"), "run_stream", "--metrics-port", "0"],
-                env={**child_env, "STREAMS_CONSUMER_GROUP": group},
-                stdout=open(tmp / f"worker-{run}.log", "wb"),  # noqa: SIM115
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-            workers.append(worker)
-            runs.append(
-                worker_measure(worker, client, expected, total_events, clickhouse.process.pid, broker.process.pid)
-            )
-            print(f"  run {run + 1}: " + ", ".join(f"{k} {v:,.1f}" for k, v in runs[-1].items()))
-        median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+            for name, extra_env in configs.items():
+                if workers:
+                    worker = workers.pop()
+                    worker.send_signal(signal.SIGTERM)
+                    worker.wait(60)
+                    tables_truncate(client)
+                group = f"bench-worker-{run}-{len(runs[name])}-{name.split()[0]}"
+                metrics_port = processes.free_port()
+                worker = subprocess.Popen(
+                    [sys.executable, str(ROOT / "manage.py"), "run_stream", "--metrics-port", str(metrics_port)],
+                    env={**child_env, **extra_env, "STREAMS_CONSUMER_GROUP": group},
+                    stdout=open(tmp / f"worker-{group}.log", "wb"),  # noqa: SIM115
+                    stderr=subprocess.STDOUT,
+                    cwd=ROOT,
+                )
+                workers.append(worker)
+                runs[name].append(
+                    worker_measure(
+                        worker, metrics_port, client, expected, total_events, clickhouse.process.pid, broker.process.pid
+                    )
+                )
+                print(f"  {name} run {run + 1}: " + ", ".join(f"{k} {v:,.1f}" for k, v in runs[name][-1].items()))
+        medians = {name: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for name, rs in runs.items()}
+        median = medians["default"]
         capacity = 1e6 / median["steady_cpu_us"]
         services = median["clickhouse_us"] + median["broker_us"]
-        print(
-            f"worker (1 process, median of {len(runs)}): {median['events_per_s']:,.0f} events/s including start "
-            f"and group join; {median['steady_events_per_s']:,.0f} events/s between first and last checkpoint; "
-            f"{median['cpu_us']:.1f} CPU-us/event ({median['steady_cpu_us']:.1f} without start-up); ratio to "
-            f"baseline {median['events_per_s'] / (total_events / base_seconds):.2f}"
+        baseline = (
+            f"; ratio to baseline {median['events_per_s'] / (total_events / base_seconds):.2f}" if base_seconds else ""
         )
-        print(f"  worker capacity on a core of its own: {capacity:,.0f} events/s (1 / steady CPU per event)")
+        print(
+            f"worker (1 process, median of {args.repeat}): {median['events_per_s']:,.0f} events/s including start "
+            f"and group join; {median['steady_events_per_s']:,.0f} events/s processing (10% to 90% of the events); "
+            f"{median['cpu_us']:.1f} CPU-us/event ({median['steady_cpu_us']:.1f} between 10% and 90%){baseline}"
+        )
+        print(
+            f"  worker capacity on a core of its own: {capacity:,.0f} events/s (1 / CPU per event between 10% and 90%)"
+        )
         print(
             f"  co-located services per event: ClickHouse server {median['clickhouse_us']:.1f} CPU-us, broker "
             f"{median['broker_us']:.1f} CPU-us; on this machine's {os.cpu_count()} cores they alone cap the "
             f"pipeline at {(os.cpu_count() or 1) * 1e6 / services:,.0f} events/s, and with the worker at "
             f"{(os.cpu_count() or 1) * 1e6 / (services + median['steady_cpu_us']):,.0f} events/s"
         )
+        for name, other in medians.items():
+            if name != "default":
+                print(
+                    f"{name} (median of {args.repeat}, interleaved with the default): "
+                    f"{other['events_per_s']:,.0f} events/s including start "
+                    f"({other['events_per_s'] / median['events_per_s']:.2f}x), {other['steady_events_per_s']:,.0f} "
+                    f"processing ({other['steady_events_per_s'] / median['steady_events_per_s']:.2f}x), "
+                    f"{other['steady_cpu_us']:.1f} CPU-us/event steady, ClickHouse {other['clickhouse_us']:.1f}, "
+                    f"broker {other['broker_us']:.1f}"
+                )
+        if args.worker_only:
+            return
 
         # 4. freshness at a steady rate while the worker keeps running
         template = stream_generate(
