@@ -76,7 +76,7 @@ def legacy_sink_class() -> type:
 
     class NativeSink(ClickHouseSink):
         def _insert(self, table: str, columns: Sequence[str], rows: list[Any], topic_id: str) -> None:
-            self._client_get().execute(
+            self._client_get(table).execute(
                 f"INSERT INTO {table} ({', '.join(columns)}, kafka_topic_id) VALUES",
                 [*zip(*rows, strict=True), [topic_id] * len(rows)],
                 columnar=True,

@@ -10,9 +10,10 @@ partition, restored from its changelog topic) -> ``Output`` -> branches:
 * ``ClickHouseSink``: rows for ``events`` and ``view_summaries`` at each checkpoint (idempotent by
   source offset, see streams/sinks.py);
 * ``video-watched`` / ``video-error``: the derived events (JSON, keyed by sessionId / eventId, with
-  deterministic ids: at-least-once, or exactly-once when ``STREAMS_PROCESSING_GUARANTEE`` is
-  ``exactly-once`` on a real Kafka cluster);
-* ``events-dlq``: poison messages and events with the reason.
+  deterministic ids): at-least-once through ``DerivedEventsSink``, or exactly-once through Quix's
+  transactional ``to_topic`` when ``STREAMS_PROCESSING_GUARANTEE`` is ``exactly-once`` (on a real
+  Kafka cluster);
+* ``events-dlq``: poison messages and events with the reason (the same way).
 
 Idle partitions: an ``IdleTicker`` thread appends a tick (``processors.tick_message``) to each
 assigned partition that has consumed nothing for ``STREAMS_IDLE_TICK_SECONDS`` while one of its
@@ -91,11 +92,15 @@ class StateFlushSink(BaseSink):
     offsets). Registered before the ClickHouse sink. When a checkpoint is dropped instead (sink
     backpressure), Quix rewinds the partitions and the processor, seeing the offsets jump, reloads
     their state from the store, so nothing cached from the dropped checkpoint survives.
+
+    ``before`` runs first: the ClickHouse sink's ``handoff``, so that its last INSERT of the
+    checkpoint is written while the state is flushed here, instead of after.
     """
 
-    def __init__(self, processor: PartitionProcessor) -> None:
+    def __init__(self, processor: PartitionProcessor, *, before: Callable[[], None] | None = None) -> None:
         super().__init__()
         self.processor = processor
+        self.before = before
 
     def add(  # noqa: PLR0917 -- Quix's BaseSink.add signature
         self, value: Any, key: Any, timestamp: int, headers: Any, topic: str, partition: int, offset: int
@@ -103,7 +108,76 @@ class StateFlushSink(BaseSink):
         raise NotImplementedError("StateFlushSink takes no records")
 
     def flush(self) -> None:
+        if self.before is not None:
+            self.before()
         STATE_WRITES.inc(self.processor.checkpoint())
+
+
+class DerivedEventsSink(BaseSink):
+    """Produces the derived events and dead letters under at-least-once; waits for them at checkpoints.
+
+    Why not ``sdf.to_topic``: Quix serializes each message through its topic objects, serves the
+    producer's delivery reports with a ``poll(0)`` after every message (handing the GIL away and
+    back) and runs a Python callback per delivered message: 17% of the main thread's CPU samples
+    (py-spy, bench_streams.py). Here the
+    producer reports errors only (``delivery.report.only.error``) and is polled when it is full and
+    at each checkpoint, where ``flush`` waits until every message is acknowledged: a sink flushes
+    before Quix commits the offsets, so a message lost in delivery fails the checkpoint (the worker
+    exits, restarts and replays) instead of being skipped. The bytes are what ``to_topic`` sent:
+    orjson JSON values, UTF-8 keys, the murmur2 partitioner, and the source message's timestamp and
+    headers.
+
+    Exactly-once needs Quix's transactional producer, so the worker keeps ``to_topic`` then.
+    """
+
+    def __init__(
+        self, producer_factory: Callable[[dict[str, Any]], Any], routes: dict[str, tuple[str, str]], dlq: str
+    ) -> None:
+        super().__init__()
+        self._routes = routes
+        self._dlq = dlq
+        self._errors: list[str] = []
+        self._producer = producer_factory(
+            {
+                "partitioner": "murmur2",  # what Quix's producer uses: the same key lands where it did
+                "linger.ms": 20,
+                "compression.type": "lz4",
+                "delivery.report.only.error": True,
+                "on_delivery": self._on_delivery,
+            }
+        )
+
+    def _on_delivery(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self._errors.append(f"{message.topic()}: {error}")
+
+    def send(self, events: Any, timestamp: int, headers: Any) -> None:
+        """Queue ``events`` (VideoWatched, VideoError or dead letters) for their topics."""
+        produce = self._producer.produce
+        for event in events:
+            target = self._routes.get(event.get("type", ""))
+            if target is None:
+                topic, key = self._dlq, str(event.get("key") or "")
+            else:
+                topic, key = target[0], str(event[target[1]])
+            value = orjson.dumps(event)
+            while True:
+                try:
+                    produce(topic, value, key.encode(), timestamp=timestamp, headers=headers)
+                    break
+                except BufferError:
+                    self._producer.poll(0.1)  # the local queue is full: let the broker catch up
+
+    def add(  # noqa: PLR0917 -- Quix's BaseSink.add signature
+        self, value: Any, key: Any, timestamp: int, headers: Any, topic: str, partition: int, offset: int
+    ) -> None:
+        raise NotImplementedError("DerivedEventsSink takes events through send()")
+
+    def flush(self) -> None:
+        undelivered = self._producer.flush(60)
+        if undelivered or self._errors:
+            errors, self._errors = self._errors, []
+            raise KafkaException(f"derived events not delivered: {undelivered} pending, errors {errors[:5]}")
 
 
 class TimerView(Protocol):
@@ -353,13 +427,24 @@ def worker_build(
         retry_after=settings.STREAMS_SINK_RETRY_SECONDS,
         chunk_rows=settings.STREAMS_SINK_CHUNK_ROWS,
         chunk_seconds=settings.STREAMS_SINK_CHUNK_SECONDS,
+        commit_interval=settings.STREAMS_COMMIT_INTERVAL,
     )
     sdf = app.dataframe(events)
+    guarantee = processing_guarantee or settings.STREAMS_PROCESSING_GUARANTEE
+    routes = {"VideoWatched": (watched, "sessionId"), "VideoError": (errors, "eventId")}
+    derived: DerivedEventsSink | None = None
+    if guarantee == "at-least-once":
+        derived = DerivedEventsSink(
+            lambda extra: Producer(kafka.client_config(**extra)),
+            {event_type: (topic.name, key) for event_type, (topic, key) in routes.items()},
+            dlq.name,
+        )
     # Sinks flush in registration order at each checkpoint, all before Quix produces the changelogs
     # and commits: the processor's cached state goes into the transactions first.
-    sdf.processing_context.sink_manager.register(StateFlushSink(processor))
+    sdf.processing_context.sink_manager.register(StateFlushSink(processor, before=sink.handoff))
     sdf.processing_context.sink_manager.register(sink)
-    routes = {"VideoWatched": (watched, "sessionId"), "VideoError": (errors, "eventId")}
+    if derived is not None:
+        sdf.processing_context.sink_manager.register(derived)
     no_derived: tuple[dict[str, Any], ...] = ()
 
     def process(value: bytes, key: bytes | None, timestamp: int, headers: Any, state: Any) -> Any:
@@ -405,7 +490,11 @@ def worker_build(
         if out.dead_letters:
             DEAD_LETTERS.inc(len(out.dead_letters))
         if out.video_watched or out.video_errors or out.dead_letters:
-            return [*out.video_watched, *out.video_errors, *out.dead_letters]
+            if derived is None:
+                return [*out.video_watched, *out.video_errors, *out.dead_letters]
+            derived.send(out.video_watched, timestamp, headers)
+            derived.send(out.video_errors, timestamp, headers)
+            derived.send(out.dead_letters, timestamp, headers)
         return no_derived
 
     def route(value: dict[str, Any], key: Any, timestamp: int, headers: Any) -> Any:
@@ -417,7 +506,8 @@ def worker_build(
         return str(value[target[1]]) if target else str(value.get("key") or "")
 
     sdf = sdf.apply(process, stateful=True, metadata=True, expand=True)
-    sdf.to_topic(route, key=route_key)
+    if derived is None:
+        sdf.to_topic(route, key=route_key)
     return app, processor, ticker
 
 

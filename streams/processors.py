@@ -803,7 +803,9 @@ class PartitionProcessor:
                 bucket_id = row[_CLIENT_TS] // DEDUP_BUCKET_MS
                 seen = seen_buckets.get(bucket_id)
                 if seen is None:
-                    seen = store.get(prefix, f"d{bucket_id}")
+                    # ``b`` lists every bucket the store holds for this user (they are stored and
+                    # expired together), so a new bucket costs no lookup (a miss in RocksDB).
+                    seen = store.get(prefix, f"d{bucket_id}") if str(bucket_id) in user_state["b"] else None
                     if type(seen) is not set:  # a list from the store; the cache then keeps the set
                         seen = set(seen or ())
                     seen_buckets[bucket_id] = seen

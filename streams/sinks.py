@@ -13,9 +13,15 @@ and skipping them by offset is exact whatever the batch boundaries were. (Insert
 tokens would need identical batch boundaries across runs, which Quix checkpoints do not give.)
 
 Inserts run on a writer thread, in chunks of about ``chunk_rows`` rows (all partitions in one
-INSERT per table), while the main thread keeps processing; ``flush()`` (each checkpoint, before
-offsets are committed) hands over the rest and waits until everything is written. Rows written
-ahead of a commit that never happens are simply skipped when replayed.
+INSERT per table; the two tables are written side by side, each on its own connection), while the
+main thread keeps processing; ``flush()`` (each checkpoint, before offsets are committed) hands over
+the rest and waits until everything is written. Rows written ahead of a commit that never happens
+are simply skipped when replayed.
+
+The checkpoint waits for that last write while the worker processes nothing, so the sink keeps it
+small: a chunk also goes to the writer when it is ``chunk_seconds`` old, and shortly before the next
+checkpoint is due (as long before as the previous write took), whenever the writer is idle; and
+``handoff()`` lets the worker start the last write before its other checkpoint work.
 
 Rows are sent as ``INSERT ... FORMAT JSONCompactColumns <data>``: the data is inline in the query
 text, encoded by orjson in C, and ClickHouse parses it in C++ (see ``json_columns_insert``).
@@ -35,6 +41,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from operator import itemgetter
 from typing import Any
 
@@ -130,21 +137,29 @@ class ClickHouseSink(BatchingSink):
         retry_after: float = 5.0,
         chunk_rows: int = 50_000,
         chunk_seconds: float = 1.5,
+        commit_interval: float | None = None,
     ) -> None:
+        """``commit_interval``: the worker's checkpoint interval, for the handoff ahead of each one."""
         super().__init__()
         self._client_factory = client_factory
         self._topic_id_get = topic_id_get
         self._topic_ids: dict[str, str] = {}
-        self._client: Client | None = None
+        self._clients: dict[str, Client] = {}  # one connection per table: the tables are written side by side
         self._retry_after = retry_after
         self._chunk_rows = chunk_rows
         self._chunk_seconds = chunk_seconds
+        self._commit_interval = commit_interval
         self._chunk: _Chunk | None = None
+        # When the next checkpoint is expected (monotonic; Quix counts its interval from the end of
+        # the previous commit, so the end of our flush is a slightly early estimate).
+        self._checkpoint_due = time.monotonic() + (commit_interval or 0.0)
+        self._last_write_seconds = 0.0  # how long the writer took for its last chunk
         # (table, partition) -> the last source offset known to be fully stored in that table;
-        # touched by the writer thread only.
+        # touched by the writer threads only (each table's own keys).
         self._stored: dict[tuple[str, int], int] = {}
         self._queue: queue.Queue[_Chunk] = queue.Queue()
         self._failed: BaseException | None = None
+        self._side = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-sink-views")
         self._writer = threading.Thread(target=self._write_loop, name="clickhouse-sink", daemon=True)
         self._writer.start()
 
@@ -175,24 +190,35 @@ class ClickHouseSink(BatchingSink):
         else:
             outputs.append(value)
         chunk.rows += len(value.events) + len(value.views)
-        # A chunk goes to the writer when it is full, or when it is ``chunk_seconds`` old and the
-        # writer is idle: INSERTs stay large (each costs the server a part per table and view), yet
-        # the checkpoint, which waits for the last one, finds little left to write at any rate.
-        if chunk.rows >= self._chunk_rows or (
-            not self._queue.unfinished_tasks and time.monotonic() - chunk.started >= self._chunk_seconds
-        ):
+        # A chunk goes to the writer when it is full; or, when the writer is idle, once it is
+        # ``chunk_seconds`` old or the next checkpoint is closer than the last write took: INSERTs
+        # stay large (each costs the server a part per table and view), yet the checkpoint, which
+        # waits for the last one, finds little left to write.
+        if chunk.rows >= self._chunk_rows:
+            self.handoff()
+        elif not self._queue.unfinished_tasks:
+            now = time.monotonic()
+            if now - chunk.started >= self._chunk_seconds or (
+                self._commit_interval
+                and now >= self._checkpoint_due - min(self._last_write_seconds, self._commit_interval / 2)
+            ):
+                self.handoff()
+
+    def handoff(self) -> None:
+        """Give the rows gathered so far to the writer now (``flush`` would, later)."""
+        if self._chunk is not None:
+            self._queue.put(self._chunk)
             self._chunk = None
-            self._queue.put(chunk)
 
     def write(self, batch: Any) -> None:  # pragma: no cover -- add/flush are overridden
         raise NotImplementedError
 
     def flush(self) -> None:
         """Hand over what is left and wait for the writer; raise backpressure if anything failed."""
-        if self._chunk is not None:
-            self._queue.put(self._chunk)
-            self._chunk = None
+        self.handoff()
         self._queue.join()
+        if self._commit_interval:
+            self._checkpoint_due = time.monotonic() + self._commit_interval
         if self._failed is not None:
             error, self._failed = self._failed, None
             raise SinkBackpressureError(retry_after=self._retry_after) from error
@@ -202,7 +228,9 @@ class ClickHouseSink(BatchingSink):
             chunk = self._queue.get()
             try:
                 if self._failed is None:
+                    started = time.monotonic()
                     self._chunk_write(chunk)
+                    self._last_write_seconds = time.monotonic() - started
             except Exception as exc:  # noqa: BLE001 -- any driver/network/server error: retry the checkpoint later
                 SINK_FAILURES.inc()
                 logger.warning(
@@ -223,31 +251,40 @@ class ClickHouseSink(BatchingSink):
         topic_id = self._topic_ids.get(chunk.topic)
         if topic_id is None:
             topic_id = self._topic_ids[chunk.topic] = self._topic_id_get(chunk.topic)
-        for table, attr, columns in _TABLES:
-            rows: list[Any] = []
-            progress: list[tuple[tuple[str, int], int]] = []
-            for partition, outputs in chunk.outputs.items():
-                first, last = outputs[0].offset, outputs[-1].offset
-                key = (table, partition)
-                stored = self._stored.get(key)
-                if stored is None or first != stored + 1:
-                    stored = self._stored_offset(table, topic_id, partition)
-                part_rows = [row for output in outputs for row in getattr(output, attr)]
-                if part_rows and part_rows[0][-1] <= stored:
-                    fresh = [row for row in part_rows if row[-1] > stored]
-                    ROWS_SKIPPED.labels(table).inc(len(part_rows) - len(fresh))
-                    part_rows = fresh
-                rows += part_rows
-                progress.append((key, max(last, stored)))
-            if rows:
-                self._insert(table, columns, rows, topic_id)
-                ROWS_WRITTEN.labels(table).inc(len(rows))
-            self._stored.update(progress)
+        # Both tables at once: the server spends most of an INSERT's time in its own threads (parsing,
+        # the materialized views, writing parts), and the checkpoint waits for the slower of the two.
+        (events_table, events_attr, events_columns), (views_table, views_attr, views_columns) = _TABLES
+        side = self._side.submit(self._table_write, views_table, views_attr, views_columns, chunk, topic_id)
+        try:
+            self._table_write(events_table, events_attr, events_columns, chunk, topic_id)
+        finally:
+            side.result()  # never leave a write running into the next chunk; re-raises its failure
+
+    def _table_write(self, table: str, attr: str, columns: Sequence[str], chunk: _Chunk, topic_id: str) -> None:
+        rows: list[Any] = []
+        progress: list[tuple[tuple[str, int], int]] = []
+        for partition, outputs in chunk.outputs.items():
+            first, last = outputs[0].offset, outputs[-1].offset
+            key = (table, partition)
+            stored = self._stored.get(key)
+            if stored is None or first != stored + 1:
+                stored = self._stored_offset(table, topic_id, partition)
+            part_rows = [row for output in outputs for row in getattr(output, attr)]
+            if part_rows and part_rows[0][-1] <= stored:
+                fresh = [row for row in part_rows if row[-1] > stored]
+                ROWS_SKIPPED.labels(table).inc(len(part_rows) - len(fresh))
+                part_rows = fresh
+            rows += part_rows
+            progress.append((key, max(last, stored)))
+        if rows:
+            self._insert(table, columns, rows, topic_id)
+            ROWS_WRITTEN.labels(table).inc(len(rows))
+        self._stored.update(progress)
 
     def _stored_offset(self, table: str, topic_id: str, partition: int) -> int:
         """The largest source offset ``table`` holds for ``partition`` of this topic (-1 when none)."""
         started = time.monotonic()
-        result = self._client_get().execute(
+        result = self._client_get(table).execute(
             f"SELECT max(kafka_offset), count() FROM {table}"  # noqa: S608 -- constant table names
             " WHERE kafka_partition = %(p)s AND kafka_topic_id = %(t)s",
             {"p": partition, "t": topic_id},
@@ -264,19 +301,20 @@ class ClickHouseSink(BatchingSink):
         )
         return int(offset) if count else -1
 
-    def _client_get(self) -> Client:
-        if self._client is None:
-            self._client = self._client_factory()
-        return self._client
+    def _client_get(self, table: str) -> Client:
+        client = self._clients.get(table)
+        if client is None:
+            client = self._clients[table] = self._client_factory()
+        return client
 
     def _insert(self, table: str, columns: Sequence[str], rows: list[Any], topic_id: str) -> None:
         # No parameters: clickhouse-driver sends the text as is (nothing to substitute or escape).
-        self._client_get().execute(json_columns_insert(table, columns, rows, topic_id))
+        self._client_get(table).execute(json_columns_insert(table, columns, rows, topic_id))
 
     def _disconnect(self) -> None:
-        if self._client is not None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
             try:
-                self._client.disconnect()
+                client.disconnect()
             except Exception:  # already failing; a fresh client is made next time
                 logger.debug("disconnect failed", exc_info=True)
-            self._client = None

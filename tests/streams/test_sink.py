@@ -249,3 +249,25 @@ def test_an_aged_chunk_is_written_before_the_checkpoint_when_the_writer_is_idle(
     _add(sink, [Output(partition=3, offset=4, events=[_event(4)])])  # a new, young chunk
     sink.flush()
     assert [r[0] for r in tables.execute("SELECT kafka_offset FROM events ORDER BY kafka_offset")] == list(range(5))
+
+
+def test_a_chunk_is_handed_over_ahead_of_the_next_checkpoint(tables):
+    """With the commit interval known, rows are written shortly before the checkpoint is due.
+
+    Neither full nor old, the chunk still goes to the (idle) writer once the next checkpoint is
+    closer than the last write took, so the checkpoint itself finds little left to wait for.
+    """
+    sink = _sink(chunk_rows=1_000_000, chunk_seconds=1_000, commit_interval=1.0)
+    _add(sink, [Output(partition=3, offset=0, events=[_event(0)])])
+    sink.flush()  # a checkpoint: the next one is due in a second
+    _add(sink, [Output(partition=3, offset=1, events=[_event(1)])])
+    time.sleep(0.3)
+    assert tables.execute("SELECT count() FROM events")[0][0] == 1, "far from the checkpoint, rows wait"
+    time.sleep(0.8)  # now past the due time (less the last write's duration)
+    _add(sink, [Output(partition=3, offset=2, events=[_event(2)])])
+    deadline = time.monotonic() + 10
+    while tables.execute("SELECT count() FROM events")[0][0] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tables.execute("SELECT count() FROM events")[0][0] == 3, "handed over without a flush"
+    sink.flush()
+    assert [r[0] for r in tables.execute("SELECT kafka_offset FROM events ORDER BY kafka_offset")] == [0, 1, 2]
