@@ -94,6 +94,14 @@ def cpu_of(pid: int) -> float:
     return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def thread_cpu(pid: int) -> str:
     """CPU seconds of a process's threads: the main thread, other Python threads, librdkafka's."""
     groups: dict[str, float] = {}
@@ -179,6 +187,7 @@ def worker_measure(
         "steady_cpu_us": (cpu90 - cpu10) / max(1.0, n90 - n10) * 1e6,
         "clickhouse_us": (cpu_of(clickhouse_pid) - ch_cpu_before) / total_events * 1e6,
         "broker_us": (cpu_of(broker_pid) - broker_cpu_before) / total_events * 1e6,
+        "peak_rss_mb": peak_rss_mb(worker.pid),
     }
 
 
@@ -356,7 +365,8 @@ def main() -> None:
             f"{median['cpu_us']:.1f} CPU-us/event ({median['steady_cpu_us']:.1f} between 10% and 90%){baseline}"
         )
         print(
-            f"  worker capacity on a core of its own: {capacity:,.0f} events/s (1 / CPU per event between 10% and 90%)"
+            f"  worker capacity on a core of its own: {capacity:,.0f} events/s "
+            f"(1 / CPU per event between 10% and 90%); peak RSS {median['peak_rss_mb']:.0f} MiB"
         )
         print(
             f"  co-located services per event: ClickHouse server {median['clickhouse_us']:.1f} CPU-us, broker "
@@ -372,7 +382,7 @@ def main() -> None:
                     f"({other['events_per_s'] / median['events_per_s']:.2f}x), {other['steady_events_per_s']:,.0f} "
                     f"processing ({other['steady_events_per_s'] / median['steady_events_per_s']:.2f}x), "
                     f"{other['steady_cpu_us']:.1f} CPU-us/event steady, ClickHouse {other['clickhouse_us']:.1f}, "
-                    f"broker {other['broker_us']:.1f}"
+                    f"broker {other['broker_us']:.1f}, peak RSS {other['peak_rss_mb']:.0f} MiB"
                 )
         if args.worker_only:
             return

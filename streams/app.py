@@ -513,7 +513,11 @@ def worker_build(
 
 # Collections: after the young generation has seen this many more allocations than frees (CPython's
 # default is 700), then every 50 young and every 1,000 middle collections (10 and 10 by default).
-GC_THRESHOLDS = (50_000, 50, 1_000)
+# 1M rather than 50k: a row lives until its chunk is written (1-5 s, 40k-200k events), and with a
+# pass every few thousand events each one was walked twice, in the young and the middle generation,
+# before being freed. bench_streams.py, 1M-event backlog, interleaved runs: 21.4 against 22.6 and
+# 21.5 against 23.3 CPU-us per event; the worker's peak RSS 909 MiB against 902 MiB.
+GC_THRESHOLDS = (1_000_000, 50, 1_000)
 
 
 def gc_tune() -> None:
