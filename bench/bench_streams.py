@@ -106,8 +106,11 @@ def thread_cpu(pid: int) -> str:
     """CPU seconds of a process's threads: the main thread, other Python threads, librdkafka's."""
     groups: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        comm = (task / "comm").read_text().strip()
-        stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        try:
+            comm = (task / "comm").read_text().strip()
+            stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue  # a thread that ended meanwhile (a librdkafka helper)
         seconds = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
         name = "main" if task.name == str(pid) else ("librdkafka" if comm.startswith("rdk:") else comm)
         groups[name] = groups.get(name, 0.0) + seconds

@@ -119,9 +119,11 @@ class DerivedEventsSink(BaseSink):
     Why not ``sdf.to_topic``: Quix serializes each message through its topic objects, serves the
     producer's delivery reports with a ``poll(0)`` after every message (handing the GIL away and
     back) and runs a Python callback per delivered message: 17% of the main thread's CPU samples
-    (py-spy, bench_streams.py). Here the
-    producer reports errors only (``delivery.report.only.error``) and is polled when it is full and
-    at each checkpoint, where ``flush`` waits until every message is acknowledged: a sink flushes
+    (py-spy, bench_streams.py). Here the producer reports errors only
+    (``delivery.report.only.error``) and is polled every ``POLL_EVERY`` messages (librdkafka keeps
+    each acknowledged message until a poll discards its report: without polls, 0.8 KB per message
+    until the checkpoint), when its queue is full, and at each checkpoint, where ``flush`` waits
+    until every message is acknowledged: a sink flushes
     before Quix commits the offsets, so a message lost in delivery fails the checkpoint (the worker
     exits, restarts and replays) instead of being skipped. The bytes are what ``to_topic`` sent:
     orjson JSON values, UTF-8 keys, the murmur2 partitioner, and the source message's timestamp and
@@ -130,6 +132,8 @@ class DerivedEventsSink(BaseSink):
     Exactly-once needs Quix's transactional producer, so the worker keeps ``to_topic`` then.
     """
 
+    POLL_EVERY = 1000
+
     def __init__(
         self, producer_factory: Callable[[dict[str, Any]], Any], routes: dict[str, tuple[str, str]], dlq: str
     ) -> None:
@@ -137,6 +141,7 @@ class DerivedEventsSink(BaseSink):
         self._routes = routes
         self._dlq = dlq
         self._errors: list[str] = []
+        self._unpolled = 0
         self._producer = producer_factory(
             {
                 "partitioner": "murmur2",  # what Quix's producer uses: the same key lands where it did
@@ -167,6 +172,10 @@ class DerivedEventsSink(BaseSink):
                     break
                 except BufferError:
                     self._producer.poll(0.1)  # the local queue is full: let the broker catch up
+            self._unpolled += 1
+            if self._unpolled >= self.POLL_EVERY:
+                self._unpolled = 0
+                self._producer.poll(0)
 
     def add(  # noqa: PLR0917 -- Quix's BaseSink.add signature
         self, value: Any, key: Any, timestamp: int, headers: Any, topic: str, partition: int, offset: int

@@ -104,6 +104,18 @@ def test_undelivered_derived_events_fail_the_checkpoint(topics):
         sink.flush()
 
 
+def test_acknowledged_derived_events_are_released_between_checkpoints(topics):
+    """librdkafka keeps each acknowledged message until a poll: the sink polls every POLL_EVERY sends."""
+    sink = _sink(topics)
+    events = [{"id": str(i), "type": "VideoWatched", "sessionId": f"s{i}", "pad": "x" * 500} for i in range(2500)]
+    sink.send(events, 1, None)
+    time.sleep(2)  # the broker acknowledges them; their reports wait for a poll
+    sink.send(events[: DerivedEventsSink.POLL_EVERY], 1, None)  # crosses a poll
+    # len(): messages queued, in flight or acknowledged but not yet polled away (3,500 without polls).
+    assert len(sink._producer) <= DerivedEventsSink.POLL_EVERY
+    sink.flush()
+
+
 def test_state_flush_runs_its_before_hook_first():
     """The ClickHouse sink's last chunk is handed over before the state is written, not after."""
     calls: list[str] = []
