@@ -123,9 +123,9 @@ class DerivedEventsSink(BaseSink):
     (``delivery.report.only.error``) and is polled every ``POLL_EVERY`` messages (librdkafka keeps
     each acknowledged message until a poll discards its report: without polls, 0.8 KB per message
     until the checkpoint), when its queue is full, and at each checkpoint, where ``flush`` waits
-    until every message is acknowledged: a sink flushes
-    before Quix commits the offsets, so a message lost in delivery fails the checkpoint (the worker
-    exits, restarts and replays) instead of being skipped. The bytes are what ``to_topic`` sent:
+    until every message is acknowledged. A sink flushes before Quix commits the offsets, so a
+    message lost in delivery fails the checkpoint (the worker exits, restarts and replays) instead
+    of being skipped. The bytes are what ``to_topic`` sent:
     orjson JSON values, UTF-8 keys, the murmur2 partitioner, and the source message's timestamp and
     headers.
 
