@@ -111,8 +111,9 @@ def test_acknowledged_derived_events_are_released_between_checkpoints(topics):
     sink.send(events, 1, None)
     time.sleep(2)  # the broker acknowledges them; their reports wait for a poll
     sink.send(events[: DerivedEventsSink.POLL_EVERY], 1, None)  # crosses a poll
-    # len(): messages queued, in flight or acknowledged but not yet polled away (3,500 without polls).
-    assert len(sink._producer) <= DerivedEventsSink.POLL_EVERY
+    # len(): messages queued, in flight or acknowledged but not yet polled away: 3,500 without
+    # polls; with them, what was sent since the last poll or acknowledged after it (CI saw 1,002).
+    assert len(sink._producer) < 2 * DerivedEventsSink.POLL_EVERY
     sink.flush()
 
 
