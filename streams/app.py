@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import orjson
 from confluent_kafka import KafkaException, Producer, TopicCollection
@@ -52,6 +52,8 @@ from streams.processors import Output, PartitionProcessor, ProcessorConfig, Stat
 from streams.sinks import ClickHouseSink
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")  # a topic: Quix's Topic for ``to_topic``, its name for ``DerivedEventsSink``
 
 # Key of tick messages (they are produced to an explicit partition; the key only marks them). A
 # userId never starts with NUL, so no user's message carries it.
@@ -113,6 +115,14 @@ class StateFlushSink(BaseSink):
         STATE_WRITES.inc(self.processor.checkpoint())
 
 
+def derived_target(value: dict[str, Any], routes: dict[str, tuple[T, str]], dlq: T) -> tuple[T, str]:
+    """The topic and key of a derived event (by its ``type``) or, for anything else, a dead letter."""
+    route = routes.get(value.get("type", ""))
+    if route is None:
+        return dlq, str(value.get("key") or "")
+    return route[0], str(value[route[1]])
+
+
 class DerivedEventsSink(BaseSink):
     """Produces the derived events and dead letters under at-least-once; waits for them at checkpoints.
 
@@ -160,11 +170,7 @@ class DerivedEventsSink(BaseSink):
         """Queue ``events`` (VideoWatched, VideoError or dead letters) for their topics."""
         produce = self._producer.produce
         for event in events:
-            target = self._routes.get(event.get("type", ""))
-            if target is None:
-                topic, key = self._dlq, str(event.get("key") or "")
-            else:
-                topic, key = target[0], str(event[target[1]])
+            topic, key = derived_target(event, self._routes, self._dlq)
             value = orjson.dumps(event)
             while True:
                 try:
@@ -507,12 +513,10 @@ def worker_build(
         return no_derived
 
     def route(value: dict[str, Any], key: Any, timestamp: int, headers: Any) -> Any:
-        target = routes.get(value.get("type", ""))
-        return target[0] if target else dlq
+        return derived_target(value, routes, dlq)[0]
 
     def route_key(value: dict[str, Any]) -> str:
-        target = routes.get(value.get("type", ""))
-        return str(value[target[1]]) if target else str(value.get("key") or "")
+        return derived_target(value, routes, dlq)[1]
 
     sdf = sdf.apply(process, stateful=True, metadata=True, expand=True)
     if derived is None:
