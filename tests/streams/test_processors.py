@@ -299,6 +299,41 @@ def test_state_of_a_user_who_never_comes_back_is_deleted_after_the_dedup_window(
     assert not any("u1" in t for t in timers if isinstance(t, dict))
 
 
+def _user_keys(store, user=b"u1"):
+    return sorted(key for prefix, key in store.data if prefix == user)
+
+
+def test_the_newest_dedup_bucket_is_stored_in_the_user_state_and_older_ones_apart():
+    """An active user costs one state write per checkpoint: its newest id bucket is inside ``u``."""
+    size = processors.DEDUP_BUCKET_MS
+    start = (T0 // size + 1) * size  # the first millisecond of a bucket
+    first, second = ev("view_start", start + 1_000), ev("playing", start + 2_000)
+    store, processor = DictStore(), PartitionProcessor()
+    run([msg([first, second])], processor=processor, store=store)
+    assert _user_keys(store) == ["u"]
+    later = ev("heartbeat", start + size + 1_000)  # the next bucket moves the first one out
+    run([msg([later])], processor=processor, store=store, first_offset=1)
+    assert _user_keys(store) == [f"d{start // size}", "u"]
+    retries = [dict(first, receivedAt=start + size + 5_000), dict(later, receivedAt=start + size + 5_000)]
+    # Retries of both buckets are duplicates, here and in a process that reads the state back.
+    for reader, offset in ((processor, 2), (PartitionProcessor(), 3)):
+        out, _ = run([msg(retries)], processor=reader, store=store, first_offset=offset)
+        assert (len(out.events), out.duplicates) == (0, 2)
+
+
+def test_dedup_ids_stored_before_the_inline_bucket_are_still_read():
+    """State written by the previous version (every bucket under a ``d`` key) keeps deduplicating."""
+    first = ev("view_start", T0)
+    store = DictStore()
+    run([msg([first])], store=store)
+    state = orjson.loads(store.data[(b"u1", "u")])
+    bucket, ids = state.pop("i")
+    store.data[(b"u1", "u")] = orjson.dumps(state)
+    store.data[(b"u1", f"d{bucket}")] = orjson.dumps(ids)
+    out, _ = run([msg([dict(first, receivedAt=T0 + 5_000)])], store=store, first_offset=1)
+    assert (len(out.events), out.duplicates) == (0, 1)
+
+
 class WallTick:
     """A worker's tick message (wall-clock time), as ``streams.app.IdleTicker`` produces it."""
 
@@ -437,9 +472,18 @@ def test_a_small_state_cache_evicts_at_checkpoints_and_changes_no_result():
                     assert len(cache.values) <= max(5, len(cache.dirty)), "evicted down to the budget"
         processor.checkpoint()
         # Dedup ids are a set in memory: the order in which the stored list comes out may differ.
-        state = {k: sorted(v) if isinstance(v, list) else v for k, v in map(_loads, store.data.items())}
+        state = {k: _ids_sorted(v) for k, v in map(_loads, store.data.items())}
         results.append((_comparable(processors.outputs_merge(outputs)), state))
     assert results[0] == results[1]
+
+
+def _ids_sorted(value):
+    """A stored value with its dedup id lists sorted (a bucket of its own, or the user's inline one)."""
+    if isinstance(value, list):
+        return sorted(value)
+    if isinstance(value, dict) and "i" in value:
+        return {**value, "i": [value["i"][0], sorted(value["i"][1])]}
+    return value
 
 
 def _loads(item):
