@@ -445,6 +445,12 @@ def test_the_fast_video_watched_id_is_uuid5(session):
     assert processors._video_watched_id_str(session) == str(processors.video_watched_id(session))
 
 
+@pytest.mark.parametrize("event_id", [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1), uuid.uuid4()])
+def test_the_fast_video_error_id_is_uuid5(event_id):
+    row = processors.event_row(ev("error", T0, eventId=str(event_id), fatal=True), partition=0, offset=0)
+    assert processors._video_error(row, None)["id"] == str(processors.video_error_id(event_id))
+
+
 def test_forgetting_a_revoked_partition_keeps_its_cached_changes():
     """The ticker thread reports a revoked partition at any moment: nothing cached may be lost."""
     processor, store = PartitionProcessor(), DictStore()
