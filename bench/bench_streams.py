@@ -207,7 +207,10 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the pure processor")
     parser.add_argument("--repeat", type=int, default=1, help="worker runs over the backlog (the median is reported)")
     parser.add_argument(
-        "--variant", default="", help='"NAME=VALUE ...": also run a worker with this environment, interleaved'
+        "--variant",
+        default="",
+        help='"NAME=VALUE ...": also run a worker with this environment, interleaved;'
+        " BENCH_CHECKOUT=<dir> runs that worker from another checkout of the project (version against version)",
     )
     parser.add_argument(
         "--worker-only", action="store_true", help="skip the pure processor, the baseline and the freshness phase"
@@ -341,12 +344,13 @@ def main() -> None:
                     tables_truncate(client)
                 group = f"bench-worker-{run}-{len(runs[name])}-{name.split()[0]}"
                 metrics_port = processes.free_port()
+                checkout = Path(extra_env.get("BENCH_CHECKOUT", ROOT))
                 worker = subprocess.Popen(
-                    [sys.executable, str(ROOT / "manage.py"), "run_stream", "--metrics-port", str(metrics_port)],
+                    [sys.executable, str(checkout / "manage.py"), "run_stream", "--metrics-port", str(metrics_port)],
                     env={**child_env, **extra_env, "STREAMS_CONSUMER_GROUP": group},
                     stdout=open(tmp / f"worker-{group}.log", "wb"),  # noqa: SIM115
                     stderr=subprocess.STDOUT,
-                    cwd=ROOT,
+                    cwd=checkout,
                 )
                 workers.append(worker)
                 runs[name].append(
