@@ -60,16 +60,14 @@ def messages_make(events: int) -> tuple[list[tuple[bytes, bytes | None, int]], i
 
 def run(messages: list[tuple[bytes, bytes | None, int]], checkpoint_every: int) -> dict[str, float]:
     """One pass over ``messages``: CPU seconds (all, checkpoints), state writes and their bytes."""
-    import orjson
-
-    from streams.processors import DictStore, PartitionProcessor
+    from streams.processors import DictStore, PartitionProcessor, state_encode
 
     class CountingStore(DictStore):
         writes = 0
         written_bytes = 0
 
         def set(self, prefix: bytes, key: str, value: Any) -> None:
-            encoded = orjson.dumps(value)
+            encoded = state_encode(value)
             CountingStore.writes += 1
             CountingStore.written_bytes += len(encoded)
             self.data[(prefix, key)] = encoded

@@ -48,7 +48,7 @@ from quixstreams.sinks.base import BaseSink
 
 from analytics_platform import event_format, kafka
 from analytics_platform.clickhouse import client_get
-from streams.processors import Output, PartitionProcessor, ProcessorConfig, StateStore, tick_message
+from streams.processors import Output, PartitionProcessor, ProcessorConfig, StateStore, state_encode, tick_message
 from streams.sinks import ClickHouseSink
 
 logger = logging.getLogger(__name__)
@@ -80,7 +80,9 @@ class QuixStore:
         return self._tx.get(key, prefix=prefix)
 
     def set(self, prefix: bytes, key: str, value: Any) -> None:
-        self._tx.set(key, value, prefix=prefix)
+        # Encoded here, not by Quix, so that sets are stored as lists; Quix's ``get`` reads the
+        # same JSON back, and ``set_bytes`` puts it in the changelog like ``set`` would.
+        self._tx.set_bytes(key, state_encode(value), prefix=prefix)
 
     def delete(self, prefix: bytes, key: str) -> None:
         self._tx.delete(key, prefix=prefix)

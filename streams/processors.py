@@ -135,8 +135,23 @@ _VIEW_ENDS = frozenset(("ended", "view_end"))
 _BY_EVENT_TIME = operator.itemgetter(0, 4)  # a view's stored event: [ts, type, position, fatal, arrival seq]
 
 
+def _set_as_list(value: Any) -> list[Any]:
+    if type(value) is set:
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable state")
+
+
+def state_encode(value: Any) -> bytes:
+    """A state value as the stores keep it: JSON, with sets (a user's dedup ids) as lists.
+
+    The ids are sets in memory, also inside a user's entry; orjson calls ``default`` only for the
+    types it cannot encode itself, so other values cost nothing extra.
+    """
+    return orjson.dumps(value, default=_set_as_list)
+
+
 class StateStore(Protocol):
-    """Key-value state of one partition; values are JSON-serialisable."""
+    """Key-value state of one partition; values are what ``state_encode`` takes."""
 
     def get(self, prefix: bytes, key: str) -> Any: ...
 
@@ -157,7 +172,7 @@ class DictStore:
         return None if value is None else orjson.loads(value)
 
     def set(self, prefix: bytes, key: str, value: Any) -> None:
-        self.data[(prefix, key)] = orjson.dumps(value)
+        self.data[(prefix, key)] = state_encode(value)
 
     def delete(self, prefix: bytes, key: str) -> None:
         self.data.pop((prefix, key), None)
@@ -648,8 +663,7 @@ def _seen_load(store: StateStore, prefix: bytes, user_state: dict[str, Any], buc
     ids: set[int] = set()
     if inline is None or bucket_id > inline[0]:
         if inline is not None:
-            old_ids = inline[1]
-            store.set(prefix, f"d{inline[0]}", old_ids if type(old_ids) is set else set(old_ids))
+            store.set(prefix, f"d{inline[0]}", inline[1])
         user_state["i"] = [bucket_id, ids]
     return ids
 
@@ -730,23 +744,13 @@ class _StateCache:
             if value is None:
                 backend.delete(*entry)
             else:
-                backend.set(entry[0], entry[1], _storable(value))
+                backend.set(entry[0], entry[1], value)
         written = len(self.dirty)
         if len(values) > capacity:
             # Keep what this checkpoint wrote (the active users), drop the rest.
             self.values = {entry: values[entry] for entry in self.dirty} if written <= capacity else {}
         self.dirty = set()
         return written
-
-
-def _storable(value: Any) -> Any:
-    """``value`` as JSON can hold it: a user's dedup ids are sets in memory and lists in the store."""
-    if type(value) is set:
-        return list(value)
-    inline = value.get("i") if type(value) is dict else None
-    if inline is not None and type(inline[1]) is set:
-        return {**value, "i": [inline[0], list(inline[1])]}
-    return value
 
 
 class _PartitionTimers:
