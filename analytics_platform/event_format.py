@@ -84,7 +84,40 @@ PLAYBACK_TYPES: frozenset[str] = frozenset(
     }
 )
 CUSTOM_TYPE_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
-DIMENSIONS: tuple[str, ...] = ("device", "os", "browser", "country", "cdn", "player")
+
+# --- The bounds of an event: written once, here. ---------------------------------------------
+# Ingest decides validity with them (``ingest/schema.py``) and the stream processor decodes with
+# the same ones (``streams/processors/decoding.py``), so whatever ingest accepts the processor
+# accepts (``tests/streams/test_contract.py`` checks it on generated events). Lengths are in
+# characters (code points), as msgspec and ``len(str)`` count them.
+USER_ID_MAX_CHARS = 128
+SESSION_ID_MAX_CHARS = 128
+VIDEO_ID_MAX_CHARS = 256
+# API.md leaves these unbounded; the bounds only refuse values no player sends, so that a single
+# event cannot carry megabytes in a dimension column.
+DIMENSION_MAX_CHARS = 256
+ERROR_CODE_MAX_CHARS = 256
+ERROR_MESSAGE_MAX_CHARS = 4096
+# Integers (positionMs, bitrateKbps): exact in a JavaScript number and in a ClickHouse Int64.
+INT_MAX = 2**53
+# Every stored time (event time, client time, receive time) lies in [TIMESTAMP_MIN_MS,
+# TIMESTAMP_MAX_MS]: 1970 up to 2200-01-01, the DateTime64(3) range ClickHouse stores exactly. A
+# client's raw timestamp outside it is refused before any correction (an epoch number that large is
+# a unit mistake: microseconds or nanoseconds). The *accepted window* (ingest settings
+# ``INGEST_EVENT_MAX_AGE_DAYS`` and ``INGEST_EVENT_MAX_FUTURE_SECONDS``) is much narrower and is
+# applied at ingest only, to the corrected time: the processor must not depend on the wall clock.
+TIMESTAMP_MIN_MS = 0
+TIMESTAMP_MAX_MS = 7_258_118_400_000
+# ``properties``: a JSON object of at most PROPERTIES_MAX_KEYS keys at its top level; keys at any
+# depth 1-PROPERTY_KEY_MAX_CHARS characters; objects and arrays nested at most
+# PROPERTIES_MAX_DEPTH levels (the properties object itself is level 1); a string value at most
+# PROPERTY_STRING_MAX_CHARS; the whole object at most PROPERTIES_MAX_BYTES once encoded as compact
+# JSON (UTF-8). Beyond them: code ``properties_too_deep`` / ``properties_too_large``.
+PROPERTIES_MAX_KEYS = 64
+PROPERTY_KEY_MAX_CHARS = 128
+PROPERTIES_MAX_DEPTH = 8
+PROPERTY_STRING_MAX_CHARS = 8192
+PROPERTIES_MAX_BYTES = 32_768
 
 
 def partition_of(user_id: str, partitions: int) -> int:
