@@ -103,9 +103,10 @@ INT_MAX = 2**53
 # Every stored time (event time, client time, receive time) lies in [TIMESTAMP_MIN_MS,
 # TIMESTAMP_MAX_MS]: 1970 up to 2200-01-01, the DateTime64(3) range ClickHouse stores exactly. A
 # client's raw timestamp outside it is refused before any correction (an epoch number that large is
-# a unit mistake: microseconds or nanoseconds). The *accepted window* (ingest settings
-# ``INGEST_EVENT_MAX_AGE_DAYS`` and ``INGEST_EVENT_MAX_FUTURE_SECONDS``) is much narrower and is
-# applied at ingest only, to the corrected time: the processor must not depend on the wall clock.
+# a unit mistake: microseconds or nanoseconds). The *accepted window* (settings
+# ``EVENTS_RETENTION_DAYS``, the raw events' TTL, and ``INGEST_EVENT_MAX_FUTURE_SECONDS``) is much
+# narrower and applied at ingest only, to the corrected time: the processor must not depend on the
+# wall clock (a replay must give the same rows).
 TIMESTAMP_MIN_MS = 0
 TIMESTAMP_MAX_MS = 7_258_118_400_000
 # ``properties``: a JSON object of at most PROPERTIES_MAX_KEYS keys at its top level; keys at any
