@@ -53,7 +53,7 @@ log, and the clock says ``tick``". A message is a tick only when it has ``tick``
 produces a tick and no client can forge one. Consumers must never count a tick as an event (no raw
 row, no rollup, no dead letter); the stream processor uses it to advance the partition's watermark
 to ``tick - grace`` (never backwards) so that views close without further traffic
-(``streams/processors.py``). Other consumers of this topic must skip ticks.
+(``streams/processors/partition.py``). Other consumers of this topic must skip ticks.
 """
 
 from __future__ import annotations

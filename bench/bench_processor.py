@@ -42,7 +42,7 @@ def messages_make(events: int) -> tuple[list[tuple[bytes, bytes | None, int]], i
     from django.conf import settings
 
     from analytics_platform import event_format
-    from streams.simulate import batches_coalesce, stream_generate
+    from tests.support.simulate import batches_coalesce, stream_generate
 
     views = max(1, events // 11)
     stream = stream_generate(
@@ -60,7 +60,8 @@ def messages_make(events: int) -> tuple[list[tuple[bytes, bytes | None, int]], i
 
 def run(messages: list[tuple[bytes, bytes | None, int]], checkpoint_every: int) -> dict[str, float]:
     """One pass over ``messages``: CPU seconds (all, checkpoints), state writes and their bytes."""
-    from streams.processors import DictStore, PartitionProcessor, state_encode
+    from streams.processors import PartitionProcessor, state_encode
+    from tests.support.stores import DictStore
 
     class CountingStore(DictStore):
         writes = 0

@@ -53,8 +53,9 @@ def cpu_seconds(pid: int) -> float:
 
 def outputs_make(events: int) -> list[Any]:
     """Processor outputs holding about ``events`` event rows, all on partition 0."""
-    from streams.processors import DictStore, PartitionProcessor
-    from streams.simulate import stream_generate
+    from streams.processors import PartitionProcessor
+    from tests.support.simulate import stream_generate
+    from tests.support.stores import DictStore
 
     views = max(1, events // 11)
     stream = stream_generate(views=views, users=max(10, views // 10), seed=99, poison=False, batch_ms=10_000)

@@ -249,8 +249,9 @@ def main() -> None:
 
     from analytics_platform import event_format, kafka
     from analytics_platform.clickhouse import client_get, database_ensure
-    from streams.processors import DictStore, PartitionProcessor
-    from streams.simulate import batches_coalesce, stream_generate
+    from streams.processors import PartitionProcessor
+    from tests.support.simulate import batches_coalesce, stream_generate
+    from tests.support.stores import DictStore
 
     workers: list[subprocess.Popen[bytes]] = []
     try:

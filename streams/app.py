@@ -48,6 +48,7 @@ from quixstreams.sinks.base import BaseSink
 
 from analytics_platform import event_format, kafka
 from analytics_platform.clickhouse import client_get
+from streams import dead_letters
 from streams.processors import Output, PartitionProcessor, ProcessorConfig, StateStore, state_encode, tick_message
 from streams.sinks import ClickHouseSink
 
@@ -65,7 +66,9 @@ CONSUMER_LAG = Gauge(
 EVENTS_PROCESSED = Counter("streams_events_total", "Events processed (duplicates excluded)")
 DUPLICATES = Counter("streams_duplicate_events_total", "Events dropped as duplicates of an earlier eventId")
 LATE_EVENTS = Counter("streams_late_events_total", "Events that arrived after their view had closed")
-DEAD_LETTERS = Counter("streams_dead_letters_total", "Messages or events sent to the dead-letter topic")
+DEAD_LETTERS = Counter(
+    "streams_dead_letters_total", "Messages or events sent to the dead-letter topic", ["stage", "reason"]
+)
 TICKS_SENT = Counter("streams_idle_ticks_total", "Ticks produced to idle partitions so that their timers fire")
 STATE_WRITES = Counter("streams_state_writes_total", "State entries written to the Quix store at checkpoints")
 
@@ -372,14 +375,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def application_build(
-    *, consumer_group: str | None = None, processing_guarantee: str | None = None
-) -> tuple[Application, PartitionProcessor]:
-    """The Quix application of the events worker, configured from settings (no ticker)."""
-    app, processor, _ = worker_build(consumer_group=consumer_group, processing_guarantee=processing_guarantee)
-    return app, processor
-
-
 def worker_build(
     *, consumer_group: str | None = None, processing_guarantee: str | None = None
 ) -> tuple[Application, PartitionProcessor, IdleTicker | None]:
@@ -486,13 +481,14 @@ def worker_build(
             logger.exception("processor failed; message dead-lettered", extra={"offset": offset})
             out = Output(partition=partition, offset=offset)
             out.dead_letters.append(
-                {
-                    "reason": f"processor error: {exc!r}"[:1000],
-                    "partition": partition,
-                    "offset": offset,
-                    "key": key.decode("utf-8", "replace") if key else None,
-                    "payload": value.decode("utf-8", "replace") if isinstance(value, bytes) else repr(value),
-                }
+                dead_letters.dead_letter(
+                    dead_letters.PROCESSOR_ERROR,
+                    f"processor error: {exc!r}",
+                    payload=value if isinstance(value, bytes) else repr(value).encode(),
+                    key=key,
+                    partition=partition,
+                    offset=offset,
+                )
             )
         # Every offset reaches the sink, rows or not: it tracks contiguous offsets per partition.
         sink.add(out, key, timestamp, headers, events_topic, partition, offset)
@@ -504,8 +500,8 @@ def worker_build(
             DUPLICATES.inc(out.duplicates)
         if out.late:
             LATE_EVENTS.inc(out.late)
-        if out.dead_letters:
-            DEAD_LETTERS.inc(len(out.dead_letters))
+        for letter in out.dead_letters:
+            DEAD_LETTERS.labels(letter["stage"], letter["reason"]).inc()
         if out.video_watched or out.video_errors or out.dead_letters:
             if derived is None:
                 return [*out.video_watched, *out.video_errors, *out.dead_letters]

@@ -28,7 +28,7 @@ from analytics_platform import event_format, kafka
 from analytics_platform.clickhouse import client_get
 from analytics_platform.devstack import processes
 from streams import processors
-from streams.simulate import Message, Truth
+from tests.support.simulate import Message, Truth
 
 STREAM_TABLES = (
     "events",

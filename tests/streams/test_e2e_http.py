@@ -16,7 +16,7 @@ import orjson
 import pytest
 from django.conf import settings
 
-from streams.simulate import Message, stream_generate
+from tests.support.simulate import Message, stream_generate
 
 from .conftest import assert_clickhouse_matches_truth, assert_derived_events_match_truth, wait_for_truth, web_start
 

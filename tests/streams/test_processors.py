@@ -9,9 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streams import processors
-from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, DictStore, PartitionProcessor
-from streams.simulate import Message, batches_coalesce, stream_generate
+from streams import dead_letters, processors
+from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, PartitionProcessor, partition, views
+from tests.support.simulate import Message, batches_coalesce, stream_generate
+from tests.support.stores import DictStore, outputs_merge
 
 from .conftest import VIEW_FIGURES
 
@@ -26,7 +27,7 @@ def run(messages, *, processor=None, store=None, first_offset=0):
         for i, m in enumerate(messages)
     ]
     processor.checkpoint()  # what the worker does before each commit: cached state into the store
-    return processors.outputs_merge(outputs), outputs
+    return outputs_merge(outputs), outputs
 
 
 def ev(etype, ts, session="s1", user="u1", **extra):
@@ -180,12 +181,76 @@ def test_poison_messages_go_to_the_dead_letter_output_with_a_reason():
     batch_without_events = Message(user_id="u1", received_at=T0, events=[], raw=orjson.dumps({"v": 2}))
     bad_event = msg([ev("view_start", T0), {**ev("playing", T0 + 1), "timestamp": "yesterday"}], received_at=T0)
     out, _ = run([bad_json, unknown_version, batch_without_events, bad_event])
-    reasons = [d["reason"] for d in out.dead_letters]
-    assert reasons[0].startswith("not JSON")
-    assert reasons[1] == "unknown message version 99"
-    assert reasons[2] == "events: not a list"
-    assert reasons[3].startswith("timestamp")
+    reasons = [(d["reason"], d["field"]) for d in out.dead_letters]
+    assert reasons == [
+        ("invalid_json", None),
+        ("unknown_version", "v"),
+        ("invalid_message", "events"),
+        ("invalid_event", "timestamp"),
+    ]
+    assert out.dead_letters[1]["detail"] == "unknown message version 99"
     assert len(out.events) == 1  # the valid event of the mixed message is kept
+    # The original bytes: the whole message when it is unusable, else the bad event alone.
+    assert dead_letters.payload_bytes(out.dead_letters[0]) == b"\xff not json"
+    assert orjson.loads(dead_letters.payload_bytes(out.dead_letters[3]))["timestamp"] == "yesterday"
+    assert out.dead_letters[3]["eventId"] == bad_event.events[1]["eventId"]
+    assert all(d["type"] == "DeadLetter" and d["partition"] == 0 for d in out.dead_letters)
+
+
+def _with_raw_properties(event, properties: bytes) -> bytes:
+    """An event's JSON with ``properties`` spliced in as bytes (no encoder takes what is tested)."""
+    return orjson.dumps(event)[:-1] + b',"properties":' + properties + b"}"
+
+
+def _message_bytes(version, user, events: list[bytes]) -> bytes:
+    head = (
+        b'{"v":2,"events":['
+        if version == 2
+        else b'{"v":1,"userId":"%s","receivedAt":%d,"events":['
+        % (
+            user.encode(),
+            T0,
+        )
+    )
+    return head + b",".join(events) + b"]}"
+
+
+@pytest.mark.parametrize("depth", [300, 1_000, 10_000])
+@pytest.mark.parametrize("version", [1, 2])
+def test_one_unprocessable_event_is_dead_lettered_alone_with_its_bytes(depth, version):
+    """Nesting beyond what orjson can encode (~255) or msgspec can decode (~1,000) fails one event only.
+
+    An earlier worker dead-lettered the whole message (other clients' accepted events with it)
+    when orjson.dumps of one event's properties failed.
+    """
+    good = [ev("view_start", T0, user="u9", session="s9"), ev("playing", T0 + 5, user="u9", session="s9")]
+    deep, huge_int = ev("heartbeat", T0 + 2, user="u9", session="s9"), ev("heartbeat", T0 + 3, user="u9", session="s9")
+    deep_bytes = _with_raw_properties(deep, b'{"k":' * depth + b'"leaf"' + b"}" * depth)
+    parts = [
+        orjson.dumps(good[0]),
+        deep_bytes,
+        _with_raw_properties(huge_int, b'{"n":%d}' % 2**70),
+        orjson.dumps(good[1]),
+    ]
+    out = PartitionProcessor().process(
+        _message_bytes(version, "u9", parts), key=b"u9", partition=0, offset=0, store=DictStore()
+    )
+    assert [row[0] for row in out.events] == [uuid.UUID(e["eventId"]) for e in good]
+    assert [(d["reason"], d["eventId"]) for d in out.dead_letters] == [
+        ("invalid_event", deep["eventId"] if depth < 1024 else None),  # orjson reads ids up to 1,024 levels
+        ("invalid_event", huge_int["eventId"]),
+    ]
+    assert dead_letters.payload_bytes(out.dead_letters[0]) == deep_bytes, "the event's original bytes"
+
+
+def test_a_message_nested_too_deep_for_any_parser_is_split_without_recursion():
+    """The envelope scanner: a v2 message with a 100,000-level event keeps its other events."""
+    good = ev("view_start", T0, user="u3", session="s3")
+    deep_event = b'{"eventId":"x","properties":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    value = b'{"v":2,"events":[' + orjson.dumps(good) + b"," + deep_event + b"]}"
+    out = PartitionProcessor().process(value, key=None, partition=0, offset=0, store=DictStore())
+    assert [row[0] for row in out.events] == [uuid.UUID(good["eventId"])]
+    assert len(out.dead_letters) == 1 and dead_letters.payload_bytes(out.dead_letters[0]) == deep_event
 
 
 def _comparable(out):
@@ -220,7 +285,7 @@ def test_a_v2_event_without_a_usable_user_is_dead_lettered_alone():
     processor, store = PartitionProcessor(), DictStore()
     out, _ = run([batch], processor=processor, store=store)
     assert [row[0] for row in out.events] == [uuid.UUID(good["eventId"])]
-    assert [d["reason"] for d in out.dead_letters] == ["userId: not a string of 1-128 characters"]
+    assert [(d["reason"], d["field"]) for d in out.dead_letters] == [("invalid_event", "userId")]
     assert not [key for key in store.data if key[0] == b""], "no state for the nameless event"
 
 
@@ -233,7 +298,7 @@ def test_event_types_are_checked_on_the_fast_path_too(version):
     out, _ = run([batch])
     assert [row[0] for row in out.events] == [uuid.UUID(good["eventId"])]
     assert len(out.dead_letters) == 1
-    assert out.dead_letters[0]["reason"].startswith("type: 'Not A Type!' is neither a playback type")
+    assert out.dead_letters[0]["detail"].startswith("type: 'Not A Type!' is neither a playback type")
 
 
 def test_state_cache_checkpoints_change_nothing_but_when_the_store_is_written():
@@ -250,7 +315,7 @@ def test_state_cache_checkpoints_change_nothing_but_when_the_store_is_written():
     users = {f"user-17-{u}".encode() for u in range(20)}
     assert users <= {prefix for prefix, _ in once_store.data}
     assert every_store.data == once_store.data
-    assert _comparable(processors.outputs_merge(every_outputs)) == _comparable(processors.outputs_merge(once_outputs))
+    assert _comparable(outputs_merge(every_outputs)) == _comparable(outputs_merge(once_outputs))
 
 
 def test_a_rewind_drops_the_cached_changes_of_the_dropped_checkpoint():
@@ -275,7 +340,7 @@ def test_derived_events_match_their_avro_schemas():
     import fastavro
     import fastavro.validation
 
-    schemas = Path(processors.__file__).parent / "schemas"
+    schemas = Path(processors.__file__).parent.parent / "schemas"
     watched = fastavro.parse_schema(orjson.loads((schemas / "video_watched.avsc").read_bytes()))
     error = fastavro.parse_schema(orjson.loads((schemas / "video_error.avsc").read_bytes()))
     stream = stream_generate(views=120, users=20, seed=5, partitions=1, start_ms=T0)
@@ -295,7 +360,7 @@ def test_state_of_a_user_who_never_comes_back_is_deleted_after_the_dedup_window(
     day = 24 * 3600 * 1000
     run([tick(T0 + day + 120_000)], processor=None, store=store, first_offset=2)
     assert not [key for key in store.data if key[0] == b"u1"]
-    timers = [orjson.loads(v) for (prefix, key), v in store.data.items() if prefix == processors.PARTITION_PREFIX]
+    timers = [orjson.loads(v) for (prefix, key), v in store.data.items() if prefix == partition.PARTITION_PREFIX]
     assert not any("u1" in t for t in timers if isinstance(t, dict))
 
 
@@ -305,7 +370,7 @@ def _user_keys(store, user=b"u1"):
 
 def test_the_newest_dedup_bucket_is_stored_in_the_user_state_and_older_ones_apart():
     """An active user costs one state write per checkpoint: its newest id bucket is inside ``u``."""
-    size = processors.DEDUP_BUCKET_MS
+    size = partition.DEDUP_BUCKET_MS
     start = (T0 // size + 1) * size  # the first millisecond of a bucket
     first, second = ev("view_start", start + 1_000), ev("playing", start + 2_000)
     store, processor = DictStore(), PartitionProcessor()
@@ -437,18 +502,18 @@ def test_tick_is_recognised_only_in_its_own_shape():
     )
     assert processors.tick_decode(orjson.dumps({"v": 2, "tick": T0})) is None
     out, _ = run([WallTick("soon")])
-    assert len(out.dead_letters) == 1 and "tick" in out.dead_letters[0]["reason"]
+    assert len(out.dead_letters) == 1 and out.dead_letters[0]["reason"] == "invalid_tick"
 
 
 @pytest.mark.parametrize("session", ["s1", "é" * 40, str(uuid.UUID(int=7)), "x" * 128])
 def test_the_fast_video_watched_id_is_uuid5(session):
-    assert processors._video_watched_id_str(session) == str(processors.video_watched_id(session))
+    assert views._video_watched_id_str(session) == str(processors.video_watched_id(session))
 
 
 @pytest.mark.parametrize("event_id", [uuid.UUID(int=0), uuid.UUID(int=2**128 - 1), uuid.uuid4()])
 def test_the_fast_video_error_id_is_uuid5(event_id):
     row = processors.event_row(ev("error", T0, eventId=str(event_id), fatal=True), partition=0, offset=0)
-    assert processors._video_error(row, None)["id"] == str(processors.video_error_id(event_id))
+    assert views.video_error(row, None)["id"] == str(processors.video_error_id(event_id))
 
 
 def test_forgetting_a_revoked_partition_keeps_its_cached_changes():
@@ -479,7 +544,7 @@ def test_a_small_state_cache_evicts_at_checkpoints_and_changes_no_result():
         processor.checkpoint()
         # Dedup ids are a set in memory: the order in which the stored list comes out may differ.
         state = {k: _ids_sorted(v) for k, v in map(_loads, store.data.items())}
-        results.append((_comparable(processors.outputs_merge(outputs)), state))
+        results.append((_comparable(outputs_merge(outputs)), state))
     assert results[0] == results[1]
 
 

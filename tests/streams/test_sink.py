@@ -12,9 +12,9 @@ import pytest
 from clickhouse_driver import Client
 from quixstreams.sinks.base import SinkBackpressureError
 
+from analytics_platform import event_format
 from analytics_platform.clickhouse import client_get
 from analytics_platform.devstack import processes
-from streams import processors
 from streams.models import Event, ViewSummary
 from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, Output, event_row
 from streams.sinks import DATETIME64_COLUMNS, ClickHouseSink
@@ -123,7 +123,7 @@ def test_every_column_type_round_trips_exactly(tables):
             errorCode=TRICKY,
             errorMessage="x" * 4096,
             fatal=True,
-            positionMs=processors._MAX_INT64,
+            positionMs=event_format.INT_MAX,
             bitrateKbps=0,
             device=TRICKY,
             os="iOS",
@@ -133,17 +133,19 @@ def test_every_column_type_round_trips_exactly(tables):
             player="p\\",
             properties={"a": [1, 2.5, None, True], "q": TRICKY},
             timestamp=NOW + 10,  # ms ending in 0: a shorter decimal fraction
-            clientTimestamp=processors._MAX_TS,
-            receivedAt=processors._MIN_TS,
+            clientTimestamp=event_format.TIMESTAMP_MAX_MS,
+            receivedAt=event_format.TIMESTAMP_MIN_MS,
         ),
         _event(2, type="custom.thing", timestamp=NOW - 123, receivedAt=999, positionMs=None),
-        _event(3, timestamp=processors._MAX_TS - 1, clientTimestamp=1, receivedAt=processors._MAX_TS),
+        _event(
+            3, timestamp=event_format.TIMESTAMP_MAX_MS - 1, clientTimestamp=1, receivedAt=event_format.TIMESTAMP_MAX_MS
+        ),
     ]
     events[3] = (*events[3][: EVENT_COLUMNS.index("late")], True, *events[3][EVENT_COLUMNS.index("late") + 1 :])
     events.append(_event(2**63 - 2, partition=65535, timestamp=NOW - 122, receivedAt=NOW - 23))
     views = [
         _view(0),
-        _view(1, completion=None, start_ts=NOW - 123, end_ts=processors._MAX_TS, user_id=TRICKY),
+        _view(1, completion=None, start_ts=NOW - 123, end_ts=event_format.TIMESTAMP_MAX_MS, user_id=TRICKY),
         _view(2, completion=1.0 / 3.0, startup_time_ms=2**32 - 1, watch_time_ms=2**64 - 1, max_position_ms=-(2**63)),
         _view(3, has_view_start=False, started=False, exit_before_start=True, completion=0.0, close_reason="idle"),
     ]

@@ -11,7 +11,7 @@ import pytest
 
 from analytics_platform import event_format
 from analytics_platform.devstack import processes
-from streams.simulate import stream_generate
+from tests.support.simulate import stream_generate
 
 from .conftest import (
     assert_clickhouse_matches_truth,

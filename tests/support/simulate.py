@@ -10,7 +10,6 @@ end) advance every partition's watermark so that the last views close.
 """
 
 # Scripts of views read best as one straight function each; the generator is seeded, not secret.
-# ruff: noqa: S311
 
 from __future__ import annotations
 
