@@ -29,13 +29,7 @@ from tests.support.simulate import Message
 
 from .conftest import wait_until
 
-pytestmark = [
-    pytest.mark.kafka,
-    pytest.mark.clickhouse,
-    pytest.mark.postgres,
-    pytest.mark.slow,  # about a minute: a worker, three replays, two checkpoints waited for
-    pytest.mark.django_db(databases=["default", "clickhouse"]),
-]
+pytestmark = [pytest.mark.postgres]
 
 NOW = int(time.time() * 1000)
 
@@ -113,6 +107,10 @@ def _stored(client: Any) -> dict[str, int]:
     return {i: int(n) for i, n in client.execute("SELECT toString(event_id), count() FROM events GROUP BY event_id")}
 
 
+@pytest.mark.kafka
+@pytest.mark.clickhouse
+@pytest.mark.slow  # about a minute: a worker, three replays, two checkpoints waited for
+@pytest.mark.django_db(databases=["default", "clickhouse"])
 def test_replayed_dead_letters_count_once(stream_env):
     stored_first = _event("user-a")
     refused = _event("user-a", type="Not A Type!")  # the processor refuses it: a real invalid_event
@@ -218,3 +216,21 @@ def test_replayed_dead_letters_count_once(stream_env):
     assert {i: produced[i] for i in counts} == dict.fromkeys(counts, 1)
     assert produced[refused["eventId"]] == 1
     client.disconnect()
+
+
+@pytest.mark.django_db(databases=["default"])
+def test_two_replays_at_once_cannot_both_claim_an_event():
+    """The ledger's conditional unique key decides: one pending-or-sent row per eventId, wherever it sits."""
+    from streams import dead_letter_services as services
+
+    event_id = str(uuid.uuid4())
+
+    def outcome(offset: int) -> services.ReplayOutcome:
+        return services.ReplayOutcome(0, offset, "clickhouse_rejected", "", event_id, "user-a")
+
+    common = {"dlq_topic": "events-dlq", "topic_id": "t1", "operator": "ops"}
+    first = services._claim([outcome(3)], run_id=uuid.uuid4(), **common)
+    second = services._claim([outcome(4), outcome(3)], run_id=uuid.uuid4(), **common)
+    assert [o.dlq_offset for o in first] == [3]
+    assert second == []
+    assert DeadLetterReplay.objects.get().status == "pending"
