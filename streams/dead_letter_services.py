@@ -86,6 +86,7 @@ class ReplayOutcome:
     user_id: str = ""
     detail: str = ""
     payload: bytes = field(default=b"", repr=False)
+    ts: int | None = None  # the event's time (epoch ms) as it is stored in ``events.ts``, when readable
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -146,7 +147,7 @@ def dead_letter_replay(
     # The ledger: one row per event that a replay sent, is sending, or found stored.
     ids = {o.event_id for o in candidates}
     ledger = _ledger_by_event(ids)
-    stored = _stored_event_ids(ids)
+    stored = _stored_event_ids({o.event_id: o.ts for o in candidates})
     seen_in_run: set[str] = set()
     to_send: list[ReplayOutcome] = []
     for outcome in candidates:
@@ -208,12 +209,13 @@ def dead_letter_replay(
     return report
 
 
-def dead_letters_wait_stored(*, event_ids: Iterable[str], timeout: float, interval: float = 2.0) -> set[str]:
-    """The ones of ``event_ids`` not in ClickHouse ``events`` after waiting up to ``timeout`` s."""
-    missing = set(event_ids)
+def dead_letters_wait_stored(*, outcomes: Iterable[ReplayOutcome], timeout: float, interval: float = 2.0) -> set[str]:
+    """The eventIds of ``outcomes`` not in ClickHouse ``events`` after waiting up to ``timeout`` s."""
+    times = {o.event_id: o.ts for o in outcomes}
+    missing = set(times)
     deadline = time.monotonic() + timeout
     while missing:
-        missing -= _stored_event_ids(missing)
+        missing -= _stored_event_ids({i: times[i] for i in missing})
         if not missing or time.monotonic() >= deadline:
             break
         time.sleep(interval)
@@ -253,10 +255,12 @@ def _expand(entry: DeadLetterEntry, wanted: frozenset[str]) -> list[ReplayOutcom
         raws = [payload]
     outcomes = []
     for raw in raws:
-        event_id, user_id = _ids(raw)
-        if wanted and (event_id or "").lower() not in wanted:
+        event_id, user_id, ts = _ids(raw)
+        if wanted and (event_id or "") not in wanted:
             continue
-        outcome = ReplayOutcome(entry.partition, entry.offset, reason, "", event_id or "", user_id or "", payload=raw)
+        outcome = ReplayOutcome(
+            entry.partition, entry.offset, reason, "", event_id or "", user_id or "", payload=raw, ts=ts
+        )
         if not event_id or not user_id:
             outcome.result, outcome.detail = INVALID, "no eventId or userId can be read from the event"
         outcomes.append(outcome)
@@ -265,17 +269,19 @@ def _expand(entry: DeadLetterEntry, wanted: frozenset[str]) -> list[ReplayOutcom
     return outcomes
 
 
-def _ids(raw: bytes) -> tuple[str | None, str | None]:
+def _ids(raw: bytes) -> tuple[str | None, str | None, int | None]:
+    """The eventId (lower-case), userId and event time of an event's bytes, those that can be read."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return None, None
+        return None, None, None
     if type(body) is not dict:
-        return None, None
-    event_id, user_id = body.get("eventId"), body.get("userId")
+        return None, None, None
+    event_id, user_id, ts = body.get("eventId"), body.get("userId"), body.get("timestamp")
     return (
         event_id.lower() if isinstance(event_id, str) else None,
         user_id if isinstance(user_id, str) else None,
+        ts if type(ts) is int else None,
     )
 
 
@@ -297,20 +303,27 @@ def _ledger_by_event(event_ids: set[str]) -> dict[str, list[DeadLetterReplay]]:
     return rows
 
 
-def _stored_event_ids(event_ids: Iterable[str]) -> set[str]:
-    """The ones of ``event_ids`` (valid UUIDs) already in ClickHouse ``events``."""
-    ids = sorted({i for i in event_ids if _is_uuid(i)})
+def _stored_event_ids(events: dict[str, int | None]) -> set[str]:
+    """The ones of ``events`` (eventId -> event time in ms, when known) already in ClickHouse ``events``.
+
+    Looked up in chunks of ids sorted by event time, each bounded by its chunk's time range: the
+    table is partitioned by day of ``ts`` and ordered by type first, so without the bound every
+    chunk would read the whole table.
+    """
+    ids = sorted((ts if ts is not None else -1, i) for i, ts in events.items() if _is_uuid(i))
     if not ids:
         return set()
     client = client_get()
     found: set[str] = set()
     try:
         for start in range(0, len(ids), CLICKHOUSE_IDS_PER_QUERY):
-            chunk = [uuid.UUID(i) for i in ids[start : start + CLICKHOUSE_IDS_PER_QUERY]]
-            rows = client.execute(
-                "SELECT DISTINCT toString(event_id) FROM events WHERE event_id IN %(ids)s", {"ids": chunk}
-            )
-            found.update(row[0] for row in rows)
+            chunk = ids[start : start + CLICKHOUSE_IDS_PER_QUERY]
+            params: dict[str, Any] = {"ids": [uuid.UUID(i) for _, i in chunk]}
+            query = "SELECT DISTINCT toString(event_id) FROM events WHERE event_id IN %(ids)s"
+            if chunk[0][0] >= 0:  # every time known (-1 sorts first)
+                params["lo"], params["hi"] = chunk[0][0], chunk[-1][0]
+                query += " AND ts BETWEEN fromUnixTimestamp64Milli(%(lo)s) AND fromUnixTimestamp64Milli(%(hi)s)"
+            found.update(row[0] for row in client.execute(query, params))
     finally:
         client.disconnect()
     return found

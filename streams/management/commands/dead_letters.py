@@ -130,9 +130,9 @@ class Command(BaseCommand):
             timeout=options["timeout"],
         )
         missing: set[str] = set()
-        sent = [o.event_id for o in report.by_result(SENT)]
+        sent = report.by_result(SENT)
         if sent and options["wait"] > 0:
-            missing = dead_letters_wait_stored(event_ids=sent, timeout=options["wait"])
+            missing = dead_letters_wait_stored(outcomes=sent, timeout=options["wait"])
         if options["json"]:
             for outcome in report.outcomes:
                 line = outcome.as_json()
