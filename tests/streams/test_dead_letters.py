@@ -172,6 +172,13 @@ def test_replayed_dead_letters_count_once(stream_env):
     assert sorted(d["eventId"] for d in dry if d["result"] == "would_send") == sorted(
         [rejected["eventId"], bug_1["eventId"], bug_2["eventId"]]
     )
+    # --event-id picks events out of a whole-message dead letter too.
+    (picked,) = _json_lines(_command("replay", "--dry-run", "--json", "--event-id", bug_1["eventId"].upper()))
+    assert (picked["result"], picked["eventId"], picked["reason"]) == (
+        "would_send",
+        bug_1["eventId"],
+        "processor_error",
+    )
     assert not DeadLetterReplay.objects.exists()
 
     # The replay: each event of the fixed causes sent once; nothing else.
