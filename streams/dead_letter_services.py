@@ -38,9 +38,8 @@ from typing import Any
 
 import msgspec
 import orjson
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer
 from django.conf import settings
-from django.db import IntegrityError, transaction
 
 from analytics_platform import event_format, kafka
 from analytics_platform.clickhouse import client_get
@@ -62,6 +61,7 @@ UNREADABLE = "unreadable"  # no event can be read out of the dead letter
 FAILED = "failed"  # the broker did not acknowledge it: nothing recorded, replay again
 
 CLICKHOUSE_IDS_PER_QUERY = 1000
+LEDGER_BATCH = 1000  # rows per ledger query or insert
 _Status = DeadLetterReplay.Status
 
 
@@ -195,19 +195,18 @@ def dead_letter_replay(
         return report
     claimed = _claim(to_send, dlq_topic=dlq_topic, topic_id=topic_id, run_id=run_id, operator=operator)
     _send(claimed, partitions=partitions, timeout=timeout)
+    # One UPDATE per produced message (its events share the detail), not one per event.
+    sent_by_detail: dict[str, list[str]] = defaultdict(list)
     for outcome in claimed:
-        mine = DeadLetterReplay.objects.filter(
-            run_id=run_id,
-            event_id=outcome.event_id,
-            dlq_partition=outcome.dlq_partition,
-            dlq_offset=outcome.dlq_offset,
-            status=_Status.PENDING,
-        )
         if outcome.result == SENT:
-            mine.update(status=_Status.SENT, detail=outcome.detail)
-        elif outcome.result == FAILED:  # refused by the broker: not sent, free to replay again
-            mine.delete()
-        # IN_DOUBT (no answer in time): the claim stays; a later replay settles it.
+            sent_by_detail[outcome.detail].append(outcome.event_id)
+    mine = DeadLetterReplay.objects.filter(run_id=run_id, status=_Status.PENDING)
+    for detail, sent_ids in sent_by_detail.items():
+        mine.filter(event_id__in=sent_ids).update(status=_Status.SENT, detail=detail)
+    failed = [o.event_id for o in claimed if o.result == FAILED]
+    for start in range(0, len(failed), LEDGER_BATCH):  # refused by the broker: not sent, free to replay again
+        mine.filter(event_id__in=failed[start : start + LEDGER_BATCH]).delete()
+    # IN_DOUBT (no answer in time): the claim stays; a later replay settles it.
     logger.info("dead letters replayed", extra={"run_id": str(run_id), "counts": report.counts()})
     return report
 
@@ -308,8 +307,8 @@ def _validate(payload: bytes) -> tuple[str, str]:
 def _ledger_by_event(event_ids: set[str]) -> dict[str, list[DeadLetterReplay]]:
     rows: dict[str, list[DeadLetterReplay]] = defaultdict(list)
     ids = sorted(event_ids)
-    for start in range(0, len(ids), CLICKHOUSE_IDS_PER_QUERY):
-        for row in DeadLetterReplay.objects.filter(event_id__in=ids[start : start + CLICKHOUSE_IDS_PER_QUERY]):
+    for start in range(0, len(ids), LEDGER_BATCH):
+        for row in DeadLetterReplay.objects.filter(event_id__in=ids[start : start + LEDGER_BATCH]):
             rows[row.event_id].append(row)
     return rows
 
@@ -407,27 +406,35 @@ def _settle_stored(
 def _claim(
     outcomes: list[ReplayOutcome], *, dlq_topic: str, topic_id: str, run_id: uuid.UUID, operator: str
 ) -> list[ReplayOutcome]:
-    """The outcomes this run may send: a ``pending`` row written for each; the others lost a race."""
+    """The outcomes this run may send: a ``pending`` row written for each; the others lost a race.
+
+    Inserted in bulk with conflicts ignored: a row that would break a unique constraint (another
+    replay holds the event, or already settled this position) is left out by the database itself,
+    so the rows carrying this run's id afterwards are exactly this run's claims.
+    """
+    ids = [o.event_id for o in outcomes]
+    for start in range(0, len(ids), LEDGER_BATCH):
+        # Rows left ``invalid`` by an earlier run: the event passes validation now, the claim replaces them.
+        DeadLetterReplay.objects.filter(status=_Status.INVALID, event_id__in=ids[start : start + LEDGER_BATCH]).delete()
+    DeadLetterReplay.objects.bulk_create(
+        [
+            _ledger_row(o, _Status.PENDING, dlq_topic=dlq_topic, topic_id=topic_id, run_id=run_id, operator=operator)
+            for o in outcomes
+        ],
+        batch_size=LEDGER_BATCH,
+        ignore_conflicts=True,
+    )
+    mine = set(
+        DeadLetterReplay.objects.filter(run_id=run_id, status=_Status.PENDING).values_list(
+            "dlq_partition", "dlq_offset", "event_id"
+        )
+    )
     claimed = []
     for outcome in outcomes:
-        try:
-            with transaction.atomic():
-                # A row of this position may exist with ``invalid`` from an earlier run: it becomes the claim.
-                DeadLetterReplay.objects.filter(
-                    dlq_topic=dlq_topic,
-                    dlq_topic_id=topic_id,
-                    dlq_partition=outcome.dlq_partition,
-                    dlq_offset=outcome.dlq_offset,
-                    event_id=outcome.event_id,
-                    status=_Status.INVALID,
-                ).delete()
-                _ledger_row(
-                    outcome, _Status.PENDING, dlq_topic=dlq_topic, topic_id=topic_id, run_id=run_id, operator=operator
-                ).save()
-        except IntegrityError:
+        if (outcome.dlq_partition, outcome.dlq_offset, outcome.event_id) in mine:
+            claimed.append(outcome)
+        else:
             outcome.result, outcome.detail = ALREADY_REPLAYED, "claimed by another replay running at the same time"
-            continue
-        claimed.append(outcome)
     return claimed
 
 
@@ -458,6 +465,8 @@ def _send(outcomes: list[ReplayOutcome], *, partitions: int, timeout: float) -> 
                 if error is None:
                     outcome.result = SENT
                     outcome.detail = f"{topic}[{message.partition()}]@{message.offset()}"
+                elif error.code() == KafkaError._MSG_TIMED_OUT:  # it may have been written all the same
+                    outcome.result, outcome.detail = IN_DOUBT, f"delivery timed out: {error}; the claim stays"
                 else:
                     outcome.result, outcome.detail = FAILED, f"not acknowledged: {error}"
 
