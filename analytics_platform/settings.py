@@ -110,6 +110,7 @@ INSTALLED_APPS = [
     "analytics_platform",
     "ingest",
     "streams",
+    "streams.ledger",
     "metrics",
     "etl",
 ]
