@@ -41,6 +41,14 @@ that dominated its CPU at about 2 events per v1 message (one player request); ba
 hundreds of events amortise it. Consumers must accept both versions (v1 from older producers during
 a rolling upgrade).
 
+**Replays** (``"replay": true`` in a v2 envelope, ``REPLAY_HEAD``): events an operator re-sends from
+the dead-letter topic (``manage.py dead_letters replay``), which has already made sure none of them
+is stored (a ledger of what was replayed, and a lookup in ClickHouse). The processor stores them
+even when it remembers their ``eventId``: an event that ClickHouse refused (a sink-stage dead
+letter) was remembered as seen before its row failed, so a replay within the dedup window would
+otherwise be dropped as a duplicate. Ingest never writes the key (it writes ``BATCH_HEAD``), so a
+client cannot set it.
+
 Consumers must accept unknown keys (newer producers may add optional fields) and reject messages
 whose ``v`` they do not know (to the dead-letter topic, with the reason).
 
@@ -84,6 +92,7 @@ PLAYBACK_TYPES: frozenset[str] = frozenset(
     }
 )
 CUSTOM_TYPE_PATTERN = r"^[a-z][a-z0-9_.]{0,63}$"
+REPLAY_HEAD = b'{"v":%d,"replay":true,"events":[' % BATCH_VERSION  # a replay's v2 envelope, see above
 
 # --- The bounds of an event: written once, here. ---------------------------------------------
 # Ingest decides validity with them (``ingest/schema.py``) and the stream processor decodes with

@@ -474,8 +474,10 @@ def _send(outcomes: list[ReplayOutcome], *, partitions: int, timeout: float) -> 
 
     for partition, items in sorted(by_partition.items()):
         for batch in _batches(items, limit):
-            # The original bytes of each event, unchanged, in a v2 envelope (what ingest writes).
-            value = b'{"v":%d,"events":[' % event_format.BATCH_VERSION + b",".join(o.payload for o in batch) + b"]}"
+            # The original bytes of each event, unchanged, in a v2 replay envelope: stored even when the
+            # processor remembers the eventId (event_format.py, "Replays"); the checks above ensured
+            # none of them is stored already.
+            value = event_format.REPLAY_HEAD + b",".join(o.payload for o in batch) + b"]}"
             for outcome in batch:
                 outcome.result = IN_DOUBT
                 outcome.detail = f"no answer from the broker within {timeout:g}s: may have been sent; the claim stays"

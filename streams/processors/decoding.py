@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -80,6 +81,7 @@ class EventIn(msgspec.Struct, gc=False):
 class _MessageIn(msgspec.Struct, gc=False):
     v: int
     events: list[EventIn]
+    replay: bool = False
     userId: str | UnsetType = UNSET
     receivedAt: int | UnsetType = UNSET
 
@@ -89,6 +91,7 @@ class _RawMessage(msgspec.Struct, gc=False):
 
     v: Any = None
     events: list[msgspec.Raw] | None = None
+    replay: Any = False
     userId: Any = None
     receivedAt: Any = None
 
@@ -133,19 +136,28 @@ def tick_message(wall_clock_ms: int) -> bytes:
     return orjson.dumps({"v": ef.MESSAGE_VERSION, "tick": wall_clock_ms})
 
 
-def message_rows(
-    value: bytes, *, key: bytes | None, partition: int, offset: int
-) -> tuple[RowGroups, list[dict[str, Any]]]:
+@dataclass(slots=True)
+class MessageRows:
+    """A message decoded: each user's valid rows, the dead letters of its bad events, replay or not."""
+
+    groups: RowGroups
+    dead_letters: list[dict[str, Any]]
+    replay: bool = False  # an operator's replay of dead letters (event_format.py, "Replays")
+
+
+def message_rows(value: bytes, *, key: bytes | None, partition: int, offset: int) -> MessageRows:
     """Decode and validate a message into per-user rows and the dead letters of its bad events.
 
     Raises PoisonError when the message as a whole is unusable. Users appear in order of their
     first event, each user's events in message order.
     """
     with contextlib.suppress(Exception):  # any surprise of the fast path: the slow path is the reference
-        return _rows_fast(_message_in.decode(value), partition, offset), []
+        message = _message_in.decode(value)
+        return MessageRows(_rows_fast(message, partition, offset), [], message.replay)
+    envelope, raw_events = _envelope_events(value)
     by_user: dict[str, list[tuple[tuple[Any, ...], dict[str, Any] | None]]] = {}
     dead: list[dict[str, Any]] = []
-    for raw in _envelope_events(value):
+    for raw in raw_events:
         try:
             event = _event_in.decode(raw)
             row = _struct_row(event, partition, offset)
@@ -156,7 +168,7 @@ def message_rows(
         if rows is None:
             rows = by_user[event.userId] = []
         rows.append((row, event.properties))
-    return list(by_user.items()), dead
+    return MessageRows(list(by_user.items()), dead, envelope.replay is True)
 
 
 def event_row(event: dict[str, Any], *, partition: int, offset: int) -> tuple[Any, ...]:
@@ -167,8 +179,8 @@ def event_row(event: dict[str, Any], *, partition: int, offset: int) -> tuple[An
     return _struct_row(_event_in.decode(orjson.dumps(event)), partition, offset)
 
 
-def _envelope_events(value: bytes) -> list[Any]:
-    """The raw events of a message whose envelope is valid; raises PoisonError otherwise."""
+def _envelope_events(value: bytes) -> tuple[_RawMessage, list[Any]]:
+    """The envelope and raw events of a message whose envelope is valid; raises PoisonError otherwise."""
     try:
         envelope = _raw_message.decode(value)
         events = envelope.events
@@ -189,7 +201,7 @@ def _envelope_events(value: bytes) -> list[Any]:
             raise PoisonError(dl.INVALID_MESSAGE, "userId: not a string of 1-128 characters", field="userId")
         if type(received_at) is not int or not ef.TIMESTAMP_MIN_MS <= received_at <= ef.TIMESTAMP_MAX_MS:
             raise PoisonError(dl.INVALID_MESSAGE, "receivedAt: not in the stored time range", field="receivedAt")
-    return events
+    return envelope, events
 
 
 def _event_dead_letter(raw: bytes, exc: Exception, key: bytes | None, partition: int, offset: int) -> dict[str, Any]:
@@ -359,7 +371,7 @@ def _envelope_scan(value: bytes) -> tuple[_RawMessage, list[Any] | None]:
             if raw_value[:1] != b"[":
                 raise PoisonError(dl.INVALID_MESSAGE, "events: not a list", field="events")
             events = [raw_value[b:e].strip() for b, e in _children(raw_value, 0)]
-        elif name in ("v", "userId", "receivedAt"):
+        elif name in ("v", "userId", "receivedAt", "replay"):
             try:
                 setattr(envelope, name, orjson.loads(raw_value))
             except orjson.JSONDecodeError as exc:

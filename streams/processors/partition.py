@@ -193,17 +193,19 @@ class PartitionProcessor:
             self._tick(timers, store, tick, out)
             return
         try:
-            groups, out.dead_letters = message_rows(value, key=key, partition=partition, offset=offset)
+            decoded = message_rows(value, key=key, partition=partition, offset=offset)
         except PoisonError as exc:
             out.dead_letters.append(_message_dead_letter(exc, value, key, partition, offset))
             return
+        out.dead_letters = decoded.dead_letters
+        replay = decoded.replay
         watermark = timers.watermark
         cfg = self.config
         late_horizon = watermark - cfg.idle_timeout_ms - cfg.grace_ms
         message_time = 0
         touched: list[tuple[str, bytes, dict[str, Any], dict[int, set[int]]]] = []
         earlier: set[str] = set()  # users whose deadline this message may bring forward
-        for user, rows in groups:
+        for user, rows in decoded.groups:
             prefix = user.encode()
             user_state: dict[str, Any] | None = None
             views: dict[str, Any] = {}
@@ -224,7 +226,7 @@ class PartitionProcessor:
                 if seen is None:
                     seen = seen_buckets[bucket_id] = _seen_load(store, prefix, user_state, bucket_id)
                 event_hash = row[_ID].int >> 65
-                if event_hash in seen:
+                if event_hash in seen and not replay:  # a replay is checked against what is stored
                     out.duplicates += 1
                     continue
                 seen.add(event_hash)

@@ -51,8 +51,10 @@ def test_whatever_ingest_accepts_the_processor_accepts(body, received_offset):
     accepted, value = _accepted_by_ingest(body, received_at)
     if not accepted:
         return
-    rows, dead = message_rows(value, key=None, partition=3, offset=7)
+    decoded = message_rows(value, key=None, partition=3, offset=7)
+    rows, dead = decoded.groups, decoded.dead_letters
     assert dead == [], dead
+    assert not decoded.replay
     got = {row[COLUMN["event_id"]]: row for _user, user_rows in rows for row, _properties in user_rows}
     assert sorted(map(str, got)) == sorted(str(e.event_id) for e in accepted)
     for event in accepted:

@@ -9,6 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from analytics_platform import event_format
 from streams import dead_letters, processors
 from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, PartitionProcessor, partition, views
 from tests.support.simulate import Message, batches_coalesce, stream_generate
@@ -560,3 +561,15 @@ def _ids_sorted(value):
 def _loads(item):
     key, value = item
     return key, orjson.loads(value)
+
+
+def test_a_replay_message_stores_an_event_whose_id_was_seen():
+    """A sink-stage dead letter's id was remembered before ClickHouse refused its row: a replay stores it."""
+    processor, store = PartitionProcessor(), DictStore()
+    event = ev("click", T0, session=None, user="u5")
+    first = processor.process(orjson.dumps({"v": 2, "events": [event]}), key=None, partition=0, offset=0, store=store)
+    retry = processor.process(orjson.dumps({"v": 2, "events": [event]}), key=None, partition=0, offset=1, store=store)
+    replay_value = event_format.REPLAY_HEAD + orjson.dumps(event) + b"]}"
+    replayed = processor.process(replay_value, key=None, partition=0, offset=2, store=store)
+    assert (len(first.events), len(retry.events), retry.duplicates, len(replayed.events)) == (1, 0, 1, 1)
+    assert replayed.duplicates == 0 and not replayed.dead_letters
