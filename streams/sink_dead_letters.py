@@ -1,0 +1,105 @@
+"""Dead letters of rows ClickHouse refused, and the producer that makes them durable.
+
+The sink skips replayed rows by source offset (streams/sinks.py), so once a later row of the same
+partition is in ClickHouse, a rejected row is never tried again: its dead letter must be
+acknowledged by the broker before that happens. ``RejectedRowsProducer.flush`` waits for the
+acknowledgements (``acks=all``) and raises ``DeadLetterDeliveryError`` when any is missing; the
+sink calls it before its next INSERT into that table and before it records a chunk as written.
+
+Not ``DerivedEventsSink``: that one is fed and polled by the worker's main thread and flushed at
+each checkpoint (after this sink), and under exactly-once the worker has none; this producer is
+used from the sink's writer threads only, and waits mid-chunk.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+
+from streams import dead_letters
+from streams.clickhouse_errors import DeadLetterDeliveryError
+
+FLUSH_TIMEOUT_SECONDS = 30.0
+
+
+class RejectedRows(Protocol):
+    """Where the sink sends the dead letters of rejected rows (``RejectedRowsProducer``, test doubles)."""
+
+    def send(self, record: dict[str, Any]) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+def rejected_row_dead_letter(
+    *, table: str, columns: Sequence[str], row: Sequence[Any], error: BaseException, topic: str, partition: int
+) -> dict[str, Any]:
+    """The dead letter of ``row`` (a row of ``table`` in ``columns`` order) that ClickHouse refused.
+
+    ``payload`` is the row as a JSON object by column name (plus ``table``), so it can be read,
+    fixed and re-inserted; ``detail`` is the server's error text (truncated by ``dead_letter``).
+    """
+    record = dict(zip(columns, row, strict=True))
+    user_id = record.get("user_id")
+    event_id = record.get("event_id")
+    payload = orjson.dumps({"table": table, **record}, default=str)
+    return dead_letters.dead_letter(
+        dead_letters.CLICKHOUSE_REJECTED,
+        f"{table}: {error}",
+        payload=payload,
+        partition=partition,
+        offset=int(row[-1]),
+        key=str(user_id).encode() if user_id else None,
+        topic=topic,
+        stage="sink",
+        event_id=str(event_id) if event_id is not None else None,
+        user_id=str(user_id) if user_id is not None else None,
+    )
+
+
+class RejectedRowsProducer:
+    """Produces dead-letter records to ``topic``, keyed by userId; ``flush`` waits for every ack.
+
+    Thread-safe: both tables' writer threads send through it (librdkafka's producer is thread-safe;
+    the error list is guarded here).
+    """
+
+    def __init__(self, producer: Any, topic: str, *, on_sent: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._on_sent = on_sent
+        self._lock = threading.Lock()
+        self._errors: list[str] = []
+        self._unacknowledged: list[dict[str, Any]] = []  # counted by ``on_sent`` once acknowledged
+
+    def _on_delivery(self, error: Any, message: Any) -> None:
+        if error is not None:
+            with self._lock:
+                self._errors.append(str(error))
+
+    def send(self, record: dict[str, Any]) -> None:
+        key = record.get("key")
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic, orjson.dumps(record), key.encode() if key else None, on_delivery=self._on_delivery
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.1)  # the local queue is full: let the broker catch up
+        with self._lock:
+            self._unacknowledged.append(record)
+
+    def flush(self) -> None:
+        pending = self._producer.flush(FLUSH_TIMEOUT_SECONDS)
+        with self._lock:
+            failed, self._errors = self._errors, []
+            sent, self._unacknowledged = self._unacknowledged, []
+        if pending or failed:
+            # The chunk is retried, and its rejected rows found and sent again.
+            raise DeadLetterDeliveryError(f"dead letters not acknowledged: {pending} pending, errors {failed[:5]}")
+        if self._on_sent is not None:
+            for record in sent:
+                self._on_sent(record)
