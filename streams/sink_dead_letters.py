@@ -14,7 +14,9 @@ used from the sink's writer threads only, and waits mid-chunk.
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -26,11 +28,15 @@ FLUSH_TIMEOUT_SECONDS = 30.0
 
 
 class RejectedRows(Protocol):
-    """Where the sink sends the dead letters of rejected rows (``RejectedRowsProducer``, test doubles)."""
+    """Where the sink sends the dead letters of rejected rows (``RejectedRowsProducer``, test doubles).
 
-    def send(self, record: dict[str, Any]) -> None: ...
+    ``channel``: the sink's table. Each table's writer thread must learn whether *its own* dead
+    letters were acknowledged, whatever the other thread flushed in between.
+    """
 
-    def flush(self) -> None: ...
+    def send(self, record: dict[str, Any], *, channel: str) -> None: ...
+
+    def flush(self, *, channel: str) -> None: ...
 
 
 def rejected_row_dead_letter(
@@ -62,8 +68,10 @@ def rejected_row_dead_letter(
 class RejectedRowsProducer:
     """Produces dead-letter records to ``topic``, keyed by userId; ``flush`` waits for every ack.
 
-    Thread-safe: both tables' writer threads send through it (librdkafka's producer is thread-safe;
-    the error list is guarded here).
+    Thread-safe: both tables' writer threads send through it (librdkafka's producer is thread-safe).
+    Delivery failures are kept per channel until that channel flushes: with one shared list, one
+    thread's flush could take (and raise for) the other's failure, and the other would then go on
+    writing rows after a dead letter that never reached the broker.
     """
 
     def __init__(self, producer: Any, topic: str, *, on_sent: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -71,34 +79,38 @@ class RejectedRowsProducer:
         self._topic = topic
         self._on_sent = on_sent
         self._lock = threading.Lock()
-        self._errors: list[str] = []
-        self._unacknowledged: list[dict[str, Any]] = []  # counted by ``on_sent`` once acknowledged
+        self._errors: dict[str, list[str]] = defaultdict(list)
+        self._unacknowledged: dict[str, list[dict[str, Any]]] = defaultdict(list)  # for ``on_sent``, once acked
 
-    def _on_delivery(self, error: Any, message: Any) -> None:
+    def _on_delivery(self, channel: str, error: Any, message: Any) -> None:
         if error is not None:
             with self._lock:
-                self._errors.append(str(error))
+                self._errors[channel].append(str(error))
 
-    def send(self, record: dict[str, Any]) -> None:
+    def send(self, record: dict[str, Any], *, channel: str = "") -> None:
         key = record.get("key")
+        on_delivery = partial(self._on_delivery, channel)
         while True:
             try:
                 self._producer.produce(
-                    self._topic, orjson.dumps(record), key.encode() if key else None, on_delivery=self._on_delivery
+                    self._topic, orjson.dumps(record), key.encode() if key else None, on_delivery=on_delivery
                 )
                 break
             except BufferError:
                 self._producer.poll(0.1)  # the local queue is full: let the broker catch up
         with self._lock:
-            self._unacknowledged.append(record)
+            self._unacknowledged[channel].append(record)
 
-    def flush(self) -> None:
+    def flush(self, *, channel: str = "") -> None:
+        # Waits for every queued message, the other channel's too: a delivery report reaches its
+        # channel's list whichever thread serves it.
         pending = self._producer.flush(FLUSH_TIMEOUT_SECONDS)
         with self._lock:
-            failed, self._errors = self._errors, []
-            sent, self._unacknowledged = self._unacknowledged, []
+            failed = self._errors.pop(channel, [])
+            sent = self._unacknowledged.pop(channel, [])
         if pending or failed:
-            # The chunk is retried, and its rejected rows found and sent again.
+            # The chunk is retried (none of this channel's later rows were written), and its
+            # rejected rows are found and sent again.
             raise DeadLetterDeliveryError(f"dead letters not acknowledged: {pending} pending, errors {failed[:5]}")
         if self._on_sent is not None:
             for record in sent:

@@ -46,12 +46,16 @@ broker before any later row of the table is inserted, since from then on a repla
 Partitions per INSERT: ClickHouse refuses a block touching more than
 ``max_partitions_per_insert_block`` (100) partitions of any table it writes, materialized-view
 targets included (``events`` and both minute rollups are partitioned by day). A chunk is therefore
-cut into consecutive blocks of at most ``partitions_per_insert`` (90) UTC days
+cut into consecutive blocks of at most ``partitions_per_insert`` (95) UTC days
 (``partition_limit_split``); the day of ``ts`` / ``start_ts`` bounds the partitions of every table
-reached. Splitting rather than raising the server setting: the sink cannot rely on the server's
-profile (production's may be stricter), the limit stays a guard against a bad partition key, and a
-normal chunk spans one or two days and is still one INSERT. Should the server refuse a block anyway
-(a lower limit), that error is deterministic and bisection splits the block until it passes.
+reached. 95: the event-time window ingest accepts (the 90-day retention plus a small future
+allowance) spans about 92 UTC days, so accepted traffic is never split, while what predates that
+window (a backlog still in the topic, replayed dead letters) is; the margin below 100 is for a
+view keyed on another, near-now column (``received_at``). Splitting rather than raising the server
+setting: the sink cannot rely on the server's profile (production's may be stricter), the limit
+stays a guard against a bad partition key, and the common chunk (a day or two) is still one
+INSERT. Should the server refuse a block anyway (a lower limit), that error is deterministic and
+bisection splits the block until it passes.
 
 A split can cut one message's rows across INSERTs (a message spanning 150 days; isolation within a
 message), and the offset rule alone would skip the rest of a message cut by a crash. So on replay
@@ -70,6 +74,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -186,29 +191,38 @@ def partition_limit_split(rows: list[Any], day_index: int, limit: int) -> list[l
     """``rows`` (per partition in offset order) as consecutive blocks of at most ``limit`` UTC days each.
 
     Consecutive, so each Kafka partition's rows still reach ClickHouse in offset order across the
-    blocks (what the offset rule needs). Within one source message (one offset) the order is free,
-    so a message's rows are sorted by day first: a message spanning many days (one POST of 150 days)
-    is then cut into whole runs of days instead of alternating between blocks. A message cut across
-    two blocks is completed by key on replay (``ClickHouseSink._replayed_drop``).
+    blocks (what the offset rule needs). Within one source message (one offset) the order is free:
+    a message's rows on days the current block already has go first, then the others by day, so a
+    message spanning many days (one POST of 150 days) is cut into runs of whole days and the
+    traffic around it shares its blocks. A message cut across two blocks is completed by key on
+    replay (``ClickHouseSink._replayed_drop``).
 
-    The common chunk spans a day or two: one pass to count the days, no copy.
+    A message can never share a block with another message wider than ``limit`` days, so a stream
+    of such messages costs about an INSERT each: that is the price of per-partition order, and why
+    the limit is set to hold the whole accepted event-time window.
+
+    The common chunk spans a day or two: two C-level passes (min, max) decide that, with no copy.
     """
-    days = {row[day_index] // DAY_MS for row in rows}
-    if len(days) <= limit:
+    times = list(map(itemgetter(day_index), rows))
+    if not times or max(times) // DAY_MS - min(times) // DAY_MS < limit:
         return [rows]
-    ordered: list[Any] = []
-    for _, message_rows in groupby(rows, key=lambda row: (row[-2], row[-1])):  # (kafka_partition, kafka_offset)
-        ordered += sorted(message_rows, key=lambda row: row[day_index])
     blocks: list[list[Any]] = []
     block: list[Any] = []
     block_days: set[int] = set()
-    for row in ordered:
-        day = row[day_index] // DAY_MS
-        if day not in block_days and len(block_days) >= limit:
-            blocks.append(block)
-            block, block_days = [], set()
-        block_days.add(day)
-        block.append(row)
+    for _, message in groupby(rows, key=itemgetter(-2, -1)):  # (kafka_partition, kafka_offset)
+        message_rows = list(message)
+        known = [row for row in message_rows if row[day_index] // DAY_MS in block_days]
+        new = sorted(
+            (row for row in message_rows if row[day_index] // DAY_MS not in block_days), key=itemgetter(day_index)
+        )
+        block += known
+        for row in new:
+            day = row[day_index] // DAY_MS
+            if day not in block_days and len(block_days) >= limit:
+                blocks.append(block)
+                block, block_days = [], set()
+            block_days.add(day)
+            block.append(row)
     blocks.append(block)
     return blocks
 
@@ -243,7 +257,7 @@ class ClickHouseSink(BatchingSink):
         chunk_seconds: float = 1.5,
         commit_interval: float | None = None,
         rejected_rows: RejectedRows | None = None,
-        partitions_per_insert: int = 90,
+        partitions_per_insert: int = 95,
     ) -> None:
         """``commit_interval``: the worker's checkpoint interval, for the handoff ahead of each one.
 
@@ -464,13 +478,13 @@ class ClickHouseSink(BatchingSink):
         next, so a partition's rows still land in offset order. One bad row among n costs about
         2·log2(n) + 1 INSERTs: at each level the good half is written in one, the bad half fails
         and is split. A refused row is dead-lettered, and ``_insert`` waits for that dead letter's
-        acknowledgement before writing anything after it.
+        acknowledgement before writing anything after it (``_block_insert``).
         """
         stack = [rows]  # depth-first, left before right: the order of the rows
         while stack:
             block = stack.pop()
             try:
-                self._insert(table, block, topic_id)
+                self._block_insert(table, block, topic_id)
             except Exception as exc:
                 if self._rejected_rows is None or failure_classify(exc) is not FailureClass.DETERMINISTIC:
                     raise
@@ -501,14 +515,15 @@ class ClickHouseSink(BatchingSink):
                 error=error,
                 topic=topic,
                 partition=int(row[-2]),
-            )
+            ),
+            channel=table.name,
         )
         self._unflushed[table.name] = True
         ROWS_REJECTED.labels(table.name).inc()
 
     def _dead_letters_flush(self, table: str) -> None:
         if self._unflushed.get(table) and self._rejected_rows is not None:
-            self._rejected_rows.flush()
+            self._rejected_rows.flush(channel=table)
             self._unflushed[table] = False
 
     def _stored_offset(self, table: str, topic_id: str, partition: int) -> int:
@@ -537,17 +552,20 @@ class ClickHouseSink(BatchingSink):
             client = self._clients[table] = self._client_factory()
         return client
 
-    def _insert(self, table: _Table, rows: list[Any], topic_id: str) -> None:
+    def _block_insert(self, table: _Table, rows: list[Any], topic_id: str) -> None:
         # A rejected row's dead letter is acknowledged before any row after it lands: once a later
         # offset of its partition is stored, a replay would skip the rejected row for good.
         self._dead_letters_flush(table.name)
-        try:
-            query = json_columns_insert(table.name, table.columns, rows, topic_id)
-        except orjson.JSONEncodeError as exc:  # a value orjson refuses: the rows' fault, isolated like a parse error
-            raise RowEncodingError(f"{table.name}: row not encodable: {exc}") from exc
-        # No parameters: clickhouse-driver sends the text as is (nothing to substitute or escape).
-        self._client_get(table.name).execute(query)
+        self._insert(table.name, table.columns, rows, topic_id)
         ROWS_WRITTEN.labels(table.name).inc(len(rows))
+
+    def _insert(self, table: str, columns: Sequence[str], rows: list[Any], topic_id: str) -> None:
+        try:
+            query = json_columns_insert(table, columns, rows, topic_id)
+        except orjson.JSONEncodeError as exc:  # a value orjson refuses: the rows' fault, isolated like a parse error
+            raise RowEncodingError(f"{table}: row not encodable: {exc}") from exc
+        # No parameters: clickhouse-driver sends the text as is (nothing to substitute or escape).
+        self._client_get(table).execute(query)
 
     def _disconnect(self) -> None:
         clients, self._clients = self._clients, {}

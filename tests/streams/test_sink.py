@@ -310,12 +310,12 @@ class Recorder:
     def factory(self) -> Any:
         return _RecordingClient(client_get(), self)
 
-    def send(self, record: dict[str, Any]) -> None:
+    def send(self, record: dict[str, Any], *, channel: str) -> None:
         with self._lock:
             self._sent.append(record)
             self.log.append(("send", record["offset"]))
 
-    def flush(self) -> None:
+    def flush(self, *, channel: str) -> None:
         with self._lock:
             self.acknowledged += self._sent
             self._sent = []
@@ -424,7 +424,7 @@ def test_a_chunk_spanning_150_days_is_written_fully(tables):
     assert tables.execute("SELECT count() FROM view_summaries")[0][0] == 150
     assert tables.execute("SELECT sum(views) FROM view_rollup_minute")[0][0] == 150
     assert not recorder.acknowledged, "nothing is dead-lettered for spanning days"
-    # Days 0-149 then 0-119 again: cut at 90 days, in order, with nothing refused.
+    # Days 0-149 then 0-119 again: cut at 95 days (the default), in order, with nothing refused.
     assert all(ok for entry in recorder.log if entry[0] == "insert" for ok in [entry[3]])
     assert recorder.attempts("events") == 3
     assert recorder.attempts("view_summaries") == 2
@@ -438,12 +438,12 @@ def test_a_message_cut_across_inserts_is_completed_after_a_crash(tables):
         Output(partition=3, offset=1, events=_message_events(1, 150, day_step=DAY_MS)),
         Output(partition=3, offset=2, events=[_event(2)]),
     ]
-    crashed = Recorder(crash_at=2)  # the first block (90 days) lands, the second does not
+    crashed = Recorder(crash_at=2)  # the first block (95 days) lands, the second does not
     sink = _sink(crashed.factory, rejected_rows=crashed)
     _add(sink, outputs)
     with pytest.raises(SinkBackpressureError):
         sink.flush()
-    assert tables.execute("SELECT count() FROM events")[0][0] == 91
+    assert tables.execute("SELECT count() FROM events")[0][0] == 1 + 95, "offset 0, and offset 1 in part"
 
     replay = Recorder()
     restarted = _sink(replay.factory, rejected_rows=replay)
