@@ -383,7 +383,7 @@ def _rejected_rows_producer(dlq_topic: str) -> RejectedRowsProducer:
     acknowledgements mid-checkpoint (streams/sink_dead_letters.py), in either processing guarantee.
     """
     return RejectedRowsProducer(
-        Producer(kafka.client_config(**{"acks": "all", "enable.idempotence": True, "linger.ms": 5})),
+        Producer(kafka.client_config(**{"acks": "all", "linger.ms": 5})),
         dlq_topic,
         on_sent=lambda record: DEAD_LETTERS.labels(record["stage"], record["reason"]).inc(),
     )

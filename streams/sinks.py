@@ -477,8 +477,8 @@ class ClickHouseSink(BatchingSink):
         The halves are written left then right, each fully (its own bad rows isolated) before the
         next, so a partition's rows still land in offset order. One bad row among n costs about
         2·log2(n) + 1 INSERTs: at each level the good half is written in one, the bad half fails
-        and is split. A refused row is dead-lettered, and ``_insert`` waits for that dead letter's
-        acknowledgement before writing anything after it (``_block_insert``).
+        and is split. A refused row is dead-lettered, and ``_block_insert`` waits for that dead
+        letter's acknowledgement before writing anything after it.
         """
         stack = [rows]  # depth-first, left before right: the order of the rows
         while stack:
