@@ -39,22 +39,71 @@ class RejectedRows(Protocol):
     def flush(self, *, channel: str) -> None: ...
 
 
+# ``events`` columns -> the event fields they were decoded from (streams/processors/decoding.py,
+# ``_struct_row``); ``late`` and the Kafka columns are the worker's, not the client's.
+_EVENT_FIELDS: tuple[tuple[str, str], ...] = (
+    ("event_id", "eventId"),
+    ("type", "type"),
+    ("user_id", "userId"),
+    ("ts", "timestamp"),
+    ("received_at", "receivedAt"),
+    ("client_ts", "clientTimestamp"),
+    ("session_id", "sessionId"),
+    ("video_id", "videoId"),
+    ("position_ms", "positionMs"),
+    ("bitrate_kbps", "bitrateKbps"),
+    ("error_code", "errorCode"),
+    ("error_message", "errorMessage"),
+    ("fatal", "fatal"),
+    ("device", "device"),
+    ("os", "os"),
+    ("browser", "browser"),
+    ("country", "country"),
+    ("cdn", "cdn"),
+    ("player", "player"),
+)
+
+
+def event_from_row(row: dict[str, Any]) -> dict[str, Any]:
+    """The event (event_format's normalised form, as ingest writes it) an ``events`` row was made from.
+
+    What the processor turned into a column default (``""``, null, ``false``) is left out, as the
+    client would have; ``properties`` goes back from its JSON text to an object. Decoding this
+    event again gives the same row, so a replay after a fix stores exactly what was refused.
+    """
+    event: dict[str, Any] = {}
+    for column, name in _EVENT_FIELDS:
+        value = row.get(column)
+        if value is not None and value != "" and value is not False:
+            event[name] = str(value) if column == "event_id" else value
+    properties = row.get("properties")
+    if properties:
+        try:
+            event["properties"] = orjson.loads(properties)
+        except orjson.JSONDecodeError:
+            event["properties"] = properties  # kept as it was: the replay's validation reports it
+    return event
+
+
 def rejected_row_dead_letter(
     *, table: str, columns: Sequence[str], row: Sequence[Any], error: BaseException, topic: str, partition: int
 ) -> dict[str, Any]:
     """The dead letter of ``row`` (a row of ``table`` in ``columns`` order) that ClickHouse refused.
 
-    ``payload`` is the row as a JSON object by column name (plus ``table``), so it can be read,
-    fixed and re-inserted; ``detail`` is the server's error text (truncated by ``dead_letter``).
+    ``table`` and ``row`` (the row as a JSON object by column name) say exactly what was refused.
+    ``payload`` is, for an ``events`` row, the event it was made from, so that ``manage.py
+    dead_letters replay`` can send it again after a fix like any dead-lettered event; a
+    ``view_summaries`` row is derived from many events and is no event to replay, so its payload is
+    the row itself. ``detail`` is the server's error text (truncated by ``dead_letter``).
     """
-    record = dict(zip(columns, row, strict=True))
-    user_id = record.get("user_id")
-    event_id = record.get("event_id")
-    payload = orjson.dumps({"table": table, **record}, default=str)
-    return dead_letters.dead_letter(
+    values = dict(zip(columns, row, strict=True))
+    user_id = values.get("user_id")
+    event_id = values.get("event_id")
+    payload = values if table != "events" else event_from_row(values)
+    record = dead_letters.dead_letter(
         dead_letters.CLICKHOUSE_REJECTED,
         f"{table}: {error}",
-        payload=payload,
+        payload=orjson.dumps(payload, default=str),
         partition=partition,
         offset=int(row[-1]),
         key=str(user_id).encode() if user_id else None,
@@ -63,6 +112,9 @@ def rejected_row_dead_letter(
         event_id=str(event_id) if event_id is not None else None,
         user_id=str(user_id) if user_id is not None else None,
     )
+    record["table"] = table
+    record["row"] = values
+    return record
 
 
 class RejectedRowsProducer:

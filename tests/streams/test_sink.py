@@ -482,22 +482,27 @@ def test_a_rejected_row_is_dead_lettered_alone_and_the_rest_is_written(tables, s
     assert tables.execute("SELECT sum(events) FROM event_rollup_minute")[0][0] == 23
 
     letters = stream_env.consume(event_format.EVENTS_DLQ_TOPIC)
-    assert sorted((d["offset"], orjson.loads(d["payload"])["table"]) for d in letters) == [
+    assert sorted((d["offset"], d["table"]) for d in letters) == [
         (2, "view_summaries"),
         (5, "events"),
     ]
-    by_table = {orjson.loads(d["payload"])["table"]: d for d in letters}
+    by_table = {d["table"]: d for d in letters}
     event_letter = by_table["events"]
     assert event_letter["reason"] == dead_letters.CLICKHOUSE_REJECTED
     assert event_letter["stage"] == "sink"
     assert (event_letter["topic"], event_letter["partition"], event_letter["offset"]) == (TOPIC, 3, 5)
     assert event_letter["userId"] == "user-5" and event_letter["key"] == "user-5"
     assert "CANNOT_PARSE_UUID" in event_letter["detail"]
-    payload = orjson.loads(event_letter["payload"])
-    assert payload["event_id"] == "not-a-uuid" and payload["kafka_offset"] == 5
-    assert set(payload) == {"table", *EVENT_COLUMNS}
+    row = event_letter["row"]
+    assert row["event_id"] == "not-a-uuid" and row["kafka_offset"] == 5
+    assert set(row) == set(EVENT_COLUMNS)
+    # The payload is the event the row was made from: what ``dead_letters replay`` re-sends.
+    event = orjson.loads(event_letter["payload"])
+    assert event["eventId"] == "not-a-uuid" and event["userId"] == "user-5"
+    assert event["timestamp"] == row["ts"] and event["sessionId"] == "session-5"
     assert "CANNOT_PARSE_NUMBER" in by_table["view_summaries"]["detail"]
-    assert orjson.loads(by_table["view_summaries"]["payload"])["watch_time_ms"] == -1
+    assert by_table["view_summaries"]["row"]["watch_time_ms"] == -1
+    assert orjson.loads(by_table["view_summaries"]["payload"])["watch_time_ms"] == -1  # a view: no event to rebuild
     assert len(counted) == 2, "counted once acknowledged"
 
 
