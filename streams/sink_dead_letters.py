@@ -13,6 +13,7 @@ used from the sink's writer threads only, and waits mid-chunk.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -25,6 +26,9 @@ from streams import dead_letters
 from streams.clickhouse_errors import DeadLetterDeliveryError
 
 FLUSH_TIMEOUT_SECONDS = 30.0
+# Parts of a server error that name where this attempt ran (the server's spool file of the INSERT's
+# data, a stack trace), not what was wrong: dropped so a replay finds the same record (dead_letters.py).
+_ATTEMPT_DETAILS = re.compile(r" ?\(in file/uri [^)]*\):?|\s*Stack trace:.*\Z", re.DOTALL)
 
 
 class RejectedRows(Protocol):
@@ -102,7 +106,7 @@ def rejected_row_dead_letter(
     payload = values if table != "events" else event_from_row(values)
     record = dead_letters.dead_letter(
         dead_letters.CLICKHOUSE_REJECTED,
-        f"{table}: {error}",
+        f"{table}: {_ATTEMPT_DETAILS.sub('', str(error))}",
         payload=orjson.dumps(payload, default=str),
         partition=partition,
         offset=int(row[-1]),

@@ -493,6 +493,7 @@ def test_a_rejected_row_is_dead_lettered_alone_and_the_rest_is_written(tables, s
     assert (event_letter["topic"], event_letter["partition"], event_letter["offset"]) == (TOPIC, 3, 5)
     assert event_letter["userId"] == "user-5" and event_letter["key"] == "user-5"
     assert "CANNOT_PARSE_UUID" in event_letter["detail"]
+    assert "insert_spool" not in event_letter["detail"], "no trace of one attempt: a replay finds the same record"
     row = event_letter["row"]
     assert row["event_id"] == "not-a-uuid" and row["kafka_offset"] == 5
     assert set(row) == set(EVENT_COLUMNS)
@@ -541,6 +542,7 @@ def test_a_replay_after_a_crash_during_isolation_writes_nothing_twice_and_loses_
         # the crash came first: never lost (a replayed dead letter is the same record).
         letters = crashed.acknowledged + replay.acknowledged
         assert {letter["offset"] for letter in letters} == {5}, f"crash at INSERT {crash_at}"
+        assert all(letter == clean.acknowledged[0] for letter in letters), "the same record each time"
 
 
 def test_isolating_one_bad_row_costs_a_logarithmic_number_of_inserts(tables):
