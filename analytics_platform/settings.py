@@ -443,6 +443,10 @@ STREAMS_SINK_CHUNK_ROWS = env_int("STREAMS_SINK_CHUNK_ROWS", 50_000)
 # ... or sooner, once its rows are this old and the sink's writer is idle: the checkpoint then waits
 # for about this much data, not for a whole checkpoint's worth when the rate is below 10k events/s.
 STREAMS_SINK_CHUNK_SECONDS = float(env("STREAMS_SINK_CHUNK_SECONDS", "1.5"))
+# The most UTC days (hence partitions of any table or rollup written) one INSERT may span: below the
+# server's max_partitions_per_insert_block (100), which refuses the whole block otherwise, and above
+# the ~92 days of the accepted event-time window, so that accepted traffic is never split.
+STREAMS_SINK_PARTITIONS_PER_INSERT = env_int("STREAMS_SINK_PARTITIONS_PER_INSERT", 95)
 # lz4 costs the worker ~7 us of CPU per row: worth it across a network, not on loopback.
 STREAMS_CLICKHOUSE_COMPRESSION = env("STREAMS_CLICKHOUSE_COMPRESSION", "lz4" if PRODUCTION else "")
 STREAMS_IDLE_TIMEOUT_MS = env_int("STREAMS_IDLE_TIMEOUT_MS", 60_000)  # a view closes after 60 s without events

@@ -50,6 +50,7 @@ from analytics_platform import event_format, kafka
 from analytics_platform.clickhouse import client_get
 from streams import dead_letters
 from streams.processors import Output, PartitionProcessor, ProcessorConfig, StateStore, state_encode, tick_message
+from streams.sink_dead_letters import RejectedRowsProducer
 from streams.sinks import ClickHouseSink
 
 logger = logging.getLogger(__name__)
@@ -375,6 +376,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _rejected_rows_producer(dlq_topic: str) -> RejectedRowsProducer:
+    """The ClickHouse sink's own dead-letter producer, for the rows ClickHouse refuses.
+
+    Its own (not ``DerivedEventsSink``'s): it is used from the sink's writer threads and waits for
+    acknowledgements mid-checkpoint (streams/sink_dead_letters.py), in either processing guarantee.
+    """
+    return RejectedRowsProducer(
+        Producer(kafka.client_config(**{"acks": "all", "linger.ms": 5})),
+        dlq_topic,
+        on_sent=lambda record: DEAD_LETTERS.labels(record["stage"], record["reason"]).inc(),
+    )
+
+
 def worker_build(
     *, consumer_group: str | None = None, processing_guarantee: str | None = None
 ) -> tuple[Application, PartitionProcessor, IdleTicker | None]:
@@ -440,6 +454,8 @@ def worker_build(
         chunk_rows=settings.STREAMS_SINK_CHUNK_ROWS,
         chunk_seconds=settings.STREAMS_SINK_CHUNK_SECONDS,
         commit_interval=settings.STREAMS_COMMIT_INTERVAL,
+        rejected_rows=_rejected_rows_producer(dlq.name),
+        partitions_per_insert=settings.STREAMS_SINK_PARTITIONS_PER_INSERT,
     )
     sdf = app.dataframe(events)
     guarantee = processing_guarantee or settings.STREAMS_PROCESSING_GUARANTEE

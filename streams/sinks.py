@@ -28,10 +28,39 @@ text, encoded by orjson in C, and ClickHouse parses it in C++ (see ``json_column
 clickhouse-driver's own columnar INSERT serialises every value in Python on this thread, which
 shares the GIL with the processing thread and so cost the worker about a seventh of its CPU.
 
-When ClickHouse fails, the writer stops writing (a later chunk must never land after a lost one:
-the offset rule would then skip the lost rows) and ``flush()`` raises ``SinkBackpressureError``:
-Quix pauses the partitions, drops the checkpoint's state changes, seeks back to the committed
-offsets and retries after ``retry_after`` seconds. Nothing is lost, nothing is written twice.
+Failures are classified (streams/clickhouse_errors.py). A *retryable* one (server down, network,
+timeouts, overload, a schema not migrated yet) or an *unknown* one stops the writer (a later chunk
+must never land after a lost one: the offset rule would then skip the lost rows) and ``flush()``
+raises ``SinkBackpressureError``: Quix pauses the partitions, drops the checkpoint's state changes,
+seeks back to the committed offsets and retries after ``retry_after`` seconds. Nothing is lost,
+nothing is written twice; ``streams_clickhouse_failing_seconds`` tells how long it has lasted.
+
+A *deterministic* one (a value a column's type cannot take, a block over the partition limit) would
+fail every retry and stop the pipeline for every client. The sink bisects the block instead, halves
+written left before right (``_insert_isolating``), until the refused rows stand alone; each is
+dead-lettered (reason ``clickhouse_rejected``, stage ``sink``, the row as JSON by column name, the
+server's error) and the rest is written. Order is what keeps the effect exactly-once: the halves
+keep each partition's rows in offset order, and a rejected row's dead letter is acknowledged by the
+broker before any later row of the table is inserted, since from then on a replay skips it.
+
+Partitions per INSERT: ClickHouse refuses a block touching more than
+``max_partitions_per_insert_block`` (100) partitions of any table it writes, materialized-view
+targets included (``events`` and both minute rollups are partitioned by day). A chunk is therefore
+cut into consecutive blocks of at most ``partitions_per_insert`` (95) UTC days
+(``partition_limit_split``); the day of ``ts`` / ``start_ts`` bounds the partitions of every table
+reached. 95: the event-time window ingest accepts (the 90-day retention plus a small future
+allowance) spans about 92 UTC days, so accepted traffic is never split, while what predates that
+window (a backlog still in the topic, replayed dead letters) is; the margin below 100 is for a
+view keyed on another, near-now column (``received_at``). Splitting rather than raising the server
+setting: the sink cannot rely on the server's profile (production's may be stricter), the limit
+stays a guard against a bad partition key, and the common chunk (a day or two) is still one
+INSERT. Should the server refuse a block anyway (a lower limit), that error is deterministic and
+bisection splits the block until it passes.
+
+A split can cut one message's rows across INSERTs (a message spanning 150 days; isolation within a
+message), and the offset rule alone would skip the rest of a message cut by a crash. So on replay
+the rows at exactly the stored offset are matched by key (``event_id``, ``session_id``) against what
+the table holds at that offset, and the missing ones are written (``_replayed_drop``).
 """
 
 from __future__ import annotations
@@ -40,16 +69,22 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter as Multiset
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 import orjson
 from clickhouse_driver import Client
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from quixstreams.sinks.base import BatchingSink, SinkBackpressureError
 
+from streams.clickhouse_errors import FailureClass, RowEncodingError, error_code, failure_classify
 from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, Output
+from streams.sink_dead_letters import RejectedRows, rejected_row_dead_letter
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +92,53 @@ ROWS_WRITTEN = Counter("streams_clickhouse_rows_total", "Rows inserted into Clic
 ROWS_SKIPPED = Counter(
     "streams_clickhouse_rows_skipped_total", "Replayed rows skipped because ClickHouse already had them", ["table"]
 )
-SINK_FAILURES = Counter("streams_clickhouse_failures_total", "Failed ClickHouse writes (retried)")
-
-_TABLES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("events", "events", EVENT_COLUMNS),
-    ("view_summaries", "views", VIEW_COLUMNS),
+ROWS_REJECTED = Counter(
+    "streams_clickhouse_rows_rejected_total", "Rows ClickHouse refused deterministically (dead-lettered)", ["table"]
 )
+SINK_FAILURES = Counter(
+    "streams_clickhouse_failures_total",
+    "Failed ClickHouse writes by class (streams/clickhouse_errors.py): retryable and unknown ones are retried,"
+    " deterministic ones isolated",
+    ["class"],
+)
+FAILING_SECONDS = Gauge(
+    "streams_clickhouse_failing_seconds", "How long the ClickHouse sink has been failing continuously (0 when healthy)"
+)
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A table the sink writes, with what isolation and the partition limit need to know of it."""
+
+    name: str
+    attr: str  # the ``Output`` attribute holding its rows
+    columns: tuple[str, ...]
+    key: str  # a column that tells a message's rows apart (completing a partly written message)
+    day_column: str  # the time column whose UTC day bounds the partitions an INSERT touches
+
+    @property
+    def key_index(self) -> int:
+        return self.columns.index(self.key)
+
+    @property
+    def day_index(self) -> int:
+        return self.columns.index(self.day_column)
+
+
+# Partitions touched by an INSERT, per table and materialized-view target (streams/models.py):
+#   events: toYYYYMMDD(ts) -> event_rollup_minute: toYYYYMMDD(bucket of ts), event_rollup_hour: toYYYYMM
+#   view_summaries: toYYYYMM(start_ts) -> view_rollup_minute: toYYYYMMDD(bucket of start_ts), _hour: toYYYYMM
+# Every one is a function of the UTC day of ``ts`` / ``start_ts`` (months are unions of days; past
+# 2106 the rollups' DateTime buckets saturate to one day), so bounding the distinct days of a block
+# bounds the partitions of every table it reaches.
+_TABLES: tuple[_Table, ...] = (
+    _Table("events", "events", EVENT_COLUMNS, "event_id", "ts"),
+    _Table("view_summaries", "views", VIEW_COLUMNS, "session_id", "start_ts"),
+)
+# Isolation and the splitter read a row's source from its last two values.
+assert all(table.columns[-2:] == ("kafka_partition", "kafka_offset") for table in _TABLES)
 
 # The DateTime64(3) columns of the rows (epoch milliseconds there). ClickHouse reads a JSON
 # integer for a DateTime64 as *seconds*, so they are sent as seconds with a fraction (see below).
@@ -111,6 +187,46 @@ def json_columns_insert(table: str, columns: Sequence[str], rows: Sequence[Seque
     return head + "[" + ",".join(part.decode() for part in encoded) + "]"
 
 
+def partition_limit_split(rows: list[Any], day_index: int, limit: int) -> list[list[Any]]:
+    """``rows`` (per partition in offset order) as consecutive blocks of at most ``limit`` UTC days each.
+
+    Consecutive, so each Kafka partition's rows still reach ClickHouse in offset order across the
+    blocks (what the offset rule needs). Within one source message (one offset) the order is free:
+    a message's rows on days the current block already has go first, then the others by day, so a
+    message spanning many days (one POST of 150 days) is cut into runs of whole days and the
+    traffic around it shares its blocks. A message cut across two blocks is completed by key on
+    replay (``ClickHouseSink._replayed_drop``).
+
+    A message can never share a block with another message wider than ``limit`` days, so a stream
+    of such messages costs about an INSERT each: that is the price of per-partition order, and why
+    the limit is set to hold the whole accepted event-time window.
+
+    The common chunk spans a day or two: two C-level passes (min, max) decide that, with no copy.
+    """
+    times = list(map(itemgetter(day_index), rows))
+    if not times or max(times) // DAY_MS - min(times) // DAY_MS < limit:
+        return [rows]
+    blocks: list[list[Any]] = []
+    block: list[Any] = []
+    block_days: set[int] = set()
+    for _, message in groupby(rows, key=itemgetter(-2, -1)):  # (kafka_partition, kafka_offset)
+        message_rows = list(message)
+        known = [row for row in message_rows if row[day_index] // DAY_MS in block_days]
+        new = sorted(
+            (row for row in message_rows if row[day_index] // DAY_MS not in block_days), key=itemgetter(day_index)
+        )
+        block += known
+        for row in new:
+            day = row[day_index] // DAY_MS
+            if day not in block_days and len(block_days) >= limit:
+                blocks.append(block)
+                block, block_days = [], set()
+            block_days.add(day)
+            block.append(row)
+    blocks.append(block)
+    return blocks
+
+
 class _Chunk:
     """Outputs of one topic, per partition in offset order; written as one INSERT per table.
 
@@ -140,9 +256,25 @@ class ClickHouseSink(BatchingSink):
         chunk_rows: int = 50_000,
         chunk_seconds: float = 1.5,
         commit_interval: float | None = None,
+        rejected_rows: RejectedRows | None = None,
+        partitions_per_insert: int = 95,
     ) -> None:
-        """``commit_interval``: the worker's checkpoint interval, for the handoff ahead of each one."""
+        """``commit_interval``: the worker's checkpoint interval, for the handoff ahead of each one.
+
+        ``rejected_rows``: where the dead letters of rows ClickHouse refuses go; without it such a
+        failure is retried like any other (backpressure). ``partitions_per_insert``: the most UTC
+        days (hence partitions of any table written) one INSERT may span; below the server's
+        ``max_partitions_per_insert_block`` (100 by default).
+        """
         super().__init__()
+        if partitions_per_insert < 1:
+            raise ValueError("partitions_per_insert must be at least 1")
+        self._rejected_rows = rejected_rows
+        self._partitions_per_insert = partitions_per_insert
+        self._unflushed: dict[str, bool] = {}  # table -> dead letters sent since the last flush
+        # Monotonic time of the first failure since the last successful chunk (None: healthy).
+        self._failing_since: float | None = None
+        FAILING_SECONDS.set_function(self.failing_seconds)
         self._client_factory = client_factory
         self._topic_id_get = topic_id_get
         self._topic_ids: dict[str, str] = {}
@@ -212,6 +344,11 @@ class ClickHouseSink(BatchingSink):
             self._queue.put(self._chunk)
             self._chunk = None
 
+    def failing_seconds(self) -> float:
+        """How long writes have been failing continuously (0 when the last chunk was written)."""
+        since = self._failing_since
+        return 0.0 if since is None else time.monotonic() - since
+
     def write(self, batch: Any) -> None:  # pragma: no cover -- add/flush are overridden
         raise NotImplementedError
 
@@ -233,13 +370,24 @@ class ClickHouseSink(BatchingSink):
                     started = time.monotonic()
                     self._chunk_write(chunk)
                     self._last_write_seconds = time.monotonic() - started
-            except Exception as exc:  # noqa: BLE001 -- any driver/network/server error: retry the checkpoint later
-                SINK_FAILURES.inc()
-                logger.warning(
+                    self._failing_since = None
+            except Exception as exc:  # whatever failed (classified below), the checkpoint is retried later
+                failure = failure_classify(exc)
+                SINK_FAILURES.labels(failure).inc()
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                # Unknown errors are retried too (streams/clickhouse_errors.py says why), but loudly,
+                # with the traceback: someone has to classify them.
+                logger.log(
+                    logging.ERROR if failure is FailureClass.UNKNOWN else logging.WARNING,
                     "clickhouse write failed; backing off",
+                    exc_info=failure is FailureClass.UNKNOWN,
                     extra={
                         "partitions": sorted(chunk.outputs),
                         "retry_after": self._retry_after,
+                        "failure_class": str(failure),
+                        "code": error_code(exc),
+                        "failing_seconds": round(self.failing_seconds(), 1),
                         "error": repr(exc)[:_ERROR_TEXT_LIMIT],
                     },
                 )
@@ -255,33 +403,128 @@ class ClickHouseSink(BatchingSink):
             topic_id = self._topic_ids[chunk.topic] = self._topic_id_get(chunk.topic)
         # Both tables at once: the server spends most of an INSERT's time in its own threads (parsing,
         # the materialized views, writing parts), and the checkpoint waits for the slower of the two.
-        (events_table, events_attr, events_columns), (views_table, views_attr, views_columns) = _TABLES
-        side = self._side.submit(self._table_write, views_table, views_attr, views_columns, chunk, topic_id)
+        events_table, views_table = _TABLES
+        side = self._side.submit(self._table_write, views_table, chunk, topic_id)
         try:
-            self._table_write(events_table, events_attr, events_columns, chunk, topic_id)
+            self._table_write(events_table, chunk, topic_id)
         finally:
             side.result()  # never leave a write running into the next chunk; re-raises its failure
 
-    def _table_write(self, table: str, attr: str, columns: Sequence[str], chunk: _Chunk, topic_id: str) -> None:
+    def _table_write(self, table: _Table, chunk: _Chunk, topic_id: str) -> None:
         rows: list[Any] = []
         progress: list[tuple[tuple[str, int], int]] = []
         for partition, outputs in chunk.outputs.items():
             first, last = outputs[0].offset, outputs[-1].offset
-            key = (table, partition)
+            key = (table.name, partition)
             stored = self._stored.get(key)
             if stored is None or first != stored + 1:
-                stored = self._stored_offset(table, topic_id, partition)
-            part_rows = [row for output in outputs for row in getattr(output, attr)]
+                stored = self._stored_offset(table.name, topic_id, partition)
+            part_rows = [row for output in outputs for row in getattr(output, table.attr)]
             if part_rows and part_rows[0][-1] <= stored:
-                fresh = [row for row in part_rows if row[-1] > stored]
-                ROWS_SKIPPED.labels(table).inc(len(part_rows) - len(fresh))
-                part_rows = fresh
+                part_rows = self._replayed_drop(table, topic_id, partition, stored, part_rows)
             rows += part_rows
             progress.append((key, max(last, stored)))
         if rows:
-            self._insert(table, columns, rows, topic_id)
-            ROWS_WRITTEN.labels(table).inc(len(rows))
+            # Blocks in order, each written (or its bad rows isolated) before the next: a partition's
+            # later rows never land before its earlier ones.
+            for block in partition_limit_split(rows, table.day_index, self._partitions_per_insert):
+                self._insert_isolating(table, block, topic_id, chunk.topic)
+            # The chunk's progress is about to be trusted (and its offsets committed): its dead
+            # letters must be acknowledged first.
+            self._dead_letters_flush(table.name)
         self._stored.update(progress)
+
+    def _replayed_drop(self, table: _Table, topic_id: str, partition: int, stored: int, rows: list[Any]) -> list[Any]:
+        """``rows`` (one partition, offset order) less those ClickHouse already has.
+
+        Rows below the stored offset are dropped by offset alone. Rows *at* it belong to the last
+        message written, which may have been written in part: its rows can be split across INSERTs
+        (a message spanning more days than one INSERT may take, or cut by isolation), and the worker
+        may have stopped in between. They are matched by key against what the table holds at that
+        offset, so the rest of that message is written now, once.
+        """
+        fresh = [row for row in rows if row[-1] > stored]
+        boundary = [row for row in rows if row[-1] == stored]
+        if boundary:
+            boundary = self._boundary_missing(table, topic_id, partition, stored, boundary)
+        ROWS_SKIPPED.labels(table.name).inc(len(rows) - len(fresh) - len(boundary))
+        return boundary + fresh
+
+    def _boundary_missing(
+        self, table: _Table, topic_id: str, partition: int, offset: int, rows: list[Any]
+    ) -> list[Any]:
+        keys = Multiset(
+            str(key).lower()
+            for (key,) in self._client_get(table.name).execute(
+                f"SELECT toString({table.key}) FROM {table.name}"  # noqa: S608 -- constant table and column names
+                " WHERE kafka_partition = %(p)s AND kafka_topic_id = %(t)s AND kafka_offset = %(o)s",
+                {"p": partition, "t": topic_id, "o": offset},
+            )
+        )
+        missing = []
+        index = table.key_index
+        for row in rows:
+            key = str(row[index]).lower()
+            if keys[key] > 0:
+                keys[key] -= 1  # a multiset: two rows of one message with one key are both kept
+            else:
+                missing.append(row)
+        return missing
+
+    def _insert_isolating(self, table: _Table, rows: list[Any], topic_id: str, topic: str) -> None:
+        """INSERT ``rows``; on a deterministic failure, bisect until the refused rows are found.
+
+        The halves are written left then right, each fully (its own bad rows isolated) before the
+        next, so a partition's rows still land in offset order. One bad row among n costs about
+        2·log2(n) + 1 INSERTs: at each level the good half is written in one, the bad half fails
+        and is split. A refused row is dead-lettered, and ``_block_insert`` waits for that dead
+        letter's acknowledgement before writing anything after it.
+        """
+        stack = [rows]  # depth-first, left before right: the order of the rows
+        while stack:
+            block = stack.pop()
+            try:
+                self._block_insert(table, block, topic_id)
+            except Exception as exc:
+                if self._rejected_rows is None or failure_classify(exc) is not FailureClass.DETERMINISTIC:
+                    raise
+                SINK_FAILURES.labels(FailureClass.DETERMINISTIC).inc()
+                if len(block) == 1:
+                    self._reject(table, block[0], exc, topic)
+                else:
+                    middle = len(block) // 2
+                    stack += (block[middle:], block[:middle])
+
+    def _reject(self, table: _Table, row: Sequence[Any], error: BaseException, topic: str) -> None:
+        assert self._rejected_rows is not None
+        logger.warning(
+            "clickhouse refused a row; dead-lettered",
+            extra={
+                "table": table.name,
+                "partition": row[-2],
+                "offset": row[-1],
+                "code": error_code(error),
+                "error": str(error)[:_ERROR_TEXT_LIMIT],
+            },
+        )
+        self._rejected_rows.send(
+            rejected_row_dead_letter(
+                table=table.name,
+                columns=table.columns,
+                row=row,
+                error=error,
+                topic=topic,
+                partition=int(row[-2]),
+            ),
+            channel=table.name,
+        )
+        self._unflushed[table.name] = True
+        ROWS_REJECTED.labels(table.name).inc()
+
+    def _dead_letters_flush(self, table: str) -> None:
+        if self._unflushed.get(table) and self._rejected_rows is not None:
+            self._rejected_rows.flush(channel=table)
+            self._unflushed[table] = False
 
     def _stored_offset(self, table: str, topic_id: str, partition: int) -> int:
         """The largest source offset ``table`` holds for ``partition`` of this topic (-1 when none)."""
@@ -309,9 +552,20 @@ class ClickHouseSink(BatchingSink):
             client = self._clients[table] = self._client_factory()
         return client
 
+    def _block_insert(self, table: _Table, rows: list[Any], topic_id: str) -> None:
+        # A rejected row's dead letter is acknowledged before any row after it lands: once a later
+        # offset of its partition is stored, a replay would skip the rejected row for good.
+        self._dead_letters_flush(table.name)
+        self._insert(table.name, table.columns, rows, topic_id)
+        ROWS_WRITTEN.labels(table.name).inc(len(rows))
+
     def _insert(self, table: str, columns: Sequence[str], rows: list[Any], topic_id: str) -> None:
+        try:
+            query = json_columns_insert(table, columns, rows, topic_id)
+        except orjson.JSONEncodeError as exc:  # a value orjson refuses: the rows' fault, isolated like a parse error
+            raise RowEncodingError(f"{table}: row not encodable: {exc}") from exc
         # No parameters: clickhouse-driver sends the text as is (nothing to substitute or escape).
-        self._client_get(table).execute(json_columns_insert(table, columns, rows, topic_id))
+        self._client_get(table).execute(query)
 
     def _disconnect(self) -> None:
         clients, self._clients = self._clients, {}

@@ -11,7 +11,7 @@ import pytest
 
 from analytics_platform import event_format
 from analytics_platform.devstack import processes
-from tests.support.simulate import stream_generate
+from tests.support.simulate import Message, stream_generate
 
 from .conftest import (
     assert_clickhouse_matches_truth,
@@ -54,6 +54,46 @@ def test_two_workers_write_exactly_the_truth_and_publish_derived_events(stream_e
         process.send_signal(signal.SIGTERM)  # graceful: commits and exits cleanly
     assert worker.wait(30) == 0
     assert second.wait(30) == 0
+
+
+def test_a_message_spanning_150_days_does_not_stop_the_worker(stream_env):
+    """Issue 14: one request of 150 events on 150 days made every INSERT fail ("Too many partitions
+    for single INSERT block") and the worker retried it forever. Now it is written in blocks of at
+    most 95 days, and the traffic after it arrives as usual."""
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    spread = Message(
+        user_id="wrong-clock",
+        received_at=now,
+        events=[
+            {
+                "eventId": f"00000000-0000-4000-8000-{i:012d}",
+                "type": "click",
+                "userId": "wrong-clock",
+                "timestamp": now + i * day,
+                "receivedAt": now,
+            }
+            for i in range(150)  # a clock running ahead: every day of the next five months
+        ],
+    )
+    stream_env.produce([spread])
+    stream_env.worker_start()
+    client = stream_env.clickhouse()
+    wait_until(lambda: clickhouse_counts(client)[0] >= 150, timeout=90, interval=0.5, what="the 150-day request")
+    normal = stream_generate(views=40, users=10, seed=7, poison=False)
+    stream_env.produce(normal.messages)
+    expected = 150 + len(normal.truth.event_ids)
+    wait_until(lambda: clickhouse_counts(client)[0] >= expected, timeout=60, interval=0.5, what="the traffic after it")
+    time.sleep(6)  # one more checkpoint: nothing else may arrive
+    assert client.execute("SELECT count(), uniqExact(event_id), uniqExact(toDate(ts)) FROM events")[0] == (
+        expected,
+        expected,
+        len(
+            {(now + i * day) // day for i in range(150)}
+            | {e["timestamp"] // day for m in normal.messages for e in m.events}
+        ),
+    )
+    assert (stream_env.tmp_path / "worker-0.log").read_text().count("Too many partitions") == 0
 
 
 @pytest.mark.slow
