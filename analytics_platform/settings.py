@@ -413,6 +413,16 @@ SIMPLE_JWT: dict[str, Any] = {
 # Identical metric queries within this window are served from Django's cache (locmem by default,
 # per process; a shared cache configured in CACHES serves every process). 0 disables it.
 METRICS_QUERY_CACHE_SECONDS = env_int("METRICS_QUERY_CACHE_SECONDS", 10)
+# Bounds of a metric question (metrics/bounds.py says why each exists); beyond them a 400 naming
+# the parameter. Buckets per series by interval: 7 days of minutes, a leap year of hours, the whole
+# stored time range (1970-2200) of days.
+METRICS_MAX_MINUTE_BUCKETS = env_int("METRICS_MAX_MINUTE_BUCKETS", 7 * 24 * 60)
+METRICS_MAX_HOUR_BUCKETS = env_int("METRICS_MAX_HOUR_BUCKETS", 366 * 24)
+METRICS_MAX_DAY_BUCKETS = env_int("METRICS_MAX_DAY_BUCKETS", 84_006)
+# A grouped answer: limit x buckets points at most (100 groups of 1,000 buckets).
+METRICS_MAX_GROUPED_POINTS = env_int("METRICS_MAX_GROUPED_POINTS", 100_000)
+# groupBy on a high-cardinality dimension (videoId), unless filtered on it: the range in days.
+METRICS_MAX_HIGH_CARDINALITY_RANGE_DAYS = env_int("METRICS_MAX_HIGH_CARDINALITY_RANGE_DAYS", 400)
 SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
 SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
     "drf_spectacular.hooks.postprocess_schema_enums",

@@ -21,7 +21,7 @@ from django.db import connections
 
 from analytics_platform.clickhouse import client_get
 from analytics_platform.errors import ApplicationError
-from metrics import query
+from metrics import bounds, query
 from metrics.models import MetricDefinition
 
 _local = threading.local()
@@ -51,6 +51,19 @@ def _client() -> Client:
 def query_execute(built: query.BuiltQuery) -> list[tuple[Any, ...]]:
     rows: list[tuple[Any, ...]] = _client().execute(built.sql, built.params)
     return rows
+
+
+def request_bounds() -> bounds.Bounds:
+    """The caps of a metric question, from settings (see ``metrics.bounds``)."""
+    return bounds.Bounds(
+        max_buckets={
+            "minute": settings.METRICS_MAX_MINUTE_BUCKETS,
+            "hour": settings.METRICS_MAX_HOUR_BUCKETS,
+            "day": settings.METRICS_MAX_DAY_BUCKETS,
+        },
+        max_grouped_points=settings.METRICS_MAX_GROUPED_POINTS,
+        max_high_cardinality_days=settings.METRICS_MAX_HIGH_CARDINALITY_RANGE_DAYS,
+    )
 
 
 def metric_definitions_get(*, names: Sequence[str]) -> list[query.CompiledMetric]:
@@ -102,8 +115,10 @@ def metric_timeseries_get(
     # A default end is the next whole minute: everything received so far is inside, the range is
     # aligned so rollups answer it, and identical default queries share a cache entry for a minute.
     now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    end = end or now
-    start = start or end - timedelta(hours=24)
+    try:
+        start, end = bounds.range_resolve(start=start, end=end, now=now)
+    except query.QueryError as exc:
+        raise ApplicationError(exc.message, code="invalid_parameter", field=exc.field) from exc
     request = query.MetricRequest(
         start=start,
         end=end,
@@ -112,6 +127,10 @@ def metric_timeseries_get(
         filters=tuple(sorted(set(filters))),
         limit=limit,
     )
+    try:
+        bounds.request_check(request, request_bounds())
+    except query.QueryError as exc:
+        raise ApplicationError(exc.message, code="invalid_parameter", field=exc.field) from exc
     for metric in compiled:
         try:
             query.request_validate(metric, request)
