@@ -121,7 +121,8 @@ class MetricsQueryApi(APIView):
             "largest total are returned, largest first. Bounds (400 naming the parameter, the message "
             "says the maximum): buckets per series by interval, points of a grouped answer (limit x "
             "buckets), the range of a groupBy on videoId; unknown or repeated single-valued "
-            "parameters are refused."
+            "parameters are refused. Each ClickHouse query runs under a time and a memory limit "
+            "(422 `query_too_expensive` when one stops it)."
         ),
         parameters=[
             OpenApiParameter("metric", OpenApiTypes.STR, many=True, required=True, description="Metric name"),
@@ -150,6 +151,11 @@ class MetricsQueryApi(APIView):
                 description="A parameter is invalid, unknown, repeated or out of bounds; `error.field` names it",
             ),
             401: OpenApiResponse(ErrorSerializer, description="No, invalid or expired bearer token"),
+            422: OpenApiResponse(
+                ErrorSerializer,
+                description="`query_too_expensive`: stopped by the time or memory limit; ask a narrower question",
+            ),
+            503: OpenApiResponse(ErrorSerializer, description="`clickhouse_unavailable`: retry after `Retry-After`"),
         },
     )
     def get(self, request: Request) -> Response:
