@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -70,6 +71,8 @@ def _client_drop() -> None:
 #: TOO_MANY_ROWS, TIMEOUT_EXCEEDED, TOO_SLOW (estimated to exceed the time limit), MEMORY_LIMIT_EXCEEDED,
 #: TOO_MANY_BYTES.
 _LIMIT_CODES = {158: "rows", 159: "time", 160: "time", 241: "memory", 307: "bytes"}
+#: A load condition of the server (its max_concurrent_queries), not of the question: retrying helps.
+_TOO_MANY_SIMULTANEOUS_QUERIES = 202
 
 
 def query_limits(*, deadline: float | None = None) -> dict[str, Any]:
@@ -83,7 +86,11 @@ def query_limits(*, deadline: float | None = None) -> dict[str, Any]:
     """
     seconds = float(settings.METRICS_QUERY_MAX_EXECUTION_SECONDS)
     if deadline is not None and seconds > 0:
-        seconds = min(seconds, deadline - time.monotonic())
+        # Whole seconds (rounded up): the server SETs a setting again only when its value
+        # changes, so the first queries of every request keep the same value and cost no extra
+        # statement; the last second of a budget may overrun by less than a second.
+        remaining = deadline - time.monotonic()
+        seconds = min(seconds, float(math.ceil(remaining))) if remaining > 0 else 0.0
     return {
         "max_execution_time": seconds,
         "timeout_overflow_mode": "throw",
@@ -119,6 +126,8 @@ def query_execute(built: query.BuiltQuery, *, deadline: float | None = None) -> 
         rows: list[tuple[Any, ...]] = _client().execute(built.sql, built.params, settings=limits)
     except ServerException as exc:
         kind = _LIMIT_CODES.get(exc.code)
+        if exc.code == _TOO_MANY_SIMULTANEOUS_QUERIES:
+            raise _unavailable("the metrics store is busy, retry shortly") from exc
         if kind is None:
             raise
         logger.warning("metrics query stopped by its %s limit (Code %s) on %s", kind, exc.code, built.table)
@@ -126,13 +135,12 @@ def query_execute(built: query.BuiltQuery, *, deadline: float | None = None) -> 
     except (NetworkError, SocketTimeoutError, EOFError, OSError) as exc:
         _client_drop()  # the connection is in an unknown state: reconnect next time
         logger.warning("metrics query failed: ClickHouse unreachable: %r", exc)
-        raise ApplicationError(
-            "the metrics store is unavailable, retry shortly",
-            code="clickhouse_unavailable",
-            status_code=503,
-            headers={"Retry-After": "5"},
-        ) from exc
+        raise _unavailable("the metrics store is unavailable, retry shortly") from exc
     return rows
+
+
+def _unavailable(message: str) -> ApplicationError:
+    return ApplicationError(message, code="clickhouse_unavailable", status_code=503, headers={"Retry-After": "5"})
 
 
 def request_bounds() -> bounds.Bounds:

@@ -284,3 +284,18 @@ def test_dashboard_custom_range_without_offset_is_utc(staff_user: Any, loaded: g
     response = client.get("/dashboards/", {"from": start.isoformat(), "to": (start + timedelta(days=1)).isoformat()})
     assert response.status_code == 200
     assert BASE.astimezone(UTC).strftime("%Y-%m-%d %H:%M") in response.content.decode()
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(start=dates, end=dates, interval=st.sampled_from(["", "minute", "hour", "day"]) | words)
+def test_generated_dashboard_ranges_never_5xx(
+    staff_user: Any, loaded: gen.Dataset, start: str, end: str, interval: str
+) -> None:
+    client = Client()
+    client.force_login(staff_user)
+    response = client.get("/dashboards/", {"from": start, "to": end, "interval": interval})
+    assert response.status_code in (200, 400), (start, end, interval, response.content[:300])
