@@ -185,6 +185,15 @@ near_data = st.datetimes(
     min_value=(BASE - timedelta(days=10)).replace(tzinfo=None),
     max_value=(BASE + timedelta(days=10)).replace(tzinfo=None),
 )
+# The first and last days Python can represent: arithmetic on them (a default 'from' of 'to' - 24 h,
+# a conversion to UTC) is where OverflowError lived.
+edge_moment = st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(1, 1, 2)) | st.datetimes(
+    min_value=datetime(9999, 12, 30), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999)
+)
+edge_dates = st.one_of(
+    edge_moment.map(lambda d: d.isoformat() + "Z"),
+    st.tuples(edge_moment, offsets).map(lambda p: p[0].replace(tzinfo=p[1]).isoformat()),
+)
 valid_dates = st.one_of(
     near_data.map(lambda d: d.isoformat() + "Z"),
     st.tuples(near_data, offsets).map(lambda p: p[0].replace(tzinfo=p[1]).isoformat()),
@@ -192,10 +201,15 @@ valid_dates = st.one_of(
 dates = st.one_of(
     valid_dates,
     valid_dates,  # drawn as often as all the rest, so that many examples reach ClickHouse
+    edge_dates,
     any_moment.map(lambda d: d.isoformat() + "Z"),
     st.tuples(any_moment, offsets).map(lambda p: p[0].replace(tzinfo=p[1]).isoformat()),
     any_moment.map(lambda d: d.isoformat()),  # no offset
     any_moment.map(lambda d: d.strftime("%Y-%m-%d")),
+    # Shaped like RFC 3339, any digits: month 13, day 31 of a short month, hour 24, second 60, offset 24:00.
+    st.from_regex(
+        r"\A[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,12})?(Z|[+-][0-9]{2}:[0-9]{2})?\Z"
+    ),
     st.integers(-(2**70), 2**70).map(str),
     st.text(max_size=40),
     st.sampled_from(
@@ -219,13 +233,27 @@ params = st.fixed_dictionaries(
     },
 )
 
+# Every parameter well formed except the dates, which range over everything: the questions that
+# reach the range checks and ClickHouse.
+well_formed = st.fixed_dictionaries(
+    {"metric": st.lists(st.sampled_from(BUILTINS), min_size=1, max_size=3)},
+    optional={
+        "from": edge_dates | dates,
+        "to": edge_dates | dates,
+        "interval": st.sampled_from(["minute", "hour", "day"]),
+        "groupBy": st.lists(dimensions, max_size=2),
+        "filter": st.lists(st.tuples(dimensions, words).map(":".join), max_size=2),
+        "limit": st.integers(1, 10_000).map(str),
+    },
+)
+
 
 @settings(
     max_examples=300,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(drawn=params)
+@given(drawn=params | well_formed)
 def test_generated_query_strings_never_5xx_and_400s_name_a_parameter(
     api: APIClient, loaded: gen.Dataset, drawn: dict[str, Any]
 ) -> None:
