@@ -414,6 +414,21 @@ SIMPLE_JWT: dict[str, Any] = {
 # Identical metric queries within this window are served from Django's cache (locmem by default,
 # per process; a shared cache configured in CACHES serves every process). 0 disables it.
 METRICS_QUERY_CACHE_SECONDS = env_int("METRICS_QUERY_CACHE_SECONDS", 10)
+# Bounds of a metric question (metrics/bounds.py says why each exists); beyond them a 400 naming
+# the parameter. Buckets per series by interval: 7 days of minutes, a leap year of hours, the whole
+# stored time range (1970-2200) of days.
+METRICS_MAX_MINUTE_BUCKETS = env_int("METRICS_MAX_MINUTE_BUCKETS", 7 * 24 * 60)
+METRICS_MAX_HOUR_BUCKETS = env_int("METRICS_MAX_HOUR_BUCKETS", 366 * 24)
+METRICS_MAX_DAY_BUCKETS = env_int("METRICS_MAX_DAY_BUCKETS", 84_006)
+# A grouped answer: limit x buckets points at most (100 groups of 1,000 buckets).
+METRICS_MAX_GROUPED_POINTS = env_int("METRICS_MAX_GROUPED_POINTS", 100_000)
+# groupBy on a high-cardinality dimension (videoId), unless filtered on it: the range in days.
+METRICS_MAX_HIGH_CARDINALITY_RANGE_DAYS = env_int("METRICS_MAX_HIGH_CARDINALITY_RANGE_DAYS", 400)
+# Every ClickHouse query of the metrics path runs under these (ClickHouse max_execution_time and
+# max_memory_usage); a query stopped by one is a 422 query_too_expensive. The time limit stays
+# under gunicorn's 60 s worker timeout, so a request is answered before its worker is killed.
+METRICS_QUERY_MAX_EXECUTION_SECONDS = env_int("METRICS_QUERY_MAX_EXECUTION_SECONDS", 30)
+METRICS_QUERY_MAX_MEMORY_BYTES = env_int("METRICS_QUERY_MAX_MEMORY_BYTES", 2 * 2**30)
 SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
 SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
     "drf_spectacular.hooks.postprocess_schema_enums",

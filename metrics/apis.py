@@ -6,6 +6,7 @@ Authentication is the project default (simplejwt bearer tokens); tokens come fro
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from analytics_platform.errors import ApplicationError
-from metrics import query
+from metrics import bounds, query
 from metrics.selectors import metric_timeseries_get
 
 
@@ -28,6 +29,21 @@ class ErrorSerializer(serializers.Serializer):
         field = serializers.CharField(required=False, help_text="The query parameter at fault.")
 
     error = ErrorBody()
+
+
+class Rfc3339Field(serializers.Field):
+    """A date-time in RFC 3339 with a UTC offset, parsed by ``metrics.bounds`` (its one rule)."""
+
+    def to_internal_value(self, data: Any) -> datetime:
+        if not isinstance(data, str):
+            raise serializers.ValidationError("must be a string")
+        try:
+            return bounds.moment_parse(data, field=self.field_name or "date")
+        except query.QueryError as exc:
+            raise serializers.ValidationError(exc.message) from exc
+
+    def to_representation(self, value: datetime) -> str:
+        return value.isoformat()
 
 
 class OrjsonRenderer(renderers.JSONRenderer):
@@ -55,8 +71,8 @@ class MetricsQueryApi(APIView):
         def get_fields(self) -> dict[str, serializers.Field]:
             fields: dict[str, serializers.Field] = super().get_fields()
             # `from` is a Python keyword, so these two cannot be class attributes.
-            fields["from"] = serializers.DateTimeField(required=False)
-            fields["to"] = serializers.DateTimeField(required=False)
+            fields["from"] = Rfc3339Field(required=False)
+            fields["to"] = Rfc3339Field(required=False)
             return fields
 
         def validate_filter(self, value: list[str]) -> list[tuple[str, str]]:
@@ -102,13 +118,26 @@ class MetricsQueryApi(APIView):
             "[`from`, `to`) in UTC. Empty buckets are 0 for counts and sums, null for averages, "
             "quantiles and ratios. Several `filter` values for one dimension are alternatives (OR); "
             "different dimensions all apply (AND). With `groupBy`, the `limit` groups with the "
-            "largest total are returned, largest first."
+            "largest total are returned, largest first. Bounds (400 naming the parameter, the message "
+            "says the maximum): buckets per series by interval, points of a grouped answer (limit x "
+            "buckets), the range of a groupBy on videoId; unknown or repeated single-valued "
+            "parameters are refused. Each ClickHouse query runs under a time and a memory limit "
+            "(422 `query_too_expensive` when one stops it)."
         ),
         parameters=[
             OpenApiParameter("metric", OpenApiTypes.STR, many=True, required=True, description="Metric name"),
-            OpenApiParameter("from", OpenApiTypes.DATETIME, description="RFC 3339; default: `to` - 24 h"),
             OpenApiParameter(
-                "to", OpenApiTypes.DATETIME, description="RFC 3339, exclusive; default: now, rounded up to the minute"
+                "from",
+                OpenApiTypes.DATETIME,
+                description="RFC 3339 with a UTC offset, 1970-01-01T00:00:00Z or later; default: `to` - 24 h",
+            ),
+            OpenApiParameter(
+                "to",
+                OpenApiTypes.DATETIME,
+                description=(
+                    "RFC 3339 with a UTC offset, exclusive, 2200-01-01T00:00:00Z at the latest; "
+                    "default: now, rounded up to the minute"
+                ),
             ),
             OpenApiParameter("interval", OpenApiTypes.STR, enum=list(query.INTERVALS)),
             OpenApiParameter("groupBy", OpenApiTypes.STR, many=True, enum=list(query.DIMENSIONS)),
@@ -117,16 +146,27 @@ class MetricsQueryApi(APIView):
         ],
         responses={
             200: OutputSerializer,
-            400: OpenApiResponse(ErrorSerializer, description="A parameter is invalid; `error.field` names it"),
+            400: OpenApiResponse(
+                ErrorSerializer,
+                description="A parameter is invalid, unknown, repeated or out of bounds; `error.field` names it",
+            ),
             401: OpenApiResponse(ErrorSerializer, description="No, invalid or expired bearer token"),
+            422: OpenApiResponse(
+                ErrorSerializer,
+                description="`query_too_expensive`: stopped by the time or memory limit; ask a narrower question",
+            ),
+            503: OpenApiResponse(ErrorSerializer, description="`clickhouse_unavailable`: retry after `Retry-After`"),
         },
     )
     def get(self, request: Request) -> Response:
+        _params_check(request)
         serializer = self.InputSerializer(data=request.query_params)
         if not serializer.is_valid():
             field, messages = next(iter(serializer.errors.items()))
             message = _first_message(messages)
-            raise ApplicationError(f"{field}: {message}", code="invalid_parameter", field=field)
+            if not message.startswith(field):  # DRF's own messages do not say which parameter
+                message = f"{field}: {message}"
+            raise ApplicationError(message, code="invalid_parameter", field=field)
         data: dict[str, Any] = serializer.validated_data
         body = metric_timeseries_get(
             metrics=data["metric"],
@@ -138,6 +178,28 @@ class MetricsQueryApi(APIView):
             limit=data["limit"],
         )
         return Response(body)
+
+
+#: Query parameters that may be given more than once (API.md); the others at most once.
+REPEATABLE = frozenset({"metric", "groupBy", "filter"})
+PARAMETERS = REPEATABLE | {"from", "to", "interval", "limit"}
+
+
+def _params_check(request: Request) -> None:
+    """Refuse unknown and repeated single-valued parameters, naming them.
+
+    Otherwise a typo (``group_by``, ``metrics``) silently answers another question, and of
+    ``to=a&to=b`` one value would win unseen.
+    """
+    for name in request.query_params:
+        if name not in PARAMETERS:
+            raise ApplicationError(
+                f"unknown parameter {name[:64]!r}; known: {', '.join(sorted(PARAMETERS))}",
+                code="unknown_parameter",
+                field=name[:64],
+            )
+        if name not in REPEATABLE and len(request.query_params.getlist(name)) > 1:
+            raise ApplicationError(f"{name} may be given once", code="invalid_parameter", field=name)
 
 
 def _first_message(messages: Any) -> str:

@@ -55,7 +55,6 @@ ZERO_FILLED: frozenset[str] = frozenset({"count", "uniq", "sum"})
 METRIC_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 MAX_LIMIT = 10_000
-MAX_POINTS = 50_000
 
 
 class QueryError(ValueError):
@@ -460,18 +459,11 @@ def _epoch_ms(moment: datetime) -> int:
 
 
 def request_validate(metric: CompiledMetric, request: MetricRequest) -> None:
-    """Reject what the definition does not allow (dimensions) or what would be unbounded."""
-    if request.end <= request.start:
-        raise QueryError("'to' must be after 'from'", field="to")
-    if request.interval is not None:
-        if request.interval not in INTERVALS:
-            raise QueryError(f"interval must be one of {', '.join(INTERVALS)}", field="interval")
-        seconds = INTERVALS[request.interval][0]
-        points = (request.end - request.start).total_seconds() / seconds
-        if points > MAX_POINTS:
-            raise QueryError(f"more than {MAX_POINTS} {request.interval} buckets in the range", field="interval")
-    if not 1 <= request.limit <= MAX_LIMIT:
-        raise QueryError(f"limit must be between 1 and {MAX_LIMIT}", field="limit")
+    """Reject what the definition does not allow (dimensions).
+
+    The bounds of the request itself (dates, range, interval, limit) are checked once per request
+    by ``metrics.bounds.request_check``, before any query is built.
+    """
     for dim in request.group_by:
         if dim not in metric.dimensions:
             raise QueryError(f"metric {metric.name!r} cannot be grouped by {dim!r}", field="groupBy")

@@ -6,51 +6,154 @@ share, so they all see the same numbers, the same validation and the same cache.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import logging
+import math
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from clickhouse_driver import Client
+from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeoutError
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
 
 from analytics_platform.clickhouse import client_get
 from analytics_platform.errors import ApplicationError
-from metrics import query
+from metrics import bounds, query
 from metrics.models import MetricDefinition
 
+logger = logging.getLogger(__name__)
 _local = threading.local()
 # Metrics of one request run side by side, each on its own connection (the server answers
 # connections in parallel): a dashboard row of three metrics costs about one query, not three.
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="metrics-query")
+_SOCKET_MARGIN_SECONDS = 10
 
 
 def _client() -> Client:
     """One clickhouse-driver client per thread, reused across requests.
 
     Connecting costs a handshake per request otherwise, a visible share of a 50 ms budget. The key
-    follows the ``clickhouse`` connection settings, which the test runner rewrites.
+    follows the ``clickhouse`` connection settings, which the test runner rewrites, and the time
+    limit: the socket gives up a little after the server should have stopped the query itself, so
+    a server that ignores the limit cannot hold a web worker for the driver's default 300 s.
     """
     db = connections["clickhouse"].settings_dict
-    key = (db["HOST"], int(db["PORT"]), db["NAME"])
+    limit = settings.METRICS_QUERY_MAX_EXECUTION_SECONDS
+    key = (db["HOST"], int(db["PORT"]), db["NAME"], limit)
     cached = getattr(_local, "client", None)
     if cached is None or cached[0] != key:
-        if cached is not None:
-            cached[1].disconnect()
-        cached = (key, client_get())
+        _client_drop()
+        overrides: dict[str, Any] = {"send_receive_timeout": limit + _SOCKET_MARGIN_SECONDS} if limit else {}
+        cached = (key, client_get(**overrides))
         _local.client = cached
     client: Client = cached[1]
     return client
 
 
-def query_execute(built: query.BuiltQuery) -> list[tuple[Any, ...]]:
-    rows: list[tuple[Any, ...]] = _client().execute(built.sql, built.params)
+def _client_drop() -> None:
+    cached = getattr(_local, "client", None)
+    _local.client = None
+    if cached is not None:
+        with contextlib.suppress(Exception):  # already broken: closing is best effort
+            cached[1].disconnect()
+
+
+#: ClickHouse error codes of a query stopped by a limit of its own (not a fault of the server):
+#: TOO_MANY_ROWS, TIMEOUT_EXCEEDED, TOO_SLOW (estimated to exceed the time limit), MEMORY_LIMIT_EXCEEDED,
+#: TOO_MANY_BYTES.
+_LIMIT_CODES = {158: "rows", 159: "time", 160: "time", 241: "memory", 307: "bytes"}
+#: A load condition of the server (its max_concurrent_queries), not of the question: retrying helps.
+_TOO_MANY_SIMULTANEOUS_QUERIES = 202
+
+
+def query_limits(*, deadline: float | None = None) -> dict[str, Any]:
+    """ClickHouse settings a metrics query runs under (read per query: tests override them).
+
+    ``deadline`` (``time.monotonic()``) is the request's: the queries of one request share its
+    time budget, so a request of 20 metrics (5 rounds on the pool's 4 threads) is answered within
+    one limit too, not five. ``timeout_overflow_mode = 'throw'`` is explicit because ``break`` (a
+    server or profile default some deployments set) would return the rows read so far as if they
+    were the answer.
+    """
+    seconds = float(settings.METRICS_QUERY_MAX_EXECUTION_SECONDS)
+    if deadline is not None and seconds > 0:
+        # Whole seconds (rounded up): the server SETs a setting again only when its value
+        # changes, so the first queries of every request keep the same value and cost no extra
+        # statement; the last second of a budget may overrun by less than a second.
+        remaining = deadline - time.monotonic()
+        seconds = min(seconds, float(math.ceil(remaining))) if remaining > 0 else 0.0
+    return {
+        "max_execution_time": seconds,
+        "timeout_overflow_mode": "throw",
+        "max_memory_usage": settings.METRICS_QUERY_MAX_MEMORY_BYTES,
+    }
+
+
+def _too_expensive(kind: str) -> ApplicationError:
+    memory = settings.METRICS_QUERY_MAX_MEMORY_BYTES
+    limits = {
+        "time": f"{settings.METRICS_QUERY_MAX_EXECUTION_SECONDS} s per request",
+        "memory": f"{memory / 2**20:,.0f} MiB per query" if memory >= 2**20 else f"{memory:,} bytes per query",
+    }
+    return ApplicationError(
+        f"the query was stopped by the {kind} limit of metrics queries ({limits.get(kind, 'server setting')}): "
+        "narrow the range, use a coarser interval, fewer groupBy or more filters",
+        code="query_too_expensive",
+        status_code=422,
+    )
+
+
+def query_execute(built: query.BuiltQuery, *, deadline: float | None = None) -> list[tuple[Any, ...]]:
+    """Run one query under :func:`query_limits`; map its failures to answers a client can act on.
+
+    A query stopped by a limit is a 422 ``query_too_expensive``, not a 503: the same question
+    would cost the same again, so a client retrying it (as it may on a 503) only adds load; the
+    fix is a narrower question. An unreachable ClickHouse is a 503 with ``Retry-After``.
+    """
+    limits = query_limits(deadline=deadline)
+    if limits["max_execution_time"] <= 0 and settings.METRICS_QUERY_MAX_EXECUTION_SECONDS > 0:
+        raise _too_expensive("time")  # the request's earlier queries spent its budget
+    try:
+        rows: list[tuple[Any, ...]] = _client().execute(built.sql, built.params, settings=limits)
+    except ServerException as exc:
+        kind = _LIMIT_CODES.get(exc.code)
+        if exc.code == _TOO_MANY_SIMULTANEOUS_QUERIES:
+            raise _unavailable("the metrics store is busy, retry shortly") from exc
+        if kind is None:
+            raise
+        logger.warning("metrics query stopped by its %s limit (Code %s) on %s", kind, exc.code, built.table)
+        raise _too_expensive(kind) from exc
+    except (NetworkError, SocketTimeoutError, EOFError, OSError) as exc:
+        _client_drop()  # the connection is in an unknown state: reconnect next time
+        logger.warning("metrics query failed: ClickHouse unreachable: %r", exc)
+        raise _unavailable("the metrics store is unavailable, retry shortly") from exc
     return rows
+
+
+def _unavailable(message: str) -> ApplicationError:
+    return ApplicationError(message, code="clickhouse_unavailable", status_code=503, headers={"Retry-After": "5"})
+
+
+def request_bounds() -> bounds.Bounds:
+    """The caps of a metric question, from settings (see ``metrics.bounds``)."""
+    return bounds.Bounds(
+        max_buckets={
+            "minute": settings.METRICS_MAX_MINUTE_BUCKETS,
+            "hour": settings.METRICS_MAX_HOUR_BUCKETS,
+            "day": settings.METRICS_MAX_DAY_BUCKETS,
+        },
+        max_grouped_points=settings.METRICS_MAX_GROUPED_POINTS,
+        max_high_cardinality_days=settings.METRICS_MAX_HIGH_CARDINALITY_RANGE_DAYS,
+    )
 
 
 def metric_definitions_get(*, names: Sequence[str]) -> list[query.CompiledMetric]:
@@ -102,8 +205,10 @@ def metric_timeseries_get(
     # A default end is the next whole minute: everything received so far is inside, the range is
     # aligned so rollups answer it, and identical default queries share a cache entry for a minute.
     now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    end = end or now
-    start = start or end - timedelta(hours=24)
+    try:
+        start, end = bounds.range_resolve(start=start, end=end, now=now)
+    except query.QueryError as exc:
+        raise ApplicationError(exc.message, code="invalid_parameter", field=exc.field) from exc
     request = query.MetricRequest(
         start=start,
         end=end,
@@ -112,6 +217,10 @@ def metric_timeseries_get(
         filters=tuple(sorted(set(filters))),
         limit=limit,
     )
+    try:
+        bounds.request_check(request, request_bounds())
+    except query.QueryError as exc:
+        raise ApplicationError(exc.message, code="invalid_parameter", field=exc.field) from exc
     for metric in compiled:
         try:
             query.request_validate(metric, request)
@@ -140,7 +249,11 @@ def metric_timeseries_get(
         built = [query.query_build(metric, request) for metric in compiled]
     except query.QueryError as exc:
         raise ApplicationError(exc.message, code="invalid_parameter", field=exc.field) from exc
-    results = [query_execute(built[0])] if len(built) == 1 else list(_pool.map(query_execute, built))
+    deadline = time.monotonic() + settings.METRICS_QUERY_MAX_EXECUTION_SECONDS
+    if len(built) == 1:
+        results = [query_execute(built[0], deadline=deadline)]
+    else:
+        results = list(_pool.map(functools.partial(query_execute, deadline=deadline), built))
     for metric, rows in zip(compiled, results, strict=True):
         body["metrics"].append(
             {

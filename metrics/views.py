@@ -17,13 +17,12 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils.dateparse import parse_datetime
 from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET
 from drf_spectacular.generators import SchemaGenerator
 
 from analytics_platform.errors import ApplicationError
-from metrics import query
+from metrics import bounds, query
 from metrics.models import MetricDefinition
 from metrics.selectors import ingestion_lag_get, metric_timeseries_get
 
@@ -77,11 +76,14 @@ def _window(request: HttpRequest) -> Window:
     if interval is not None and interval not in query.INTERVALS:
         raise ApplicationError("unknown interval", field="interval")
     if raw_from and raw_to:
-        start, end = parse_datetime(raw_from), parse_datetime(raw_to)
-        if start is None or end is None:
-            raise ApplicationError("from/to must be dates like 2026-11-27T10:00", field="from")
-        start = start if start.tzinfo else start.replace(tzinfo=UTC)
-        end = end if end.tzinfo else end.replace(tzinfo=UTC)
+        # The API's parser and bounds (metrics.bounds), except that a date without offset is UTC
+        # here: these URLs are typed by people, and the page shows its range in UTC.
+        try:
+            start = bounds.moment_parse(raw_from, field="from", assume_utc=True)
+            end = bounds.moment_parse(raw_to, field="to", assume_utc=True)
+            start, end = bounds.range_resolve(start=start, end=end, now=datetime.now(UTC))
+        except query.QueryError as exc:
+            raise ApplicationError(exc.message, field=exc.field) from exc
         return Window(start, end, interval or _auto_interval(end - start), "custom")
     range_key = request.GET.get("range", "24h")
     if range_key not in RANGES:

@@ -323,9 +323,9 @@ def test_identical_queries_are_served_from_cache(
     calls: list[str] = []
     original = selectors.query_execute
 
-    def counting(built: query.BuiltQuery) -> list:
+    def counting(built: query.BuiltQuery, **kwargs: Any) -> list:
         calls.append(built.sql)
-        return original(built)
+        return original(built, **kwargs)
 
     monkeypatch.setattr(selectors, "query_execute", counting)
     params = {
