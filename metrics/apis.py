@@ -32,13 +32,14 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class Rfc3339Field(serializers.Field):
-    """A date-time in RFC 3339 with a UTC offset, parsed by ``metrics.bounds`` (its one rule)."""
+    """A date-time in RFC 3339, parsed by ``metrics.bounds`` (its one rule); no offset means UTC."""
 
     def to_internal_value(self, data: Any) -> datetime:
         if not isinstance(data, str):
             raise serializers.ValidationError("must be a string")
         try:
-            return bounds.moment_parse(data, field=self.field_name or "date")
+            # Without an offset: UTC, as this API always read it (refusing it now would break clients).
+            return bounds.moment_parse(data, field=self.field_name or "date", assume_utc=True)
         except query.QueryError as exc:
             raise serializers.ValidationError(exc.message) from exc
 
@@ -186,19 +187,13 @@ PARAMETERS = REPEATABLE | {"from", "to", "interval", "limit"}
 
 
 def _params_check(request: Request) -> None:
-    """Refuse unknown and repeated single-valued parameters, naming them.
+    """Refuse repeated single-valued parameters, naming them: of ``to=a&to=b`` one would win unseen.
 
-    Otherwise a typo (``group_by``, ``metrics``) silently answers another question, and of
-    ``to=a&to=b`` one value would win unseen.
+    Unknown parameters are ignored, as they always were: clients add cache-busters (``_=``) and
+    newer clients may send parameters this server does not know yet (API.md: extend, never break).
     """
     for name in request.query_params:
-        if name not in PARAMETERS:
-            raise ApplicationError(
-                f"unknown parameter {name[:64]!r}; known: {', '.join(sorted(PARAMETERS))}",
-                code="unknown_parameter",
-                field=name[:64],
-            )
-        if name not in REPEATABLE and len(request.query_params.getlist(name)) > 1:
+        if name in PARAMETERS and name not in REPEATABLE and len(request.query_params.getlist(name)) > 1:
             raise ApplicationError(f"{name} may be given once", code="invalid_parameter", field=name)
 
 

@@ -8,8 +8,8 @@ whose ``field`` is the query parameter to change, and whose message says the max
 
 Why each bound:
 
-* dates: RFC 3339 with a UTC offset (API.md). A date without one is refused by the API rather than
-  guessed: reading it as UTC or as the server's zone would silently move the range by hours. Only
+* dates: RFC 3339 (API.md); a date without an offset is read as UTC, as the API and the dashboards
+  always did (``assume_utc``: refusing it now would break existing clients). Only
   ASCII digits count (``\\d`` alone would accept Arabic-Indic digits, which ``datetime`` rejects
   later with an unrelated message).
 * the window [1970-01-01, 2200-01-01) is the stored time range (``event_format``): no event can lie
@@ -71,8 +71,8 @@ class Bounds:
 def moment_parse(raw: str, *, field: str, assume_utc: bool = False) -> datetime:
     """An RFC 3339 date-time (``2026-11-27T10:00:00Z``, ``...+02:00``, fractions to 9 digits).
 
-    ``assume_utc`` reads a date without offset as UTC: for the dashboards, whose URLs are typed by
-    people and whose pages say "UTC"; the API refuses it (see the module doc).
+    ``assume_utc`` reads a date without offset as UTC (the API and the dashboards, see the module
+    doc); without it such a date is refused.
     """
     match = _RFC3339.fullmatch(raw.strip())
     if match is None:
