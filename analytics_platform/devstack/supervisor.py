@@ -63,6 +63,7 @@ class Child:
     failures: int = 0  # exits in a row, each within Backoff.stable_seconds of its start
     restart_at: float | None = None  # monotonic time of the scheduled restart
     stopped: bool = False  # stopped by the supervisor: never restarted again
+    term_at: float | None = None  # monotonic time of the supervisor's SIGTERM
 
     @property
     def running(self) -> bool:
@@ -202,16 +203,21 @@ class Supervisor:
 
     # Stopping -----------------------------------------------------------------------------------
 
+    def signal_stop(self, names: Sequence[str]) -> None:
+        """SIGTERM the named children without waiting (``stop`` waits for them later)."""
+        for child in self.children:
+            if child.name in names and child.term_at is None:
+                child.stopped, child.term_at = True, time.monotonic()
+                if child.running:
+                    child.process.send_signal(signal.SIGTERM)
+
     def stop(self, names: Sequence[str]) -> None:
-        """SIGTERM the named children together; SIGKILL whatever is left after the grace period."""
-        children = [c for c in self.children if c.name in names and not c.stopped]
-        for child in children:
-            child.stopped = True
-            if child.running:
-                child.process.send_signal(signal.SIGTERM)
+        """SIGTERM the named children together; SIGKILL what is left ``grace_seconds`` after its SIGTERM."""
+        self.signal_stop(names)
+        children = [c for c in self.children if c.name in names]
         started = time.monotonic()
-        deadline = started + self.grace_seconds
         for child in children:
+            deadline = (child.term_at or started) + self.grace_seconds
             while child.running and time.monotonic() < deadline:
                 if self.forced:  # a second Ctrl-C shortens the wait to a few seconds
                     deadline = min(deadline, time.monotonic() + self.FORCED_GRACE_SECONDS)
@@ -223,13 +229,16 @@ class Supervisor:
         if children:
             self.say("devstack", f"stopped {', '.join(c.name for c in children)} in {time.monotonic() - started:.1f}s")
 
-    def shutdown(self, phases: Sequence[Sequence[str] | Callable[[], None]]) -> None:
+    def shutdown(self, phases: Sequence[Sequence[str] | Callable[[], None]], *, early: Sequence[str] = ()) -> None:
         """Stop the stack: each phase is a group of child names or a step (a drain) run in between.
 
-        Children named in no phase are stopped first, in reverse start order. A forced stop skips
-        the remaining steps but still stops every child.
+        ``early`` children get SIGTERM at once and are waited for in their phase, so that a slow
+        stop (Celery's warm shutdown) runs alongside the steps before it. Children named in no
+        phase are stopped first, in reverse start order. A forced stop skips the remaining steps
+        but still stops every child.
         """
         named = {name for phase in phases if not callable(phase) for name in phase}
+        self.signal_stop(early)
         for child in reversed(self.children):
             if child.name not in named:
                 self.stop([child.name])
