@@ -28,7 +28,7 @@ from clickhouse_driver import Client
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from analytics_platform import event_format, kafka
-from analytics_platform.devstack.drain import DrainProgress, events_drain
+from analytics_platform.devstack.drain import DrainProgress, events_drain, events_left_count
 from analytics_platform.devstack.processes import clickhouse_start, free_port
 from analytics_platform.devstack.supervisor import Backoff, Supervisor
 from tests.test_devstack import _start, _wait_ready
@@ -272,7 +272,7 @@ def test_the_drain_waits_until_the_committed_offsets_reach_the_end_of_every_part
     producer = Producer(kafka.client_config(**{"linger.ms": 200, "acks": "all"}))
     for _ in range(3):  # 3 batches of 5 records on partition 0: offsets 0-14
         for i in range(5):
-            producer.produce(events_topic, b'{"v": 2, "events": []}', b"k%d" % i, partition=0)
+            producer.produce(events_topic, b'{"v": 2, "events": [{}, {}]}', b"k%d" % i, partition=0)
         producer.flush(10)
     group = settings.STREAMS_CONSUMER_GROUP
     # Tansu's ListOffsets LATEST says 11 for partition 0 (the last batch's base offset + 1): a drain
@@ -288,6 +288,7 @@ def test_the_drain_waits_until_the_committed_offsets_reach_the_end_of_every_part
     assert not progress.drained
     assert progress.left == {0: 4, 1: 0}  # partition 1 was empty: its marker is its first message
     assert "4 messages on" in progress.describe() and "0: 4" in progress.describe()
+    assert events_left_count(progress) == 8  # what the failed drain's last line reports
     assert reports and reports[-1].left == {0: 4, 1: 0}
 
     # The worker processes the rest and the first drain's markers (offsets 15 and 0) and commits.

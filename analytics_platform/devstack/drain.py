@@ -28,11 +28,13 @@ closes the views that are due, and writes nothing else.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
+import orjson
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from django.conf import settings
 
@@ -45,13 +47,21 @@ class DrainError(Exception):
 
 @dataclass
 class DrainProgress:
-    """Messages per partition that precede the marker and are not committed yet."""
+    """Where the stream worker's group stands against the markers, per partition of the topic."""
 
     topic: str
-    left: dict[int, int] = field(default_factory=dict)
+    markers: dict[int, int]  # partition -> the marker's offset
+    positions: dict[int, int] = field(default_factory=dict)  # partition -> the next offset to commit
     seconds: float = 0.0
     note: str = ""  # why the last look-up failed, if it did
     initial: int = -1  # the total at the first look-up: what the drain had to do
+
+    @property
+    def left(self) -> dict[int, int]:
+        """Messages before the marker not committed yet. A committed offset is the next message to
+        process: at the marker's offset every message before it is written; the marker itself need
+        not be processed."""
+        return {p: max(0, marker - self.positions.get(p, 0)) for p, marker in self.markers.items()}
 
     @property
     def total(self) -> int:
@@ -59,12 +69,13 @@ class DrainProgress:
 
     @property
     def drained(self) -> bool:
-        return self.total == 0
+        return self.total == 0 and not self.note
 
-    def describe(self) -> str:
+    def describe(self, events: int | None = None) -> str:
         waiting = ", ".join(f"{partition}: {n}" for partition, n in sorted(self.left.items()) if n)
+        what = f"{self.total} messages" if events is None else f"{events} events in {self.total} messages"
         note = f"; {self.note}" if self.note else ""
-        return f"{self.total} messages on {self.topic} not yet in ClickHouse (by partition: {waiting or 'none'}){note}"
+        return f"{what} on {self.topic} not yet in ClickHouse (by partition: {waiting or 'none'}){note}"
 
 
 def markers_produce(*, topic: str, timeout: float = 15.0) -> dict[int, int]:
@@ -108,19 +119,52 @@ def committed_get(
     return {tp.partition: tp.offset for tp in result.topic_partitions if tp.error is None}
 
 
-def progress_get(
-    *, admin: AdminClient, group: str, topic: str, markers: dict[int, int], earliest: dict[int, int], timeout: float
+def positions_get(
+    *, admin: AdminClient, group: str, topic: str, partitions: list[int], earliest: dict[int, int], timeout: float
 ) -> dict[int, int]:
-    """Per partition, the messages before the marker that the group has not committed."""
-    committed = committed_get(admin=admin, group=group, topic=topic, partitions=sorted(markers), timeout=timeout)
-    left = {}
-    for partition, marker in markers.items():
-        position = committed.get(partition, -1)
-        start = position if position >= 0 else earliest.get(partition, 0)  # never committed: from the start
-        # A committed offset is the next message to process: at the marker's offset, every message
-        # before it is written. The marker itself need not be processed.
-        left[partition] = max(0, marker - start)
-    return left
+    """Per partition, the group's committed offset, or the earliest offset where it never committed."""
+    committed = committed_get(admin=admin, group=group, topic=topic, partitions=partitions, timeout=timeout)
+    return {p: committed[p] if committed.get(p, -1) >= 0 else earliest.get(p, 0) for p in partitions}
+
+
+def events_left_count(progress: DrainProgress, *, timeout: float = 10.0) -> int | None:
+    """The events in the messages a failed drain leaves behind (None when not all could be read).
+
+    Read once, when a drain gives up, so that its last line says what is lost in the unit a
+    developer posted; a message holds the events of many users (v2) or of one request (v1).
+    """
+    left = {p: n for p, n in progress.left.items() if n}
+    if not left:
+        return 0
+    consumer = Consumer(
+        kafka.client_config(**{"group.id": f"devstack-drain-{uuid.uuid4().hex}", "enable.auto.commit": False})
+    )
+    events, pending = 0, dict(left)
+    try:
+        consumer.assign([TopicPartition(progress.topic, p, progress.positions.get(p, 0)) for p in left])
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error() is not None or message.partition() not in pending:
+                continue
+            partition = message.partition()
+            if message.offset() >= progress.markers[partition]:
+                pending.pop(partition)
+                continue
+            try:
+                body = orjson.loads(message.value() or b"")
+            except orjson.JSONDecodeError:
+                body = None
+            found = body.get("events") if isinstance(body, dict) else None
+            events += len(found) if isinstance(found, list) else 1  # a poison message counts as one
+            pending[partition] -= 1
+            if pending[partition] <= 0:
+                pending.pop(partition)
+    except KafkaException:
+        return None  # the broker is gone: the messages count is all there is
+    finally:
+        consumer.close()
+    return None if pending else events
 
 
 def events_drain(
@@ -145,24 +189,39 @@ def events_drain(
     # never committed.
     requests = {TopicPartition(topic, p): OffsetSpec.earliest() for p in markers}
     earliest = {tp.partition: f.result(10).offset for tp, f in admin.list_offsets(requests).items()}
-    progress = DrainProgress(topic)
+    progress = DrainProgress(topic, markers, dict(earliest))
     last_report = started
     while True:
         try:
-            progress.left = progress_get(
-                admin=admin, group=group, topic=topic, markers=markers, earliest=earliest, timeout=5.0
+            progress.positions = positions_get(
+                admin=admin, group=group, topic=topic, partitions=sorted(markers), earliest=earliest, timeout=5.0
             )
             progress.note = ""
             if progress.initial < 0:
                 progress.initial = progress.total
         except KafkaException as exc:  # the broker is busy or restarting: retried until the deadline
             progress.note = f"committed offsets unavailable: {exc}"
-            progress.left = progress.left or {p: max(0, m - earliest.get(p, 0)) for p, m in markers.items()}
         progress.seconds = time.monotonic() - started
-        if (progress.drained and not progress.note) or progress.seconds >= timeout:
+        if progress.drained or progress.seconds >= timeout:
             return progress
         if time.monotonic() - last_report >= report_every:
             report(progress)
             last_report = time.monotonic()
         if not pause(min(0.5, timeout - progress.seconds)):
             return progress
+
+
+def progress_refresh(progress: DrainProgress) -> DrainProgress:
+    """``progress`` with the group's committed offsets of now (after the worker's last checkpoint)."""
+    admin = AdminClient(kafka.client_config())
+    partitions = sorted(progress.markers)
+    progress.positions = positions_get(
+        admin=admin,
+        group=settings.STREAMS_CONSUMER_GROUP,
+        topic=progress.topic,
+        partitions=partitions,
+        earliest=progress.positions,
+        timeout=5.0,
+    )
+    progress.note = ""
+    return progress

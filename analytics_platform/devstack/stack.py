@@ -31,9 +31,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from confluent_kafka import KafkaException
 from django.conf import settings
 
-from analytics_platform.devstack.drain import DrainError, DrainProgress, events_drain
+from analytics_platform.devstack.drain import (
+    DrainError,
+    DrainProgress,
+    events_drain,
+    events_left_count,
+    progress_refresh,
+)
 from analytics_platform.devstack.supervisor import Supervisor
 
 
@@ -115,11 +122,11 @@ def drain_seconds() -> float:
     return float(os.environ.get("DEVSTACK_DRAIN_SECONDS", "120"))
 
 
-def drain_run(sup: Supervisor, *, timeout: float) -> bool:
-    """Wait for the stream worker to write everything the broker holds; log what is left if not."""
+def drain_run(sup: Supervisor, *, timeout: float) -> DrainProgress | None:
+    """Wait for the stream worker to write everything the broker holds; None when it cannot start."""
     if sup.failed is not None and sup.failed.name == "broker":
         sup.say("devstack", "no drain: the broker is gone, and with it every accepted event not yet in ClickHouse")
-        return False
+        return None
     sup.say("devstack", f"draining: waiting up to {timeout:.0f}s for the stream worker to write what the broker holds")
 
     def report(progress: DrainProgress) -> None:
@@ -129,31 +136,51 @@ def drain_run(sup: Supervisor, *, timeout: float) -> bool:
         progress = events_drain(timeout=timeout, pause=sup.pause, report=report)
     except DrainError as exc:
         sup.say("devstack", f"drain failed: {exc}; accepted events not yet in ClickHouse are lost")
-        return False
-    if progress.drained and not progress.note:
+        return None
+    if progress.drained:
         sup.say(
             "devstack",
             f"drained {progress.initial} messages in {progress.seconds:.1f}s: every accepted event is in ClickHouse",
         )
-        return True
-    if sup.forced:
-        sup.say("devstack", f"drain abandoned: {progress.describe()}; they are lost when the broker stops")
+    elif sup.forced:
+        lost = progress.describe(events_left_count(progress, timeout=2.0))
+        sup.say("devstack", f"drain abandoned: {lost}; they are lost when the broker stops")
     else:
-        sup.say(
-            "devstack",
-            f"not drained after {progress.seconds:.0f}s: {progress.describe()}; they are lost when the broker stops"
-            " (is ClickHouse up? is the stream worker crashing? see the clickhouse and streams lines)",
-        )
+        sup.say("devstack", f"not drained after {progress.seconds:.0f}s: {progress.describe()}; stopping the worker")
+    return progress
+
+
+def loss_report(sup: Supervisor, progress: DrainProgress) -> bool:
+    """After the worker's exit, which ends with a last checkpoint: log what the broker takes with it."""
+    try:
+        progress = progress_refresh(progress)
+    except KafkaException as exc:
+        progress.note = f"committed offsets unavailable: {exc}"
+    if progress.drained:
+        sup.say("devstack", "the stream worker's last checkpoint wrote the rest: every accepted event is in ClickHouse")
+        return True
+    sup.say(
+        "devstack",
+        f"lost: {progress.describe(events_left_count(progress))}, gone when the broker stops"
+        " (was ClickHouse up? was the stream worker crashing? see the clickhouse and streams lines)",
+    )
     return False
 
 
 def stack_shutdown(sup: Supervisor, *, drain: bool = True) -> bool:
     """Stop every child, ingest first and the broker last; True when nothing accepted was lost."""
-    drained = not drain
+    progress: DrainProgress | None = None
+    kept = not drain
 
     def drain_step() -> None:
-        nonlocal drained
-        drained = drain_run(sup, timeout=drain_seconds())
+        nonlocal progress, kept
+        progress = drain_run(sup, timeout=drain_seconds())
+        kept = progress is not None and progress.drained
+
+    def loss_step() -> None:
+        nonlocal kept
+        if progress is not None and not progress.drained:
+            kept = loss_report(sup, progress)
 
     # Celery neither reads nor writes the broker: it gets SIGTERM with ingest, so that its warm
     # shutdown (about 5 s) runs alongside the drain instead of after it. It reads ClickHouse, so it
@@ -166,6 +193,6 @@ def stack_shutdown(sup: Supervisor, *, drain: bool = True) -> bool:
         ["broker"],
     ]
     if drain:
-        phases.insert(1, drain_step)
+        phases[1:2] = [drain_step, ["streams"], loss_step]
     sup.shutdown(phases, early=["beat", "worker"])
-    return drained and not sup.forced
+    return kept and not sup.forced
