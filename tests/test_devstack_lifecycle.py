@@ -2,8 +2,9 @@
 
 The slow test runs ``manage.py devstack`` (what ``make run`` runs) with a client posting events the
 whole time: the stream worker is killed with SIGKILL and must come back while ingest keeps answering
-202; then Ctrl-C (SIGINT) arrives while events are still being posted, and every event answered 202
-must be in ClickHouse, once, when the stack has stopped (read from its data dir by a fresh server).
+202; then Ctrl-C (SIGINT) arrives while events are still being posted and the worker is behind, and
+every event answered 202 must be in ClickHouse, once, when the stack has stopped (read from its data
+dir by a fresh server).
 The drain's arithmetic is checked against the session's broker with offsets committed by hand, and
 the supervisor's backoff and its essential children on tiny child processes.
 """
@@ -170,12 +171,30 @@ def test_a_killed_worker_is_restarted_and_ctrl_c_drains_every_accepted_event(tmp
         recovered_s = time.monotonic() - killed
         assert not poster.failures, poster.failures[:5]  # 202 throughout the crash and the restart
         print(f"streams restarted {restart_s:.1f}s after SIGKILL; processing again after {recovered_s:.1f}s")
-        client.disconnect()
 
-        # Ctrl-C while events are still being posted: every 202 must survive the broker's stop.
+        # Ctrl-C while events are still being posted and the worker is behind: every 202 must
+        # survive the broker's stop. The worker is frozen (SIGSTOP) from 2 s before the interrupt
+        # until the drain has begun, so that the broker holds a backlog the worker has not even
+        # consumed: stopping it then (what SIGTERM alone does) would lose the backlog; the drain
+        # must wait until it is written.
         time.sleep(2)
-        interrupted = time.monotonic()
-        process.send_signal(signal.SIGINT)
+        os.kill(new_pid, signal.SIGSTOP)
+        try:
+            time.sleep(2)
+            snapshot = poster.accepted_ids()
+            not_yet = len(snapshot) - len(_stored_ids(client, snapshot))
+            interrupted = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            _wait_for(
+                lambda: any(line.startswith("draining:") for line in _supervisor_lines(output)),
+                timeout=30,
+                what="the drain",
+                output=output,
+            )
+        finally:
+            os.kill(new_pid, signal.SIGCONT)
+        client.disconnect()
+        assert not_yet > 0
         assert process.wait(180) == 0, "".join(output[-60:])
         stop_s = time.monotonic() - interrupted
     finally:
@@ -186,12 +205,16 @@ def test_a_killed_worker_is_restarted_and_ctrl_c_drains_every_accepted_event(tmp
     lines = _supervisor_lines(output)
     drained = [line for line in lines if line.startswith("drained ")]
     assert drained, lines[-15:]
+    assert int(drained[0].split()[1]) > 0, drained  # "drained N messages in ...": the backlog
     assert lines[-1] == "stopped"
     # Ingest stopped first: nothing was refused before the interrupt.
     assert all(at > interrupted for at, _ in poster.failures), poster.failures[:5]
     accepted = poster.accepted_ids()
     late = len(poster.accepted_ids()) - len(poster.accepted_ids(before=interrupted))
-    print(f"stopped {stop_s:.1f}s after SIGINT ({drained[0]}); {len(accepted)} events accepted, {late} after SIGINT")
+    print(
+        f"stopped {stop_s:.1f}s after SIGINT ({drained[0]}); {len(accepted)} events accepted, {late} after"
+        f" SIGINT, {not_yet} not in ClickHouse at SIGINT"
+    )
 
     server = clickhouse_start(data_dir=var / "clickhouse")
     try:
@@ -284,11 +307,12 @@ def test_the_drain_waits_until_the_committed_offsets_reach_the_end_of_every_part
         time.sleep(seconds)
         return True
 
-    progress = events_drain(timeout=1.5, pause=pause, report=reports.append, report_every=0.5)
+    progress = events_drain(timeout=1.5, pause=pause, report=reports.append, report_every=0.2)
     assert not progress.drained
     assert progress.left == {0: 4, 1: 0}  # partition 1 was empty: its marker is its first message
     assert "4 messages on" in progress.describe() and "0: 4" in progress.describe()
-    assert events_left_count(progress) == 8  # what the failed drain's last line reports
+    counted = events_left_count(progress)
+    assert counted == 8, counted  # what the failed drain's last line reports
     assert reports and reports[-1].left == {0: 4, 1: 0}
 
     # The worker processes the rest and the first drain's markers (offsets 15 and 0) and commits.

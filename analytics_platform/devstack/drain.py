@@ -180,10 +180,10 @@ def events_drain(
     (supervising the other children) and returns False to abandon the wait (a second Ctrl-C);
     ``report`` gets the progress every ``report_every`` seconds. Returns the last progress.
     """
-    started = time.monotonic()
     topic = kafka.topic_name(event_format.EVENTS_TOPIC)
     group = settings.STREAMS_CONSUMER_GROUP
     markers = markers_produce(topic=topic)
+    started = time.monotonic()  # the wait is bounded, not the markers' production (their own timeout)
     admin = AdminClient(kafka.client_config())
     # EARLIEST is right on Tansu (only LATEST is off); it is needed only for a partition the group
     # never committed.
