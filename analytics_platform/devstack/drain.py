@@ -51,7 +51,7 @@ class DrainProgress:
 
     topic: str
     markers: dict[int, int]  # partition -> the marker's offset
-    positions: dict[int, int] = field(default_factory=dict)  # partition -> the next offset to commit
+    positions: dict[int, int] = field(default_factory=dict)  # partition -> committed offset (next to process)
     seconds: float = 0.0
     note: str = ""  # why the last look-up failed, if it did
     initial: int = -1  # the total at the first look-up: what the drain had to do
@@ -182,13 +182,16 @@ def events_drain(
     """
     topic = kafka.topic_name(event_format.EVENTS_TOPIC)
     group = settings.STREAMS_CONSUMER_GROUP
-    markers = markers_produce(topic=topic)
-    started = time.monotonic()  # the wait is bounded, not the markers' production (their own timeout)
     admin = AdminClient(kafka.client_config())
-    # EARLIEST is right on Tansu (only LATEST is off); it is needed only for a partition the group
-    # never committed.
-    requests = {TopicPartition(topic, p): OffsetSpec.earliest() for p in markers}
-    earliest = {tp.partition: f.result(10).offset for tp, f in admin.list_offsets(requests).items()}
+    try:
+        markers = markers_produce(topic=topic)
+        # EARLIEST is right on Tansu (only LATEST is off); it is needed only for a partition the
+        # group never committed.
+        requests = {TopicPartition(topic, p): OffsetSpec.earliest() for p in markers}
+        earliest = {tp.partition: f.result(10).offset for tp, f in admin.list_offsets(requests).items()}
+    except KafkaException as exc:
+        raise DrainError(f"the broker did not answer: {exc}") from exc
+    started = time.monotonic()  # the wait is bounded, not the markers' production (their own timeout)
     progress = DrainProgress(topic, markers, dict(earliest))
     last_report = started
     while True:

@@ -182,7 +182,10 @@ class Supervisor:
         # and SIGKILL before the restart.
         self._signal_group(child, signal.SIGTERM)
         if not child.restart:
-            self.say("devstack", f"{child.name} exited with {code} after {ran:.1f}s; it cannot be restarted")
+            self.say(
+                "devstack",
+                f"{child.name} exited with {code} after {ran:.1f}s; it cannot be restarted: stopping the stack",
+            )
             self.failed = child
             self._stopping.set()
             child.stopped = True
@@ -257,7 +260,10 @@ class Supervisor:
         for phase in phases:
             if callable(phase):
                 if not self.forced:
-                    phase()
+                    try:
+                        phase()
+                    except Exception as exc:  # noqa: BLE001 -- whatever a step hits, every child must still stop
+                        self.say("devstack", f"stop step failed: {exc!r}; stopping the rest")
             else:
                 self.stop(phase)
         self.say("devstack", "stopped")
