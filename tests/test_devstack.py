@@ -34,7 +34,7 @@ def _get(url: str) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
-def _start(var_dir: Path, ports: dict[str, int], output: list[str]) -> subprocess.Popen[bytes]:
+def _start(var_dir: Path, ports: dict[str, int], output: list[str], **extra_env: str) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "ANALYTICS_VAR_DIR": str(var_dir),
@@ -44,6 +44,7 @@ def _start(var_dir: Path, ports: dict[str, int], output: list[str]) -> subproces
         "ANALYTICS_ADMIN_USER": "ops",
         "ANALYTICS_ADMIN_PASSWORD": "a-long-test-password",
         "STREAMS_METRICS_PORT": str(ports["streams_metrics"]),
+        **extra_env,
     }
     env.pop("DATABASE_URL", None)  # the embedded default: SQLite under var/
     process = subprocess.Popen(

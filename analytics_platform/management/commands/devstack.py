@@ -38,17 +38,19 @@ class Command(BaseCommand):
             self._start_infrastructure(sup)
             self._bootstrap(sup)
             port = stack.env_port()
-            for name, argv in stack.application_processes(port=port):
-                sup.start(name, argv, env)
+            for spec in stack.application_processes(port=port):
+                sup.start(spec.name, spec.argv, env, restart=spec.restart)
             processes.wait_for_port("127.0.0.1", port, timeout=60)
             sup.say(
                 "devstack", f"ready in {time.monotonic() - started:.1f}s: http://127.0.0.1:{port}/ (admin at /admin/)"
             )
         except BaseException as exc:
             sup.say("devstack", f"start failed: {exc!r}")
-            sup.stop_all()
+            stack.stack_shutdown(sup, drain=False)  # nothing was accepted yet
             raise CommandError(str(exc)) from exc
-        sys.exit(sup.wait())
+        sup.wait()
+        kept = stack.stack_shutdown(sup)
+        sys.exit(0 if kept and sup.failed is None else 1)
 
     def _start_infrastructure(self, sup: Supervisor) -> None:
         host, port = _host_port(settings.KAFKA_BOOTSTRAP_SERVERS.split(",")[0])
@@ -63,6 +65,7 @@ class Command(BaseCommand):
                 f"tcp://{host}:{port}",
             ],
             {"RUST_LOG": os.environ.get("TANSU_LOG", "warn")},
+            restart=False,  # memory-only: a new broker would be an empty one (see devstack/stack.py)
         )
         ch = settings.DATABASES["clickhouse"]
         sup.start(
