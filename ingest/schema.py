@@ -25,23 +25,19 @@ from msgspec import UNSET, Meta, UnsetType
 from analytics_platform import event_format
 
 MAX_EVENTS_PER_BATCH: Final = 1000
-MAX_PROPERTIES: Final = 64
-# Upper bound for epoch-millisecond timestamps (year 3000): a larger number is a unit mistake
-# (microseconds or nanoseconds), not a time.
-MAX_EPOCH_MS: Final = 32_503_680_000_000
 
-UserIdStr = Annotated[str, Meta(min_length=1, max_length=128)]
-SessionIdStr = Annotated[str, Meta(min_length=1, max_length=128)]
-VideoIdStr = Annotated[str, Meta(min_length=1, max_length=256)]
-# API.md leaves these unbounded; the bounds below only refuse values no player sends, so that a
-# single event cannot carry megabytes in a dimension column.
-DimensionStr = Annotated[str, Meta(max_length=256)]
-ErrorCodeStr = Annotated[str, Meta(max_length=256)]
-ErrorMessageStr = Annotated[str, Meta(max_length=4096)]
-PropertyKey = Annotated[str, Meta(min_length=1, max_length=128)]
-EpochMs = Annotated[int, Meta(ge=0, le=MAX_EPOCH_MS)]
+# Every bound below is event_format's (the one place they are written); msgspec checks them in C.
+UserIdStr = Annotated[str, Meta(min_length=1, max_length=event_format.USER_ID_MAX_CHARS)]
+SessionIdStr = Annotated[str, Meta(min_length=1, max_length=event_format.SESSION_ID_MAX_CHARS)]
+VideoIdStr = Annotated[str, Meta(min_length=1, max_length=event_format.VIDEO_ID_MAX_CHARS)]
+DimensionStr = Annotated[str, Meta(max_length=event_format.DIMENSION_MAX_CHARS)]
+ErrorCodeStr = Annotated[str, Meta(max_length=event_format.ERROR_CODE_MAX_CHARS)]
+ErrorMessageStr = Annotated[str, Meta(max_length=event_format.ERROR_MESSAGE_MAX_CHARS)]
+# A raw client time (and sentAt) must be a stored time; msgspec checks the epoch-ms form, and
+# ``timestamp_ms_check`` the RFC 3339 one (msgspec has no bounds for datetimes).
+EpochMs = Annotated[int, Meta(ge=event_format.TIMESTAMP_MIN_MS, le=event_format.TIMESTAMP_MAX_MS)]
 Rfc3339 = Annotated[datetime, Meta(tz=True)]
-NonNegativeInt = Annotated[int, Meta(ge=0, le=2**53)]
+NonNegativeInt = Annotated[int, Meta(ge=0, le=event_format.INT_MAX)]
 EventType = Annotated[str, Meta(pattern=event_format.CUSTOM_TYPE_PATTERN)]
 
 
@@ -69,7 +65,8 @@ class Event(msgspec.Struct, rename="camel", gc=False):
     country: DimensionStr | UnsetType = UNSET
     cdn: DimensionStr | UnsetType = UNSET
     player: DimensionStr | UnsetType = UNSET
-    properties: Annotated[dict[PropertyKey, Any], Meta(max_length=MAX_PROPERTIES)] | UnsetType = UNSET
+    # Checked by ``properties_error`` (keys at every depth, depth, sizes): msgspec cannot bound nesting.
+    properties: dict[str, Any] | UnsetType = UNSET
     client_timestamp: int | UnsetType = UNSET
     received_at: int | UnsetType = UNSET
 
@@ -139,6 +136,22 @@ def epoch_ms(value: int | datetime) -> int:
     return (value - EPOCH) // ONE_MS
 
 
+def iso_ms(ms: int) -> str:
+    """``ms`` (epoch milliseconds) as RFC 3339 UTC, for messages."""
+    return (EPOCH + ms * ONE_MS).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def stored_range_error(index: int | None, field: str) -> EventError:
+    """A raw client time (``timestamp`` or ``sentAt``) outside the times the event store can hold."""
+    low, high = event_format.TIMESTAMP_MIN_MS, event_format.TIMESTAMP_MAX_MS
+    return EventError(
+        index,
+        field,
+        "invalid_timestamp",
+        f"{field} must lie between {iso_ms(low)} and {iso_ms(high)} (epoch milliseconds {low} to {high})",
+    )
+
+
 def _field_of(path: str) -> str | None:
     path = path.lstrip(".")
     return path or None
@@ -158,9 +171,14 @@ def _error_from_validation(index: int | None, exc: msgspec.ValidationError) -> E
         return EventError(index, field, "required", f"{field} is required")
     field = _field_of(path)
     last = (field or "").rsplit(".", 1)[-1]
+    if last in {"timestamp", "sentAt"} and detail.startswith("Expected `int` "):
+        return stored_range_error(index, last)  # negative, or past the store's range (a unit mistake)
     if last in {"timestamp", "sentAt"} and not detail.startswith("Expected `int | datetime`, got"):
         code = "invalid_timestamp"
         detail = f"{detail}: expected an RFC 3339 time with an offset, or epoch milliseconds"
+    elif field is not None and field.startswith("properties"):
+        # The only property rule msgspec applies itself: a number beyond a double (1e400).
+        field, code = "properties", "properties_too_large"
     elif detail.startswith("Invalid UUID"):
         code = "invalid_uuid"
     elif "matching regex" in detail and last == "type":
@@ -168,9 +186,6 @@ def _error_from_validation(index: int | None, exc: msgspec.ValidationError) -> E
         detail = (
             f"type is neither a playback type nor a custom interaction type matching {event_format.CUSTOM_TYPE_PATTERN}"
         )
-    elif field == "properties" and "of length <=" in detail:
-        code = "too_many_properties"
-        detail = f"properties holds at most {MAX_PROPERTIES} keys"
     elif "of length <=" in detail:
         code = "too_long"
     elif "of length >=" in detail:
@@ -182,6 +197,240 @@ def _error_from_validation(index: int | None, exc: msgspec.ValidationError) -> E
     else:
         code = "invalid"
     return EventError(index, field, code, detail)
+
+
+# --- properties -----------------------------------------------------------------------------
+# The bounds are event_format's PROPERTIES_* (and INT_MAX for integers: the stream worker encodes
+# properties with orjson, which refuses integers beyond 64 bits). A flat object costs a type check
+# and a length per value; nested values a walk that stops at the depth limit, so nothing deeper is
+# ever visited. The encoded size is bounded from above while walking (a character encodes to at
+# most 6 bytes, ``\u001f``; any scalar and its separators to at most _ITEM_BYTES): only an object
+# whose bound exceeds PROPERTIES_MAX_BYTES is actually encoded to be measured.
+_ITEM_BYTES = 32  # "-1.7976931348623157e+308" (24) plus quotes, colon, comma
+_CHAR_BYTES = 6
+
+
+class _PropertiesInvalid(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _key_check(key: str) -> int:
+    size = len(key)
+    if size > event_format.PROPERTY_KEY_MAX_CHARS:
+        raise _PropertiesInvalid(
+            "properties_too_large", f"a properties key is at most {event_format.PROPERTY_KEY_MAX_CHARS} characters"
+        )
+    if size == 0:
+        raise _PropertiesInvalid("too_short", "a properties key must not be empty")
+    return size
+
+
+def _value_bound(value: Any, depth: int) -> int:
+    """An upper bound of ``value``'s encoded size; raises on the first bound ``value`` breaks.
+
+    ``depth`` is the level of the container holding ``value`` (the properties object is 1).
+    """
+    cls = value.__class__
+    if cls is str:
+        size = len(value)
+        if size > event_format.PROPERTY_STRING_MAX_CHARS:
+            raise _PropertiesInvalid(
+                "properties_too_large",
+                f"a properties string is at most {event_format.PROPERTY_STRING_MAX_CHARS} characters",
+            )
+        return size * _CHAR_BYTES + _ITEM_BYTES
+    if cls is int:
+        if not -event_format.INT_MAX <= value <= event_format.INT_MAX:
+            raise _PropertiesInvalid(
+                "properties_too_large", f"a properties integer must lie within ±{event_format.INT_MAX}"
+            )
+        return _ITEM_BYTES
+    if cls is float or cls is bool or value is None:
+        return _ITEM_BYTES
+    # A container (msgspec decodes JSON into dict, list, str, int, float, bool, None only).
+    if depth >= event_format.PROPERTIES_MAX_DEPTH:
+        raise _PropertiesInvalid(
+            "properties_too_deep",
+            f"properties nest at most {event_format.PROPERTIES_MAX_DEPTH} levels of objects and arrays",
+        )
+    bound = _ITEM_BYTES
+    if cls is dict:
+        for key, item in value.items():
+            bound += _key_check(key) * _CHAR_BYTES + _value_bound(item, depth + 1)
+    else:
+        for item in value:
+            bound += _value_bound(item, depth + 1)
+    return bound
+
+
+def properties_error(index: int, properties: dict[str, Any]) -> EventError | None:
+    """Why ``properties`` breaks one of event_format's bounds, or None."""
+    limit = event_format.PROPERTIES_MAX_BYTES
+    try:
+        if len(properties) > event_format.PROPERTIES_MAX_KEYS:
+            raise _PropertiesInvalid(
+                "properties_too_large", f"properties holds at most {event_format.PROPERTIES_MAX_KEYS} keys"
+            )
+        bound = _ITEM_BYTES
+        for key, value in properties.items():
+            bound += _key_check(key) * _CHAR_BYTES + _value_bound(value, 1)
+        if bound > limit and len(message_encoder.encode(properties)) > limit:
+            raise _PropertiesInvalid("properties_too_large", f"properties encode to at most {limit} bytes of JSON")
+    except _PropertiesInvalid as exc:
+        return EventError(index, "properties", exc.code, exc.message)
+    return None
+
+
+# --- bodies nested too deeply for the decoder -------------------------------------------------
+# msgspec refuses input nested deeper than the interpreter's recursion limit minus the caller's
+# stack (about 900 levels here) with RecursionError, and skipping a value (a Raw, an unknown field)
+# recurses the same way. Such a body is split by a linear scan instead: the events array's elements
+# are found by bracket depth; an element nested deeper than _SCAN_MAX_DEPTH is rejected without
+# being decoded (its inside is not parsed: it is refused whatever it holds) and replaced by null;
+# the rest of the body (envelope and other events) is then decoded as usual, so its syntax is
+# still checked. Depth outside the events array makes the whole body unusable (400).
+_SCAN_MAX_DEPTH = 256  # levels within one event: far below the decoder's limit, far above any valid event
+# The scan's cost is bounded: a body that is both too deep for the decoder and made of more runs
+# than this (about 0.2 CPU-s of scanning) is refused whole. A batch of 1000 ordinary events is
+# about 10,000 runs (a run of strings and scalars counts once).
+_SCAN_MAX_TOKENS = 300_000
+_STRING = rb'"(?:[^"\\]++|\\.)*+(?:"|\\?\Z)'  # possessive and always matching: linear, even unterminated
+# A run of anything but brackets (strings, scalars, commas, colons), or a run of brackets: the scan
+# takes one Python step per run, so a long run of strings or numbers costs one regex match.
+_SCAN_TOKEN = re.compile(rb"(?s)(?:[^\"\[\]{}]++|" + _STRING + rb")++|[\[{]++|[\]}]++")
+# In a run: the text up to and including the next comma outside strings (or up to the end).
+_SCAN_COMMA = re.compile(rb'(?s)(?:[^",]++|' + _STRING + rb")*+(?:,|\Z)")
+_SCAN_KEY = re.compile(rb"(?s)" + _STRING + rb"|:")
+_EVENTS_KEY = b'"events"'
+_OPEN = frozenset(b"[{")
+_CLOSE = frozenset(b"]}")
+_FIELDS = frozenset(field.encode_name for field in msgspec.structs.fields(Event))
+
+
+def _too_deep_body() -> BodyError:
+    return BodyError(
+        EventError(
+            None,
+            None,
+            "too_deep",
+            "the body nests objects and arrays too deeply to be decoded "
+            f"(over {_SCAN_MAX_DEPTH} levels outside an event, or too large as well)",
+        )
+    )
+
+
+def _deep_element_error(index: int, key: bytes | None) -> EventError:
+    try:
+        name = msgspec.json.decode(key) if key is not None else None
+    except msgspec.DecodeError:  # an unterminated string: the body is refused later anyway
+        name = None
+    if name == "properties":
+        return EventError(
+            index,
+            "properties",
+            "properties_too_deep",
+            f"properties nest at most {event_format.PROPERTIES_MAX_DEPTH} levels of objects and arrays",
+        )
+    field = name if name in _FIELDS else None
+    return EventError(
+        index, field, "too_deep", f"the event nests objects and arrays over {_SCAN_MAX_DEPTH} levels deep"
+    )
+
+
+def _key_before(body: bytes, start: int, end: int) -> bytes | None:
+    """The key a value opened at ``end`` belongs to: a run ``... "key":`` in ``body[start:end]``."""
+    key = last = None
+    for match in _SCAN_KEY.finditer(body, start, end):
+        token = match.group()
+        if token == b":":
+            key = last
+        else:
+            last, key = token, None
+    return key
+
+
+def _deep_events_split(body: bytes) -> tuple[bytes, dict[int, EventError]]:
+    """``body`` with every too-deep event replaced by null, and those events' errors by index."""
+    depth = 0
+    top_key: bytes | None = None
+    events_open = events_close = -1
+    in_events = False
+    starts: list[int] = []  # of the events array's elements, and their ends
+    ends: list[int] = []
+    flat: tuple[int, int] | None = None  # the span of the previous token when it was not brackets
+    key_span: tuple[int, int] | None = None  # where the key of the current event's deep value is
+    element_deep = False
+    deep: dict[int, EventError] = {}
+    for count, match in enumerate(_SCAN_TOKEN.finditer(body)):
+        if count > _SCAN_MAX_TOKENS:
+            raise _too_deep_body()
+        position, end = match.span()
+        first = body[position]
+        if first not in _OPEN and first not in _CLOSE:  # a run without brackets
+            if in_events and depth == 2:  # element boundaries
+                for comma in _SCAN_COMMA.finditer(body, position, end):
+                    if comma.end() > comma.start() and body[comma.end() - 1] == 0x2C:
+                        ends.append(comma.end() - 1)
+                        if len(ends) > MAX_EVENTS_PER_BATCH:
+                            raise TooManyEvents(len(ends) + 1)
+                        starts.append(comma.end())
+                        key_span, element_deep = None, False
+            flat = (position, end)
+            continue
+        size = end - position
+        if first in _OPEN:
+            for offset in range(size):
+                if depth >= 3:  # inside an event or another value: only the depth matters
+                    if depth == 3 and in_events:
+                        key_span = flat if offset == 0 else None
+                    depth += size - offset
+                    break
+                char = body[position + offset]
+                if depth == 0:
+                    if char != 0x7B:
+                        raise _too_deep_body()
+                elif depth == 1:
+                    top_key = _key_before(body, *flat) if flat is not None and offset == 0 else None
+                    if top_key == _EVENTS_KEY:
+                        if char != 0x5B or events_open >= 0:
+                            raise _too_deep_body()
+                        events_open, in_events = position + offset, True
+                        starts.append(position + offset + 1)
+                depth += 1
+            if in_events and depth - 2 > _SCAN_MAX_DEPTH and not element_deep:
+                element_deep = True
+                key = _key_before(body, *key_span) if key_span is not None else None
+                deep[len(starts) - 1] = _deep_element_error(len(starts) - 1, key)
+            elif not in_events and depth > _SCAN_MAX_DEPTH:
+                raise _too_deep_body()
+        else:
+            offset = 0
+            while offset < size:
+                if depth > 3:  # down to an event's own level at once
+                    step = min(depth - 3, size - offset)
+                    depth -= step
+                    offset += step
+                    continue
+                depth -= 1
+                if depth < 0:
+                    raise _too_deep_body()
+                if depth == 1 and in_events:
+                    ends.append(position + offset)
+                    events_close, in_events = position + offset, False
+                offset += 1
+        flat = None
+    if depth != 0 or events_open < 0 or events_close < 0:
+        raise _too_deep_body()
+    pieces = [
+        b"null" if index in deep else body[start:end]
+        for index, (start, end) in enumerate(zip(starts, ends, strict=True))
+    ]
+    if len(pieces) == 1 and not pieces[0].strip():
+        pieces = []  # "events": []
+    return body[: events_open + 1] + b",".join(pieces) + body[events_close:], deep
 
 
 def _body_validation_error(exc: msgspec.ValidationError) -> EventError:
@@ -204,38 +453,62 @@ def _check_utf8(body: bytes) -> None:
         ) from None
 
 
+def _sent_at_ms(value: int | datetime | UnsetType) -> int | None:
+    """sentAt in epoch ms; a time the store cannot hold makes the body unusable (400), like a
+    sentAt that is not a time at all: every event's correction would depend on it."""
+    if value is UNSET:
+        return None
+    ms = epoch_ms(value)
+    if not event_format.TIMESTAMP_MIN_MS <= ms <= event_format.TIMESTAMP_MAX_MS:
+        raise BodyError(stored_range_error(None, "sentAt"))
+    return ms
+
+
 def batch_decode(body: bytes) -> DecodedBatch:
     """Decode and structurally validate a request body.
 
     Raises ``BodyError`` when nothing in the body is usable and ``TooManyEvents`` above the limit.
-    Type-dependent rules (required fields of playback types) and duplicates are left to the caller.
+    Type-dependent rules (required fields of playback types), properties bounds, the time window
+    and duplicates are left to the caller.
     """
     _check_utf8(body)
     try:
         batch = _batch_decoder.decode(body)
-    except msgspec.DecodeError:  # ValidationError included
+    except (msgspec.DecodeError, RecursionError):  # ValidationError included
         return _batch_decode_slow(body)
     if len(batch.events) > MAX_EVENTS_PER_BATCH:
         raise TooManyEvents(len(batch.events))
-    sent_at = None if batch.sentAt is UNSET else epoch_ms(batch.sentAt)
-    return DecodedBatch(sent_at, list(enumerate(batch.events)), [])
+    return DecodedBatch(_sent_at_ms(batch.sentAt), list(enumerate(batch.events)), [])
 
 
 def _batch_decode_slow(body: bytes) -> DecodedBatch:
+    deep: dict[int, EventError] = {}
     try:
-        raw = _raw_batch_decoder.decode(body)
+        try:
+            raw = _raw_batch_decoder.decode(body)
+        except RecursionError:
+            body, deep = _deep_events_split(body)
+            raw = _raw_batch_decoder.decode(body)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: first
         raise BodyError(_body_validation_error(exc)) from None
     except msgspec.DecodeError as exc:
         raise BodyError(EventError(None, None, "malformed_json", f"the body is not valid JSON: {exc}")) from None
+    except RecursionError:  # deep outside the events array, past what the scan recognises
+        raise _too_deep_body() from None
     if len(raw.events) > MAX_EVENTS_PER_BATCH:
         raise TooManyEvents(len(raw.events))
-    sent_at = None if raw.sentAt is UNSET else epoch_ms(raw.sentAt)
+    sent_at = _sent_at_ms(raw.sentAt)
     events: list[tuple[int, Event]] = []
     errors: list[EventError] = []
     for index, raw_event in enumerate(raw.events):
+        error = deep.get(index)
+        if error is not None:
+            errors.append(error)
+            continue
         try:
             events.append((index, _event_decoder.decode(raw_event)))
         except msgspec.ValidationError as exc:
             errors.append(_error_from_validation(index, exc))
+        except RecursionError:
+            errors.append(_deep_element_error(index, None))
     return DecodedBatch(sent_at, events, errors)

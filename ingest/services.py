@@ -61,8 +61,21 @@ def content_type_check(*, content_type: str) -> None:
         )
 
 
+# Input fed to zlib per call: what a finished member leaves in ``unused_data`` (a copy) is at most
+# this, so each member costs its own size, not the rest of the body (linear in the body's size).
+_GZIP_INPUT_CHUNK = 256 * 1024
+
+
+def _invalid_gzip(detail: str) -> ApplicationError:
+    return _invalid_body(EventError(None, None, "invalid_gzip", f"the body is not valid gzip: {detail}"))
+
+
 def body_decompress(*, body: bytes, content_encoding: str) -> bytes:
-    """Undo ``Content-Encoding: gzip`` without ever holding more than the size limit in memory."""
+    """Undo ``Content-Encoding: gzip`` without ever holding more than the size limit in memory.
+
+    A gzip body may hold several members (concatenated streams); at most
+    ``INGEST_GZIP_MAX_MEMBERS`` are accepted, and the work is linear in the body's size.
+    """
     encoding = content_encoding.strip().lower()
     limit = settings.INGEST_MAX_BODY_BYTES
     if encoding in {"", "identity"}:
@@ -73,24 +86,35 @@ def body_decompress(*, body: bytes, content_encoding: str) -> bytes:
             code="unsupported_encoding",
             status_code=415,
         )
+    max_members = settings.INGEST_GZIP_MAX_MEMBERS
+    view = memoryview(body)
+    end = len(body)
+    position = 0
+    members = 0
     out: list[bytes] = []
     size = 0
-    data = body
     try:
-        while True:  # a gzip stream may hold several members
+        while True:  # one member per turn
+            members += 1
+            if members > max_members:
+                raise _invalid_gzip(f"more than {max_members} gzip members")
             inflater = zlib.decompressobj(wbits=31)
-            chunk = inflater.decompress(data, limit + 1 - size)
-            size += len(chunk)
-            out.append(chunk)
-            if size > limit:
-                raise body_too_large(limit)
-            if not inflater.eof:
-                raise zlib.error("truncated gzip stream")
-            data = inflater.unused_data
-            if not data:
+            while not inflater.eof:
+                if position >= end:
+                    raise _invalid_gzip("truncated gzip stream")
+                piece = view[position : position + _GZIP_INPUT_CHUNK]
+                # At most one byte over the limit: a gzip bomb is never inflated further.
+                chunk = inflater.decompress(piece, limit + 1 - size)
+                size += len(chunk)
+                if size > limit:
+                    raise body_too_large(limit)
+                out.append(chunk)
+                # Below the output cap zlib consumed the whole piece but what follows the member.
+                position += len(piece) - len(inflater.unused_data)
+            if position >= end:
                 break
     except zlib.error as exc:
-        raise _invalid_body(EventError(None, None, "invalid_gzip", f"the body is not valid gzip: {exc}")) from None
+        raise _invalid_gzip(str(exc)) from None
     return b"".join(out)
 
 
@@ -99,6 +123,35 @@ def body_too_large(limit: int) -> ApplicationError:
         f"the body exceeds {limit} bytes (decompressed); split the batch",
         code="too_large",
         status_code=413,
+    )
+
+
+def event_time_window(*, received_at_ms: int) -> tuple[int, int]:
+    """The accepted event times (epoch ms, inclusive) for a request received at ``received_at_ms``.
+
+    Not older than the raw events' retention (``EVENTS_RETENTION_DAYS``, the TTL of the events
+    table: an older event would be accepted only to be dropped), not later than
+    ``INGEST_EVENT_MAX_FUTURE_SECONDS`` ahead; and always within the store's range.
+    """
+    earliest = received_at_ms - settings.EVENTS_RETENTION_DAYS * 86_400_000
+    latest = received_at_ms + settings.INGEST_EVENT_MAX_FUTURE_SECONDS * 1000
+    return max(earliest, event_format.TIMESTAMP_MIN_MS), min(latest, event_format.TIMESTAMP_MAX_MS)
+
+
+def _duration_text(seconds: int) -> str:
+    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def _window_message(*, earliest: int, latest: int, corrected: bool) -> str:
+    what = "timestamp (after the sentAt correction)" if corrected else "timestamp"
+    return (
+        f"{what} must lie between {schema.iso_ms(earliest)} and {schema.iso_ms(latest)}: "
+        f"no older than {_duration_text(settings.EVENTS_RETENTION_DAYS * 86_400)}, "
+        f"no more than {_duration_text(settings.INGEST_EVENT_MAX_FUTURE_SECONDS)} ahead"
     )
 
 
@@ -112,6 +165,9 @@ def events_prepare(
     """
     errors = decoded.errors
     skew = 0 if decoded.sent_at_ms is None else received_at_ms - decoded.sent_at_ms
+    earliest, latest = event_time_window(received_at_ms=received_at_ms)
+    stored_min, stored_max = event_format.TIMESTAMP_MIN_MS, event_format.TIMESTAMP_MAX_MS
+    window_error: str | None = None  # the message, built once per batch when first needed
     seen: dict[int, int] = {}
     groups: dict[str, list[Event]] = {}
     playback = _PLAYBACK_TYPES
@@ -127,17 +183,36 @@ def events_prepare(
                 continue
             if event_type == "error" and event.fatal is UNSET:
                 event.fatal = True
+        if event.properties is not UNSET:
+            error = schema.properties_error(index, event.properties)
+            if error is not None:
+                errors.append(error)
+                continue
+        timestamp = event.timestamp
+        if timestamp.__class__ is int:
+            client_ms = timestamp  # msgspec checked the stored range of epoch milliseconds
+        else:
+            client_ms = (timestamp - epoch) // one_ms  # type: ignore[operator]
+            if not stored_min <= client_ms <= stored_max:  # RFC 3339 goes from year 1 to 9999
+                errors.append(schema.stored_range_error(index, "timestamp"))
+                continue
+        # received - (sentAt - timestamp): the client's clock offset removed.
+        event_ms = client_ms + skew
+        if not earliest <= event_ms <= latest:
+            if window_error is None:
+                window_error = _window_message(
+                    earliest=earliest, latest=latest, corrected=decoded.sent_at_ms is not None
+                )
+            errors.append(EventError(index, "timestamp", "timestamp_out_of_range", window_error))
+            continue
         event_id = event.event_id.int  # an int hashes in C; a UUID calls Python's __hash__
         first = seen.get(event_id)
         if first is not None:
             errors.append(EventError(index, "eventId", "duplicate", f"same eventId as event {first}; counted once"))
             continue
         seen[event_id] = index
-        timestamp = event.timestamp
-        client_ms = timestamp if timestamp.__class__ is int else (timestamp - epoch) // one_ms  # type: ignore[operator]
         event.client_timestamp = client_ms
-        # received - (sentAt - timestamp): the client's clock offset removed.
-        event.timestamp = client_ms + skew
+        event.timestamp = event_ms
         event.received_at = received_at_ms
         user_id = event.user_id
         group = groups.get(user_id)
