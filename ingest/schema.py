@@ -176,8 +176,9 @@ def _error_from_validation(index: int | None, exc: msgspec.ValidationError) -> E
     if last in {"timestamp", "sentAt"} and not detail.startswith("Expected `int | datetime`, got"):
         code = "invalid_timestamp"
         detail = f"{detail}: expected an RFC 3339 time with an offset, or epoch milliseconds"
-    elif field is not None and field.startswith("properties"):
-        # The only property rule msgspec applies itself: a number beyond a double (1e400).
+    elif field is not None and field.startswith("properties") and detail == "Number out of range":
+        # Inside properties msgspec refuses only a number beyond a double (1e400); the other bounds
+        # are properties_error's.
         field, code = "properties", "properties_too_large"
     elif detail.startswith("Invalid UUID"):
         code = "invalid_uuid"
