@@ -17,7 +17,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any, Final, Union
 
 import msgspec
 from msgspec import UNSET, Meta, UnsetType
@@ -38,6 +38,31 @@ ErrorMessageStr = Annotated[str, Meta(max_length=event_format.ERROR_MESSAGE_MAX_
 EpochMs = Annotated[int, Meta(ge=event_format.TIMESTAMP_MIN_MS, le=event_format.TIMESTAMP_MAX_MS)]
 Rfc3339 = Annotated[datetime, Meta(tz=True)]
 NonNegativeInt = Annotated[int, Meta(ge=0, le=event_format.INT_MAX)]
+# ``properties``: every bound but the encoded size is in the type, checked by msgspec in C while it
+# decodes (nothing deeper than the limit is ever decoded). Integers within ±INT_MAX: the stream
+# worker encodes properties with orjson, which refuses integers over 64 bits, and the clients are
+# JavaScript. The encoded size is ``properties_error``'s.
+PropertyKey = Annotated[str, Meta(min_length=1, max_length=event_format.PROPERTY_KEY_MAX_CHARS)]
+PropertyStr = Annotated[str, Meta(max_length=event_format.PROPERTY_STRING_MAX_CHARS)]
+PropertyInt = Annotated[int, Meta(ge=-event_format.INT_MAX, le=event_format.INT_MAX)]
+
+
+def _property_value(levels: int) -> Any:
+    """The type of a property value holding at most ``levels`` levels of objects and arrays."""
+    value: Any = Union[PropertyStr, PropertyInt, float, bool, None]  # noqa: UP007 -- built at run time
+    for _ in range(levels):
+        value = Union[PropertyStr, PropertyInt, float, bool, None, list[value], dict[PropertyKey, value]]  # noqa: UP007
+    return value
+
+
+if TYPE_CHECKING:
+    Properties = dict[str, Any]
+else:
+    # The properties object is level 1: its values hold the other PROPERTIES_MAX_DEPTH - 1.
+    Properties = Annotated[
+        dict[PropertyKey, _property_value(event_format.PROPERTIES_MAX_DEPTH - 1)],
+        Meta(max_length=event_format.PROPERTIES_MAX_KEYS),
+    ]
 EventType = Annotated[str, Meta(pattern=event_format.CUSTOM_TYPE_PATTERN)]
 
 
@@ -65,8 +90,7 @@ class Event(msgspec.Struct, rename="camel", gc=False):
     country: DimensionStr | UnsetType = UNSET
     cdn: DimensionStr | UnsetType = UNSET
     player: DimensionStr | UnsetType = UNSET
-    # Checked by ``properties_error`` (keys at every depth, depth, sizes): msgspec cannot bound nesting.
-    properties: dict[str, Any] | UnsetType = UNSET
+    properties: Properties | UnsetType = UNSET
     client_timestamp: int | UnsetType = UNSET
     received_at: int | UnsetType = UNSET
 
@@ -127,6 +151,7 @@ message_encoder = msgspec.json.Encoder()
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MS = timedelta(milliseconds=1)
 _PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_KEY_PATH = re.compile(r" - at `key` in `\$(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`")
 
 
@@ -169,17 +194,21 @@ def _error_from_validation(index: int | None, exc: msgspec.ValidationError) -> E
         prefix = _field_of(path)
         field = f"{prefix}.{name}" if prefix else name
         return EventError(index, field, "required", f"{field} is required")
+    key_match = _KEY_PATH.search(text) if match is None else None
+    if key_match is not None:  # the error is about a key: "... - at `key` in `$.properties`"
+        path, detail = key_match.group("path"), text[: key_match.start()]
     field = _field_of(path)
+    if field is not None and (field == "properties" or field.startswith(("properties.", "properties["))):
+        nested = field != "properties"
+        property_error = _properties_error(detail, key=key_match is not None, nested=nested)
+        if property_error is not None:
+            return EventError(index, "properties", *property_error)
     last = (field or "").rsplit(".", 1)[-1]
     if last in {"timestamp", "sentAt"} and detail.startswith("Expected `int` "):
         return stored_range_error(index, last)  # negative, or past the store's range (a unit mistake)
     if last in {"timestamp", "sentAt"} and not detail.startswith("Expected `int | datetime`, got"):
         code = "invalid_timestamp"
         detail = f"{detail}: expected an RFC 3339 time with an offset, or epoch milliseconds"
-    elif field is not None and field.startswith("properties") and detail == "Number out of range":
-        # Inside properties msgspec refuses only a number beyond a double (1e400); the other bounds
-        # are properties_error's.
-        field, code = "properties", "properties_too_large"
     elif detail.startswith("Invalid UUID"):
         code = "invalid_uuid"
     elif "matching regex" in detail and last == "type":
@@ -201,87 +230,41 @@ def _error_from_validation(index: int | None, exc: msgspec.ValidationError) -> E
 
 
 # --- properties -----------------------------------------------------------------------------
-# The bounds are event_format's PROPERTIES_* (and INT_MAX for integers: the stream worker encodes
-# properties with orjson, which refuses integers beyond 64 bits). A flat object costs a type check
-# and a length per value; nested values a walk that stops at the depth limit, so nothing deeper is
-# ever visited. The encoded size is bounded from above while walking (a character encodes to at
-# most 6 bytes, ``\u001f``; any scalar and its separators to at most _ITEM_BYTES): only an object
-# whose bound exceeds PROPERTIES_MAX_BYTES is actually encoded to be measured.
-_ITEM_BYTES = 32  # "-1.7976931348623157e+308" (24) plus quotes, colon, comma
-_CHAR_BYTES = 6
+_PROPERTIES_DEEP = (
+    "properties_too_deep",
+    f"properties nest at most {event_format.PROPERTIES_MAX_DEPTH} levels of objects and arrays",
+)
 
 
-class _PropertiesInvalid(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-def _key_check(key: str) -> int:
-    size = len(key)
-    if size > event_format.PROPERTY_KEY_MAX_CHARS:
-        raise _PropertiesInvalid(
-            "properties_too_large", f"a properties key is at most {event_format.PROPERTY_KEY_MAX_CHARS} characters"
+def _properties_error(detail: str, *, key: bool, nested: bool) -> tuple[str, str] | None:
+    """The code and message of msgspec's ``detail`` about ``properties``, or None (not a bound)."""
+    if key:
+        if "of length >=" in detail:
+            return "too_short", "a properties key must not be empty"
+        return "properties_too_large", f"a properties key is at most {event_format.PROPERTY_KEY_MAX_CHARS} characters"
+    if not nested:
+        if "of length <=" in detail:
+            return "properties_too_large", f"properties holds at most {event_format.PROPERTIES_MAX_KEYS} keys"
+        return None  # not an object: invalid_type
+    if detail.endswith(("got `array`", "got `object`")):
+        return _PROPERTIES_DEEP  # a container where only scalars are left
+    if "of length <=" in detail:
+        return (
+            "properties_too_large",
+            f"a properties string is at most {event_format.PROPERTY_STRING_MAX_CHARS} characters",
         )
-    if size == 0:
-        raise _PropertiesInvalid("too_short", "a properties key must not be empty")
-    return size
-
-
-def _value_bound(value: Any, depth: int) -> int:
-    """An upper bound of ``value``'s encoded size; raises on the first bound ``value`` breaks.
-
-    ``depth`` is the level of the container holding ``value`` (the properties object is 1).
-    """
-    cls = value.__class__
-    if cls is str:
-        size = len(value)
-        if size > event_format.PROPERTY_STRING_MAX_CHARS:
-            raise _PropertiesInvalid(
-                "properties_too_large",
-                f"a properties string is at most {event_format.PROPERTY_STRING_MAX_CHARS} characters",
-            )
-        return size * _CHAR_BYTES + _ITEM_BYTES
-    if cls is int:
-        if not -event_format.INT_MAX <= value <= event_format.INT_MAX:
-            raise _PropertiesInvalid(
-                "properties_too_large", f"a properties integer must lie within ±{event_format.INT_MAX}"
-            )
-        return _ITEM_BYTES
-    if cls is float or cls is bool or value is None:
-        return _ITEM_BYTES
-    # A container (msgspec decodes JSON into dict, list, str, int, float, bool, None only).
-    if depth >= event_format.PROPERTIES_MAX_DEPTH:
-        raise _PropertiesInvalid(
-            "properties_too_deep",
-            f"properties nest at most {event_format.PROPERTIES_MAX_DEPTH} levels of objects and arrays",
-        )
-    bound = _ITEM_BYTES
-    if cls is dict:
-        for key, item in value.items():
-            bound += _key_check(key) * _CHAR_BYTES + _value_bound(item, depth + 1)
-    else:
-        for item in value:
-            bound += _value_bound(item, depth + 1)
-    return bound
+    if detail.startswith("Expected `int`"):
+        return "properties_too_large", f"a properties integer must lie within ±{event_format.INT_MAX}"
+    return "properties_too_large", detail  # "Number out of range": beyond a double
 
 
 def properties_error(index: int, properties: dict[str, Any]) -> EventError | None:
-    """Why ``properties`` breaks one of event_format's bounds, or None."""
+    """The one bound of ``properties`` the decoder cannot check: its encoded size (C, ~0.1 us)."""
     limit = event_format.PROPERTIES_MAX_BYTES
-    try:
-        if len(properties) > event_format.PROPERTIES_MAX_KEYS:
-            raise _PropertiesInvalid(
-                "properties_too_large", f"properties holds at most {event_format.PROPERTIES_MAX_KEYS} keys"
-            )
-        bound = _ITEM_BYTES
-        for key, value in properties.items():
-            bound += _key_check(key) * _CHAR_BYTES + _value_bound(value, 1)
-        if bound > limit and len(message_encoder.encode(properties)) > limit:
-            raise _PropertiesInvalid("properties_too_large", f"properties encode to at most {limit} bytes of JSON")
-    except _PropertiesInvalid as exc:
-        return EventError(index, "properties", exc.code, exc.message)
+    if len(message_encoder.encode(properties)) > limit:
+        return EventError(
+            index, "properties", "properties_too_large", f"properties encode to at most {limit} bytes of JSON"
+        )
     return None
 
 
