@@ -61,9 +61,12 @@ def content_type_check(*, content_type: str) -> None:
         )
 
 
-# Input fed to zlib per call: what a finished member leaves in ``unused_data`` (a copy) is at most
-# this, so each member costs its own size, not the rest of the body (linear in the body's size).
-_GZIP_INPUT_CHUNK = 256 * 1024
+# Input fed to zlib per call, from a memoryview (no copy): what a finished member leaves in
+# ``unused_data`` (a copy) is at most one piece, so a member costs about its own size, not the rest of
+# the body (linear in the body's size). A member's pieces start small and double, so that many tiny
+# members copy little and a large one takes few calls.
+_GZIP_FIRST_PIECE = 1024
+_GZIP_MAX_PIECE = 256 * 1024
 
 
 def _invalid_gzip(detail: str) -> ApplicationError:
@@ -99,10 +102,12 @@ def body_decompress(*, body: bytes, content_encoding: str) -> bytes:
             if members > max_members:
                 raise _invalid_gzip(f"more than {max_members} gzip members")
             inflater = zlib.decompressobj(wbits=31)
+            piece_size = _GZIP_FIRST_PIECE
             while not inflater.eof:
                 if position >= end:
                     raise _invalid_gzip("truncated gzip stream")
-                piece = view[position : position + _GZIP_INPUT_CHUNK]
+                piece = view[position : position + piece_size]
+                piece_size = min(piece_size * 2, _GZIP_MAX_PIECE)
                 # At most one byte over the limit: a gzip bomb is never inflated further.
                 chunk = inflater.decompress(piece, limit + 1 - size)
                 size += len(chunk)
