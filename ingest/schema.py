@@ -33,8 +33,9 @@ VideoIdStr = Annotated[str, Meta(min_length=1, max_length=event_format.VIDEO_ID_
 DimensionStr = Annotated[str, Meta(max_length=event_format.DIMENSION_MAX_CHARS)]
 ErrorCodeStr = Annotated[str, Meta(max_length=event_format.ERROR_CODE_MAX_CHARS)]
 ErrorMessageStr = Annotated[str, Meta(max_length=event_format.ERROR_MESSAGE_MAX_CHARS)]
-# A raw client time (and sentAt) must be a stored time; msgspec checks the epoch-ms form, and
-# ``timestamp_ms_check`` the RFC 3339 one (msgspec has no bounds for datetimes).
+# A raw client time (and sentAt) must be a stored time: msgspec checks the epoch-ms form; the RFC
+# 3339 one (years 1-9999: msgspec has no bounds for datetimes) is checked once converted, by
+# ``_sent_at_ms`` and ``services.events_prepare``.
 EpochMs = Annotated[int, Meta(ge=event_format.TIMESTAMP_MIN_MS, le=event_format.TIMESTAMP_MAX_MS)]
 Rfc3339 = Annotated[datetime, Meta(tz=True)]
 NonNegativeInt = Annotated[int, Meta(ge=0, le=event_format.INT_MAX)]
