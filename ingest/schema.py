@@ -42,7 +42,7 @@ NonNegativeInt = Annotated[int, Meta(ge=0, le=event_format.INT_MAX)]
 # ``properties``: every bound but the encoded size is in the type, checked by msgspec in C while it
 # decodes (nothing deeper than the limit is ever decoded). Integers within ±INT_MAX: the stream
 # worker encodes properties with orjson, which refuses integers over 64 bits, and the clients are
-# JavaScript. The encoded size is ``properties_error``'s.
+# JavaScript. The encoded size is ``properties_size_error``'s.
 PropertyKey = Annotated[str, Meta(min_length=1, max_length=event_format.PROPERTY_KEY_MAX_CHARS)]
 PropertyStr = Annotated[str, Meta(max_length=event_format.PROPERTY_STRING_MAX_CHARS)]
 PropertyInt = Annotated[int, Meta(ge=-event_format.INT_MAX, le=event_format.INT_MAX)]
@@ -259,12 +259,16 @@ def _properties_error(detail: str, *, key: bool, nested: bool) -> tuple[str, str
     return "properties_too_large", detail  # "Number out of range": beyond a double
 
 
-def properties_error(index: int, properties: dict[str, Any]) -> EventError | None:
-    """The one bound of ``properties`` the decoder cannot check: its encoded size (C, ~0.1 us)."""
+def properties_size_error(properties: dict[str, Any]) -> EventError | None:
+    """The one bound of ``properties`` the decoder cannot check: the encoded size (index None).
+
+    ``services.events_encode`` calls it only for events whose user's events together encode to
+    more than the limit: below that, no event's properties (a part of that encoding) can exceed it.
+    """
     limit = event_format.PROPERTIES_MAX_BYTES
     if len(message_encoder.encode(properties)) > limit:
         return EventError(
-            index, "properties", "properties_too_large", f"properties encode to at most {limit} bytes of JSON"
+            None, "properties", "properties_too_large", f"properties encode to at most {limit} bytes of JSON"
         )
     return None
 

@@ -188,11 +188,6 @@ def events_prepare(
                 continue
             if event_type == "error" and event.fatal is UNSET:
                 event.fatal = True
-        if event.properties is not UNSET:
-            error = schema.properties_error(index, event.properties)
-            if error is not None:
-                errors.append(error)
-                continue
         timestamp = event.timestamp
         if timestamp.__class__ is int:
             client_ms = timestamp  # msgspec checked the stored range of epoch milliseconds
@@ -230,20 +225,38 @@ def events_prepare(
     return groups, errors
 
 
-def events_encode(*, groups: dict[str, list[Event]]) -> tuple[list[tuple[str, list[Part]]], list[Event]]:
-    """Each user's events as JSON pieces of a v2 message value, in order; and the events too large.
+def events_encode(
+    *, groups: dict[str, list[Event]]
+) -> tuple[list[tuple[str, list[Part]]], list[tuple[Event, EventError]]]:
+    """Each user's events as JSON pieces of a v2 message value, in order; and the events refused.
 
     One encode call per user (the list, brackets dropped): the coalescer only joins these pieces
     when it produces a message. A user whose events do not fit in one message together is encoded
     event by event, so the coalescer can spread them over several messages. An event that does not
     fit in a message even alone (the broker would refuse it, and the client would retry it forever)
-    is returned apart, to be rejected, not produced.
+    is returned apart, to be rejected, not produced; so is an event whose properties encode to more
+    than PROPERTIES_MAX_BYTES, looked for only in a user's events that encode to more than that
+    together (this encoding is the check's free upper bound). Refused errors have no index yet.
     """
     room = settings.INGEST_MAX_MESSAGE_BYTES - BATCH_OVERHEAD
+    properties_limit = event_format.PROPERTIES_MAX_BYTES
     out: list[tuple[str, list[Part]]] = []
-    oversized: list[Event] = []
-    for user_id, events in groups.items():
+    refused: list[tuple[Event, EventError]] = []
+    for user_id, group in groups.items():
+        events = group
         encoded = _encode(events)
+        if len(encoded) > properties_limit:
+            events = []
+            for event in group:
+                error = None if event.properties is UNSET else schema.properties_size_error(event.properties)
+                if error is None:
+                    events.append(event)
+                else:
+                    refused.append((event, error))
+            if not events:
+                continue
+            if len(events) != len(group):
+                encoded = _encode(events)
         if len(encoded) - 2 <= room:
             out.append((user_id, [(encoded[1:-1], len(events))]))
             continue
@@ -253,19 +266,19 @@ def events_encode(*, groups: dict[str, list[Event]]) -> tuple[list[tuple[str, li
             if len(value) <= room:
                 parts.append((value, 1))
             else:
-                oversized.append(event)
+                message = f"the event alone encodes to over {settings.INGEST_MAX_MESSAGE_BYTES} bytes"
+                refused.append((event, EventError(None, None, "too_large", message)))
         if parts:
             out.append((user_id, parts))
-    return out, oversized
+    return out, refused
 
 
-def _oversized_reject(*, oversized: list[Event], decoded: schema.DecodedBatch, errors: list[EventError]) -> None:
-    limit = settings.INGEST_MAX_MESSAGE_BYTES
+def _refused_reject(
+    *, refused: list[tuple[Event, EventError]], decoded: schema.DecodedBatch, errors: list[EventError]
+) -> None:
     index_of = {id(event): index for index, event in decoded.events}
-    for event in oversized:
-        errors.append(
-            EventError(index_of[id(event)], None, "too_large", f"the event alone encodes to over {limit} bytes")
-        )
+    for event, error in refused:
+        errors.append(EventError(index_of[id(event)], error.field, error.code, error.message))
     errors.sort(key=lambda e: -1 if e.index is None else e.index)
 
 
@@ -290,10 +303,10 @@ def event_batch_ingest(*, body: bytes, content_type: str, content_encoding: str,
         raise ApplicationError(str(exc), code="too_many_events", field="events", status_code=413) from None
 
     groups, errors = events_prepare(decoded=decoded, received_at_ms=received_at_ms)
-    users, oversized = events_encode(groups=groups)
-    if oversized:
-        _oversized_reject(oversized=oversized, decoded=decoded, errors=errors)
-    accepted = sum(len(group) for group in groups.values()) - len(oversized)
+    users, refused = events_encode(groups=groups)
+    if refused:
+        _refused_reject(refused=refused, decoded=decoded, errors=errors)
+    accepted = sum(len(group) for group in groups.values()) - len(refused)
     if errors:
         instrumentation.rejections_count(Counter(error.code for error in errors))
     if accepted == 0:
