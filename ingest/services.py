@@ -225,9 +225,7 @@ def events_prepare(
     return groups, errors
 
 
-def events_encode(
-    *, groups: dict[str, list[Event]]
-) -> tuple[list[tuple[str, list[Part]]], list[tuple[Event, EventError]]]:
+def events_encode(*, groups: dict[str, list[Event]]) -> tuple[list[tuple[str, list[Part]]], list[Event]]:
     """Each user's events as JSON pieces of a v2 message value, in order; and the events refused.
 
     One encode call per user (the list, brackets dropped): the coalescer only joins these pieces
@@ -235,24 +233,23 @@ def events_encode(
     event by event, so the coalescer can spread them over several messages. An event that does not
     fit in a message even alone (the broker would refuse it, and the client would retry it forever)
     is returned apart, to be rejected, not produced; so is an event whose properties encode to more
-    than PROPERTIES_MAX_BYTES, looked for only in a user's events that encode to more than that
-    together (this encoding is the check's free upper bound). Refused errors have no index yet.
+    than PROPERTIES_MAX_BYTES, looked for only among a user's events that encode to more than that
+    together (that encoding is the check's free upper bound: no encode on the hot path).
     """
     room = settings.INGEST_MAX_MESSAGE_BYTES - BATCH_OVERHEAD
     properties_limit = event_format.PROPERTIES_MAX_BYTES
     out: list[tuple[str, list[Part]]] = []
-    refused: list[tuple[Event, EventError]] = []
+    refused: list[Event] = []
     for user_id, group in groups.items():
         events = group
         encoded = _encode(events)
         if len(encoded) > properties_limit:
             events = []
             for event in group:
-                error = None if event.properties is UNSET else schema.properties_size_error(event.properties)
-                if error is None:
+                if event.properties is UNSET or schema.properties_size_error(event.properties) is None:
                     events.append(event)
                 else:
-                    refused.append((event, error))
+                    refused.append(event)
             if not events:
                 continue
             if len(events) != len(group):
@@ -266,19 +263,22 @@ def events_encode(
             if len(value) <= room:
                 parts.append((value, 1))
             else:
-                message = f"the event alone encodes to over {settings.INGEST_MAX_MESSAGE_BYTES} bytes"
-                refused.append((event, EventError(None, None, "too_large", message)))
+                refused.append(event)
         if parts:
             out.append((user_id, parts))
     return out, refused
 
 
-def _refused_reject(
-    *, refused: list[tuple[Event, EventError]], decoded: schema.DecodedBatch, errors: list[EventError]
-) -> None:
+def _refused_reject(*, refused: list[Event], decoded: schema.DecodedBatch, errors: list[EventError]) -> None:
+    """The errors of the events ``events_encode`` refused (rare: each one's reason is found again)."""
+    limit = settings.INGEST_MAX_MESSAGE_BYTES
     index_of = {id(event): index for index, event in decoded.events}
-    for event, error in refused:
-        errors.append(EventError(index_of[id(event)], error.field, error.code, error.message))
+    for event in refused:
+        index = index_of[id(event)]
+        error = None if event.properties is UNSET else schema.properties_size_error(event.properties)
+        if error is None:
+            error = EventError(None, None, "too_large", f"the event alone encodes to over {limit} bytes")
+        errors.append(EventError(index, error.field, error.code, error.message))
     errors.sort(key=lambda e: -1 if e.index is None else e.index)
 
 
