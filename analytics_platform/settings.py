@@ -315,6 +315,24 @@ INGEST_COALESCE_MS = float(env("INGEST_COALESCE_MS", "5"))
 # A message is produced before it would grow past this size (the broker's default
 # message.max.bytes is 1 MB); an event that alone encodes to more is rejected (too_large).
 INGEST_MAX_MESSAGE_BYTES = env_int("INGEST_MAX_MESSAGE_BYTES", 900_000)
+# A gzip body may be several concatenated members; more than this is refused (400 invalid_gzip):
+# no client needs many, and each costs a new inflater.
+INGEST_GZIP_MAX_MEMBERS = env_int("INGEST_GZIP_MAX_MEMBERS", 64)
+# The accepted event-time window, applied at ingest to the time after the sentAt correction
+# (analytics_platform/event_format.py, "bounds of an event"): not older than the raw events'
+# retention, which is also the events table's TTL (streams migration 0005 reads this setting when
+# it runs, so run `migrate --database clickhouse` again after changing it), and not later than the
+# future allowance after the receive time (clocks a little ahead; a larger skew is corrected with
+# sentAt). Outside it an event is rejected with timestamp_out_of_range.
+EVENTS_RETENTION_DAYS = env_int("EVENTS_RETENTION_DAYS", 90)
+INGEST_EVENT_MAX_FUTURE_SECONDS = env_int("INGEST_EVENT_MAX_FUTURE_SECONDS", 600)
+for _name, _value, _least in (
+    ("INGEST_GZIP_MAX_MEMBERS", INGEST_GZIP_MAX_MEMBERS, 1),
+    ("EVENTS_RETENTION_DAYS", EVENTS_RETENTION_DAYS, 1),
+    ("INGEST_EVENT_MAX_FUTURE_SECONDS", INGEST_EVENT_MAX_FUTURE_SECONDS, 0),
+):
+    if _value < _least:
+        raise ImproperlyConfigured(f"{_name} must be at least {_least}, got {_value}")
 # IP allowlist (rules in the admin). Enabled, an empty allowlist admits nobody: the embedded
 # default has loopback built in, production nothing but the rules ops add.
 INGEST_ALLOWLIST_ENABLED = env_bool("INGEST_ALLOWLIST_ENABLED", True)

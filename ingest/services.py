@@ -61,8 +61,24 @@ def content_type_check(*, content_type: str) -> None:
         )
 
 
+# Input fed to zlib per call, from a memoryview (no copy): what a finished member leaves in
+# ``unused_data`` (a copy) is at most one piece, so a member costs about its own size, not the rest of
+# the body (linear in the body's size). A member's pieces start small and double, so that many tiny
+# members copy little and a large one takes few calls.
+_GZIP_FIRST_PIECE = 1024
+_GZIP_MAX_PIECE = 256 * 1024
+
+
+def _invalid_gzip(detail: str) -> ApplicationError:
+    return _invalid_body(EventError(None, None, "invalid_gzip", f"the body is not valid gzip: {detail}"))
+
+
 def body_decompress(*, body: bytes, content_encoding: str) -> bytes:
-    """Undo ``Content-Encoding: gzip`` without ever holding more than the size limit in memory."""
+    """Undo ``Content-Encoding: gzip`` without ever holding more than the size limit in memory.
+
+    A gzip body may hold several members (concatenated streams); at most
+    ``INGEST_GZIP_MAX_MEMBERS`` are accepted, and the work is linear in the body's size.
+    """
     encoding = content_encoding.strip().lower()
     limit = settings.INGEST_MAX_BODY_BYTES
     if encoding in {"", "identity"}:
@@ -73,24 +89,37 @@ def body_decompress(*, body: bytes, content_encoding: str) -> bytes:
             code="unsupported_encoding",
             status_code=415,
         )
+    max_members = settings.INGEST_GZIP_MAX_MEMBERS
+    view = memoryview(body)
+    end = len(body)
+    position = 0
+    members = 0
     out: list[bytes] = []
     size = 0
-    data = body
     try:
-        while True:  # a gzip stream may hold several members
+        while True:  # one member per turn
+            members += 1
+            if members > max_members:
+                raise _invalid_gzip(f"more than {max_members} gzip members")
             inflater = zlib.decompressobj(wbits=31)
-            chunk = inflater.decompress(data, limit + 1 - size)
-            size += len(chunk)
-            out.append(chunk)
-            if size > limit:
-                raise body_too_large(limit)
-            if not inflater.eof:
-                raise zlib.error("truncated gzip stream")
-            data = inflater.unused_data
-            if not data:
+            piece_size = _GZIP_FIRST_PIECE
+            while not inflater.eof:
+                if position >= end:
+                    raise _invalid_gzip("truncated gzip stream")
+                piece = view[position : position + piece_size]
+                piece_size = min(piece_size * 2, _GZIP_MAX_PIECE)
+                # At most one byte over the limit: a gzip bomb is never inflated further.
+                chunk = inflater.decompress(piece, limit + 1 - size)
+                size += len(chunk)
+                if size > limit:
+                    raise body_too_large(limit)
+                out.append(chunk)
+                # Below the output cap zlib consumed the whole piece but what follows the member.
+                position += len(piece) - len(inflater.unused_data)
+            if position >= end:
                 break
     except zlib.error as exc:
-        raise _invalid_body(EventError(None, None, "invalid_gzip", f"the body is not valid gzip: {exc}")) from None
+        raise _invalid_gzip(str(exc)) from None
     return b"".join(out)
 
 
@@ -99,6 +128,35 @@ def body_too_large(limit: int) -> ApplicationError:
         f"the body exceeds {limit} bytes (decompressed); split the batch",
         code="too_large",
         status_code=413,
+    )
+
+
+def event_time_window(*, received_at_ms: int) -> tuple[int, int]:
+    """The accepted event times (epoch ms, inclusive) for a request received at ``received_at_ms``.
+
+    Not older than the raw events' retention (``EVENTS_RETENTION_DAYS``, the TTL of the events
+    table: an older event would be accepted only to be dropped), not later than
+    ``INGEST_EVENT_MAX_FUTURE_SECONDS`` ahead; and always within the store's range.
+    """
+    earliest = received_at_ms - settings.EVENTS_RETENTION_DAYS * 86_400_000
+    latest = received_at_ms + settings.INGEST_EVENT_MAX_FUTURE_SECONDS * 1000
+    return max(earliest, event_format.TIMESTAMP_MIN_MS), min(latest, event_format.TIMESTAMP_MAX_MS)
+
+
+def _duration_text(seconds: int) -> str:
+    for unit, size in (("day", 86_400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} second{'s' if seconds != 1 else ''}"
+
+
+def _window_message(*, earliest: int, latest: int, corrected: bool) -> str:
+    what = "timestamp (after the sentAt correction)" if corrected else "timestamp"
+    return (
+        f"{what} must lie between {schema.iso_ms(earliest)} and {schema.iso_ms(latest)}: "
+        f"no older than {_duration_text(settings.EVENTS_RETENTION_DAYS * 86_400)}, "
+        f"no more than {_duration_text(settings.INGEST_EVENT_MAX_FUTURE_SECONDS)} ahead"
     )
 
 
@@ -112,6 +170,9 @@ def events_prepare(
     """
     errors = decoded.errors
     skew = 0 if decoded.sent_at_ms is None else received_at_ms - decoded.sent_at_ms
+    earliest, latest = event_time_window(received_at_ms=received_at_ms)
+    stored_min, stored_max = event_format.TIMESTAMP_MIN_MS, event_format.TIMESTAMP_MAX_MS
+    window_error: str | None = None  # the message, built once per batch when first needed
     seen: dict[int, int] = {}
     groups: dict[str, list[Event]] = {}
     playback = _PLAYBACK_TYPES
@@ -127,17 +188,31 @@ def events_prepare(
                 continue
             if event_type == "error" and event.fatal is UNSET:
                 event.fatal = True
+        timestamp = event.timestamp
+        if timestamp.__class__ is int:
+            client_ms = timestamp  # msgspec checked the stored range of epoch milliseconds
+        else:
+            client_ms = (timestamp - epoch) // one_ms  # type: ignore[operator]
+            if not stored_min <= client_ms <= stored_max:  # RFC 3339 goes from year 1 to 9999
+                errors.append(schema.stored_range_error(index, "timestamp"))
+                continue
+        # received - (sentAt - timestamp): the client's clock offset removed.
+        event_ms = client_ms + skew
+        if not earliest <= event_ms <= latest:
+            if window_error is None:
+                window_error = _window_message(
+                    earliest=earliest, latest=latest, corrected=decoded.sent_at_ms is not None
+                )
+            errors.append(EventError(index, "timestamp", "timestamp_out_of_range", window_error))
+            continue
         event_id = event.event_id.int  # an int hashes in C; a UUID calls Python's __hash__
         first = seen.get(event_id)
         if first is not None:
             errors.append(EventError(index, "eventId", "duplicate", f"same eventId as event {first}; counted once"))
             continue
         seen[event_id] = index
-        timestamp = event.timestamp
-        client_ms = timestamp if timestamp.__class__ is int else (timestamp - epoch) // one_ms  # type: ignore[operator]
         event.client_timestamp = client_ms
-        # received - (sentAt - timestamp): the client's clock offset removed.
-        event.timestamp = client_ms + skew
+        event.timestamp = event_ms
         event.received_at = received_at_ms
         user_id = event.user_id
         group = groups.get(user_id)
@@ -151,19 +226,34 @@ def events_prepare(
 
 
 def events_encode(*, groups: dict[str, list[Event]]) -> tuple[list[tuple[str, list[Part]]], list[Event]]:
-    """Each user's events as JSON pieces of a v2 message value, in order; and the events too large.
+    """Each user's events as JSON pieces of a v2 message value, in order; and the events refused.
 
     One encode call per user (the list, brackets dropped): the coalescer only joins these pieces
     when it produces a message. A user whose events do not fit in one message together is encoded
     event by event, so the coalescer can spread them over several messages. An event that does not
     fit in a message even alone (the broker would refuse it, and the client would retry it forever)
-    is returned apart, to be rejected, not produced.
+    is returned apart, to be rejected, not produced; so is an event whose properties encode to more
+    than PROPERTIES_MAX_BYTES, looked for only among a user's events that encode to more than that
+    together (that encoding is the check's free upper bound: no encode on the hot path).
     """
     room = settings.INGEST_MAX_MESSAGE_BYTES - BATCH_OVERHEAD
+    properties_limit = event_format.PROPERTIES_MAX_BYTES
     out: list[tuple[str, list[Part]]] = []
-    oversized: list[Event] = []
-    for user_id, events in groups.items():
+    refused: list[Event] = []
+    for user_id, group in groups.items():
+        events = group
         encoded = _encode(events)
+        if len(encoded) > properties_limit:
+            events = []
+            for event in group:
+                if event.properties is UNSET or schema.properties_size_error(event.properties) is None:
+                    events.append(event)
+                else:
+                    refused.append(event)
+            if not events:
+                continue
+            if len(events) != len(group):
+                encoded = _encode(events)
         if len(encoded) - 2 <= room:
             out.append((user_id, [(encoded[1:-1], len(events))]))
             continue
@@ -173,19 +263,22 @@ def events_encode(*, groups: dict[str, list[Event]]) -> tuple[list[tuple[str, li
             if len(value) <= room:
                 parts.append((value, 1))
             else:
-                oversized.append(event)
+                refused.append(event)
         if parts:
             out.append((user_id, parts))
-    return out, oversized
+    return out, refused
 
 
-def _oversized_reject(*, oversized: list[Event], decoded: schema.DecodedBatch, errors: list[EventError]) -> None:
+def _refused_reject(*, refused: list[Event], decoded: schema.DecodedBatch, errors: list[EventError]) -> None:
+    """The errors of the events ``events_encode`` refused (rare: each one's reason is found again)."""
     limit = settings.INGEST_MAX_MESSAGE_BYTES
     index_of = {id(event): index for index, event in decoded.events}
-    for event in oversized:
-        errors.append(
-            EventError(index_of[id(event)], None, "too_large", f"the event alone encodes to over {limit} bytes")
-        )
+    for event in refused:
+        index = index_of[id(event)]
+        error = None if event.properties is UNSET else schema.properties_size_error(event.properties)
+        if error is None:
+            error = EventError(None, None, "too_large", f"the event alone encodes to over {limit} bytes")
+        errors.append(EventError(index, error.field, error.code, error.message))
     errors.sort(key=lambda e: -1 if e.index is None else e.index)
 
 
@@ -210,10 +303,10 @@ def event_batch_ingest(*, body: bytes, content_type: str, content_encoding: str,
         raise ApplicationError(str(exc), code="too_many_events", field="events", status_code=413) from None
 
     groups, errors = events_prepare(decoded=decoded, received_at_ms=received_at_ms)
-    users, oversized = events_encode(groups=groups)
-    if oversized:
-        _oversized_reject(oversized=oversized, decoded=decoded, errors=errors)
-    accepted = sum(len(group) for group in groups.values()) - len(oversized)
+    users, refused = events_encode(groups=groups)
+    if refused:
+        _refused_reject(refused=refused, decoded=decoded, errors=errors)
+    accepted = sum(len(group) for group in groups.values()) - len(refused)
     if errors:
         instrumentation.rejections_count(Counter(error.code for error in errors))
     if accepted == 0:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import time
 import uuid
 from typing import Any
 
@@ -33,8 +34,9 @@ def no_linger(fast_producer: Any) -> Any:
 
 KNOWN_CODES = {
     # per event
-    "required", "invalid_type", "invalid_uuid", "invalid_timestamp", "too_long", "too_short",
-    "out_of_range", "unknown_type", "too_many_properties", "duplicate", "too_large",
+    "required", "invalid_type", "invalid_uuid", "invalid_timestamp", "timestamp_out_of_range", "too_long",
+    "too_short", "out_of_range", "unknown_type", "properties_too_large", "properties_too_deep", "too_deep",
+    "duplicate", "too_large",
     # whole body
     "malformed_json", "invalid_batch", "invalid_encoding", "invalid_gzip", "empty_batch", "all_rejected",
     "too_many_events", "unsupported_media_type", "unsupported_encoding",
@@ -46,7 +48,14 @@ json_values = st.recursive(
     max_leaves=6,
 )
 FIXED_IDS = [str(uuid.UUID(int=i)) for i in range(1, 4)]  # shared ids produce duplicates
-times = st.integers(0, 4_000_000_000_000) | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
+NOW_MS = int(time.time() * 1000)
+# The whole representable range (and beyond), and times around now that fall in and out of the window.
+times = (
+    st.integers(-(2**70), 2**70)
+    | st.integers(0, 8_000_000_000_000)
+    | st.integers(NOW_MS - 100 * 86_400_000, NOW_MS + 3_600_000)
+    | st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat())
+)
 valid_values: dict[str, st.SearchStrategy[Any]] = {
     "eventId": st.sampled_from(FIXED_IDS) | st.uuids().map(str),
     "type": st.sampled_from(sorted(event_format.PLAYBACK_TYPES)) | st.from_regex(r"\A[a-z][a-z0-9_.]{0,63}\Z"),
@@ -98,7 +107,33 @@ batches = st.fixed_dictionaries(
     {"events": st.lists(events(), max_size=12)},
     optional={"sentAt": times | json_values},
 )
+DEEP_PLACES = ["element", "properties", "userId", "unknown", "top"]
+
+
+@st.composite
+def deep_batches(draw: st.DrawFn) -> bytes:
+    """A batch with one value nested up to 20,000 levels somewhere (built as bytes: the encoder
+    would refuse such a value too)."""
+    levels = draw(st.integers(1, 20_000))
+    opener, closer = draw(st.sampled_from([(b"[", b"]"), (b'{"a":', b"}")]))
+    deep = opener * levels + b"1" + closer * levels
+    place = draw(st.sampled_from(DEEP_PLACES))
+    encoded = [msgspec.json.encode(e) for e in draw(st.lists(events(), max_size=5))]
+    if place == "top":
+        return b'{"deep":' + deep + b',"events":[' + b",".join(encoded) + b"]}"
+    if place == "element":
+        item = deep
+    else:
+        base = msgspec.json.encode(
+            {"eventId": str(uuid.uuid4()), "type": "heartbeat", "userId": "u", "timestamp": NOW_MS}
+        )
+        item = base[:-1] + b',"' + place.encode() + b'":' + deep + b"}"
+    encoded.insert(draw(st.integers(0, len(encoded))), item)
+    return b'{"events":[' + b",".join(encoded) + b"]}"
+
+
 bodies = st.one_of(
+    deep_batches(),
     batches.map(msgspec.json.encode),
     batches.map(msgspec.json.encode),
     batches.map(msgspec.json.encode),
@@ -151,7 +186,7 @@ def test_generated_requests_never_5xx_and_errors_are_machine_readable(
         sent_events = (
             len(decoded["events"]) if isinstance(decoded, dict) and isinstance(decoded.get("events"), list) else None
         )
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         sent_events = None
     wire = gzip.compress(body) if encoding.lower() == "gzip" else body
     headers: dict[str, Any] = {"HTTP_CONTENT_ENCODING": encoding} if encoding else {}
