@@ -107,7 +107,8 @@ VIDEO_ID_MAX_CHARS = 256
 DIMENSION_MAX_CHARS = 256
 ERROR_CODE_MAX_CHARS = 256
 ERROR_MESSAGE_MAX_CHARS = 4096
-# Integers (positionMs, bitrateKbps): exact in a JavaScript number and in a ClickHouse Int64.
+# Integers (positionMs, bitrateKbps, and any number inside properties): exact in a JavaScript number
+# and in a ClickHouse Int64 (the worker's JSON encoder refuses integers beyond 64 bits).
 INT_MAX = 2**53
 # Every stored time (event time, client time, receive time) lies in [TIMESTAMP_MIN_MS,
 # TIMESTAMP_MAX_MS]: 1970 up to 2200-01-01, the DateTime64(3) range ClickHouse stores exactly. A
