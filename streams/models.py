@@ -124,7 +124,7 @@ class ViewSummary(models.ClickhouseModel):
     max_position_ms = models.Int64Field(default=0)
     completion = models.Float32Field(null=True)  # 1 when ``ended``; position/duration when known
     event_count = models.UInt32Field(default=0)
-    close_reason = models.StringField(low_cardinality=True)  # ended | view_end | idle
+    close_reason = models.StringField(low_cardinality=True)  # ended | view_end | idle | limit
     video_watched_id = models.UUIDField()  # the id of the VideoWatched derived event
     kafka_partition = models.UInt16Field()
     kafka_offset = models.UInt64Field()

@@ -75,6 +75,16 @@ class ProcessorConfig:
     grace_ms: int = 5_000
     dedup_window_ms: int = 24 * 3600 * 1000
     closed_memory_ms: int = 3600 * 1000  # how long a closed session id is remembered (late detection)
+    # Bounds of one user's state entry, which Quix writes as one changelog message (librdkafka's
+    # message.max.bytes: 1 MB by default): a client sending one endless view, thousands of views or
+    # a flood of ids must not make that message unproducible, which crash-looped the worker and
+    # stopped every partition. About 45 bytes per stored view event, 20 per remembered id; the
+    # defaults keep an entry well under 1 MB (a 4,000-event view is 11 hours of 10 s heartbeats).
+    max_view_events: int = 4_000  # a view reaching it is closed (``close_reason`` "limit")
+    max_user_view_events: int = 10_000  # across a user's open views: the largest is closed
+    max_open_views: int = 100  # a user's open views: the least recently active one is closed
+    max_closed_sessions: int = 1_000  # closed session ids remembered for late detection
+    max_bucket_ids: int = 10_000  # ids remembered per 10-minute dedup bucket; beyond, not remembered
 
 
 @dataclass
@@ -229,7 +239,8 @@ class PartitionProcessor:
                 if event_hash in seen and not replay:  # a replay is checked against what is stored
                     out.duplicates += 1
                     continue
-                seen.add(event_hash)
+                if len(seen) < cfg.max_bucket_ids:  # a full bucket stops remembering (see the config)
+                    seen.add(event_hash)
                 ts = row[_TS]
                 received_at = row[_RECEIVED_AT]
                 event_time = ts if ts < received_at else received_at
@@ -241,6 +252,9 @@ class PartitionProcessor:
                     if session in closed or ts < late_horizon:
                         late = True
                     else:
+                        if len(views) >= cfg.max_open_views:
+                            oldest = min(views, key=lambda s: (views[s]["last"], s))
+                            self._view_close_limit(user, views, closed, oldest, watermark, out)
                         view = views[session] = {"e": [], "u": user, "v": row[_VIDEO], "dims": [""] * 6}
                         earlier.add(user)
                 if late:
@@ -251,6 +265,12 @@ class PartitionProcessor:
                     view_event_add(view, row, properties)
                     if row[_TYPE] in VIEW_ENDS:
                         earlier.add(user)
+                    stored = len(view["e"])
+                    if stored >= cfg.max_view_events:
+                        self._view_close_limit(user, views, closed, session, watermark, out)
+                    elif stored % 256 == 0 and sum(len(v["e"]) for v in views.values()) > cfg.max_user_view_events:
+                        largest = max(views, key=lambda s: (len(views[s]["e"]), s))
+                        self._view_close_limit(user, views, closed, largest, watermark, out)
                 if row[_FATAL]:
                     out.video_errors.append(video_error(row, view))
         # Advance the watermark, then close what is due: these users' views and other users' timers.
@@ -323,6 +343,8 @@ class PartitionProcessor:
                     view = views.pop(session)
                     closed_now[session] = watermark
                     self._view_emit(session, user, view, out)
+                while len(closed_now) > self.config.max_closed_sessions:  # oldest first (see below)
+                    del closed_now[next(iter(closed_now))]
         closed: dict[str, int] = user_state["closed"]
         # Entries are added with the partition's watermark, which never decreases, so the first is
         # the oldest: when it is still within memory, all are (no rebuild of the dict per message).
@@ -419,6 +441,27 @@ class PartitionProcessor:
                 store.set(prefix, "u", user_state)
             else:
                 store.delete(prefix, "u")
+
+    def _view_close_limit(  # noqa: PLR0917 -- the loop's locals, on a path that runs rarely
+        self,
+        user: str,
+        views: dict[str, Any],
+        closed: dict[str, int],
+        session: str,
+        watermark: int,
+        out: Output,
+    ) -> None:
+        """Close a view now because the user's state reached a bound (``ProcessorConfig``).
+
+        Its later events are late (stored, not applied), like those of any closed view.
+        """
+        view = views.pop(session)
+        view["limit"] = True
+        closed.pop(session, None)
+        closed[session] = watermark
+        while len(closed) > self.config.max_closed_sessions:
+            del closed[next(iter(closed))]
+        self._view_emit(session, user, view, out)
 
     def _view_emit(self, session: str, user: str, view: dict[str, Any], out: Output) -> None:
         row, watched = view_close(session, user, view, partition=out.partition, offset=out.offset)

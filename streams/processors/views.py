@@ -150,7 +150,7 @@ def view_close(
     """A closed view's ``view_summaries`` row (``rows.VIEW_COLUMNS`` order) and its VideoWatched."""
     f = view_summarize(view)
     closed_by = "ended" if f["ended"] else "view_end"
-    reason = "idle" if view.get("end") is None else closed_by
+    reason = "limit" if view.get("limit") else "idle" if view.get("end") is None else closed_by
     watched_id = _video_watched_id_str(session)
     video = view["v"]
     device, os_name, browser, country, cdn, player = view["dims"]

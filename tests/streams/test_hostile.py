@@ -87,7 +87,7 @@ def test_hostile_batches_every_accepted_event_is_stored_once_or_dead_lettered(st
     @given(
         # Fresh ids: the same id from two users is two events (dedup is per user, see streams/processors).
         hostile=st.lists(event_bytes(ids=st.uuids().map(str) | st.text(max_size=5)), max_size=10),
-        valid=st.integers(0, 12),
+        valid=st.integers(1, 12),
         retries=st.integers(0, 3),
         sent_at=st.none() | st.none() | times,
         spread_days=st.sampled_from([0, 0, 100]),
@@ -123,7 +123,7 @@ def test_hostile_batches_every_accepted_event_is_stored_once_or_dead_lettered(st
     try:
         post_one()
         conn.close()
-        assert statuses.count(202) >= 20, statuses  # the run exercised the pipeline, not only refusals
+        assert statuses.count(202) >= len(statuses) // 3, statuses  # it exercised the pipeline, not only refusals
         expected = set(accepted)
 
         def settled() -> bool:

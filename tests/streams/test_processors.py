@@ -573,3 +573,36 @@ def test_a_replay_message_stores_an_event_whose_id_was_seen():
     replayed = processor.process(replay_value, key=None, partition=0, offset=2, store=store)
     assert (len(first.events), len(retry.events), retry.duplicates, len(replayed.events)) == (1, 0, 1, 1)
     assert replayed.duplicates == 0 and not replayed.dead_letters
+
+
+def test_one_users_state_stays_bounded_whatever_it_sends():
+    """An endless view, a thousand views and a flood of ids: the user's entry stays under 1 MB.
+
+    Before the bounds, one view of 12k heartbeats made the state changelog message too large to
+    produce, and the worker crash-looped with every partition stopped.
+    """
+    processor, store = PartitionProcessor(), DictStore()
+    cfg = processor.config
+    endless = [ev("heartbeat", T0 + i, session="endless", user="flood") for i in range(cfg.max_view_events + 10)]
+    many = [ev("view_start", T0 + i, session=f"m{i}", user="flood") for i in range(cfg.max_open_views + 50)]
+    ids = [ev("click", T0 + i % 1000, session=None, user="flood") for i in range(cfg.max_bucket_ids + 500)]
+    outputs = []
+    for offset, chunk in enumerate(range(0, len(endless + many + ids), 500)):
+        events = (endless + many + ids)[chunk : chunk + 500]
+        outputs.append(
+            processor.process(
+                orjson.dumps({"v": 2, "events": events}), key=None, partition=0, offset=offset, store=store
+            )
+        )
+    processor.checkpoint()
+    out = outputs_merge(outputs)
+    assert len(out.events) == len(endless) + len(many) + len(ids), "every event is still stored"
+    limited = [row for row in out.views if row[VIEW_COLUMNS.index("close_reason")] == "limit"]
+    assert any(row[0] == "endless" for row in limited)
+    assert len(limited) >= 50
+    late = sum(1 for row in out.events if row[EVENT_COLUMNS.index("late")])
+    assert late == 10, "the endless view's events after its close are late"
+    entry = store.data[(b"flood", "u")]
+    assert len(entry) < 1_000_000, len(entry)
+    state = orjson.loads(entry)
+    assert len(state["views"]) <= cfg.max_open_views and len(state["closed"]) <= cfg.max_closed_sessions
