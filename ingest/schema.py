@@ -470,11 +470,65 @@ def batch_decode(body: bytes) -> DecodedBatch:
     return DecodedBatch(_sent_at_ms(batch.sentAt), list(enumerate(batch.events)), [])
 
 
+# --- lone surrogates --------------------------------------------------------------------------
+# JavaScript strings are UTF-16: a player that cuts a title at N code units can split an emoji's
+# surrogate pair, and JSON.stringify then writes the half as an escape (``"\ud83d"``). That is valid
+# JSON syntax but no Unicode text, and msgspec refuses the whole body for it. Like a browser's
+# TextEncoder, ingest replaces each unpaired surrogate escape with U+FFFD (the replacement
+# character) and decodes again, so the event is kept, not the whole batch refused.
+_SURROGATE_HINT = re.compile(rb"\\u[dD][89a-fA-F]")
+# Escaped backslashes (consumed in pairs, so ``\\\\ud800`` is no escape) and surrogate escapes.
+_SURROGATE_SCAN = re.compile(rb"\\\\|\\u[dD]([89a-fA-F])[0-9a-fA-F]{2}")
+_SURROGATE_SCAN_MAX = 100_000  # matches scanned at most (a body of backslash pairs: refused as it is)
+_REPLACEMENT = b"\\ufffd"
+
+
+def lone_surrogates_replace(body: bytes) -> bytes | None:
+    """``body`` with every unpaired surrogate escape replaced by U+FFFD; None when it has none."""
+    if _SURROGATE_HINT.search(body) is None:
+        return None
+    pieces: list[bytes] = []
+    last = 0
+    high: tuple[int, int] | None = None  # a high surrogate escape waiting for its low half
+    for count, match in enumerate(_SURROGATE_SCAN.finditer(body)):
+        if count > _SURROGATE_SCAN_MAX:
+            return None
+        nibble = match.group(1)
+        low = nibble is not None and nibble in b"cdefCDEF"
+        if high is not None:
+            if low and match.start() == high[1]:  # a proper pair
+                high = None
+                continue
+            pieces += (body[last : high[0]], _REPLACEMENT)
+            last, high = high[1], None
+        if nibble is None:
+            continue
+        if low:
+            pieces += (body[last : match.start()], _REPLACEMENT)
+            last = match.end()
+        else:
+            high = match.span()
+    if high is not None:
+        pieces += (body[last : high[0]], _REPLACEMENT)
+        last = high[1]
+    if not pieces:
+        return None
+    pieces.append(body[last:])
+    return b"".join(pieces)
+
+
 def _batch_decode_slow(body: bytes) -> DecodedBatch:
     deep: dict[int, EventError] = {}
     try:
         try:
             raw = _raw_batch_decoder.decode(body)
+        except msgspec.ValidationError:
+            raise
+        except msgspec.DecodeError:
+            repaired = lone_surrogates_replace(body)
+            if repaired is None:
+                raise
+            return batch_decode(repaired)
         except RecursionError:
             body, deep = _deep_events_split(body)
             raw = _raw_batch_decoder.decode(body)

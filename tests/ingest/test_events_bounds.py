@@ -525,3 +525,22 @@ def test_gzip_truncated_garbage_and_size_limits(client: Client, settings: Any) -
     )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "empty_batch"
+
+
+# --- lone surrogates ----------------------------------------------------------------------------
+
+
+def test_a_half_surrogate_pair_is_replaced_not_the_batch_refused(client: Client, topic_reader: TopicReader) -> None:
+    """A JavaScript string cut inside an emoji (``"\\ud83d"``): the event is kept, the half is U+FFFD.
+
+    msgspec refuses such a body as a whole, so before this one cut title lost the whole batch.
+    """
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    cut, pair, other = (event_make(userId=user, videoId=f"v{i}") for i in range(3))
+    body = body_of([cut, pair, other])
+    body = body.replace(b'"v0"', b'"title \\ud83d"').replace(b'"v1"', b'"\\ud83d\\ude00 and \\\\ud800 \\udc00"')
+    response = post(client, body)
+    assert response.status_code == 202, response.content
+    assert response.json()["accepted"] == 3
+    events = assert_on_topic(topic_reader, user, [cut["eventId"], pair["eventId"], other["eventId"]])
+    assert [e["videoId"] for e in events] == ["title \ufffd", "\U0001f600 and \\ud800 \ufffd", "v2"]
