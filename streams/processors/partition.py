@@ -20,7 +20,11 @@ Why it is shaped this way:
 * **Dedup by eventId** per user (the Kafka key, so one partition owns all of a user's events):
   each user's state remembers 63-bit hashes of the ids seen, in buckets of 10 minutes of the
   client's own timestamp (a retry re-sends the same id and client timestamp), each bucket kept
-  until ``dedup_window_ms`` of event time after it was last touched. A message reads and writes
+  until the watermark is ``dedup_window_ms`` past when it was last touched, "when" being the later
+  of the watermark and the server's receive time of the touching events: retries follow the
+  receive clock, and an event's own time may be weeks old (a fresh partition whose first messages
+  are a backfill has an old watermark; a retry of those events came after the watermark had
+  caught up and was stored twice). A message reads and writes
   only the buckets its events fall in, so the cost does not grow with the user's history. The
   newest bucket is kept inside the user's state entry, the older ones under keys of their own
   (``_seen_load``). A user with no open view gets a timer at the expiry of that memory, which
@@ -213,7 +217,8 @@ class PartitionProcessor:
         cfg = self.config
         late_horizon = watermark - cfg.idle_timeout_ms - cfg.grace_ms
         message_time = 0
-        touched: list[tuple[str, bytes, dict[str, Any], dict[int, set[int]]]] = []
+        # (user, key prefix, state, id buckets touched, latest receive time of the user's events)
+        touched: list[tuple[str, bytes, dict[str, Any], dict[int, set[int]], list[int]]] = []
         earlier: set[str] = set()  # users whose deadline this message may bring forward
         for user, rows in decoded.groups:
             prefix = user.encode()
@@ -221,6 +226,7 @@ class PartitionProcessor:
             views: dict[str, Any] = {}
             closed: dict[str, int] = {}
             seen_buckets: dict[int, set[int]] = {}
+            received = [0]
             for valid_row, properties in rows:
                 row = valid_row
                 if user_state is None:
@@ -228,7 +234,7 @@ class PartitionProcessor:
                     user_state = store.get(prefix, "u") or {"views": {}, "closed": {}, "b": {}}
                     views = user_state["views"]
                     closed = user_state["closed"]
-                    touched.append((user, prefix, user_state, seen_buckets))
+                    touched.append((user, prefix, user_state, seen_buckets, received))
                 # Dedup: a retry re-sends the event with the same id and the same client timestamp
                 # (its corrected timestamp may differ), so ids are kept in buckets of client time.
                 bucket_id = row[_CLIENT_TS] // DEDUP_BUCKET_MS
@@ -243,6 +249,7 @@ class PartitionProcessor:
                     seen.add(event_hash)
                 ts = row[_TS]
                 received_at = row[_RECEIVED_AT]
+                received[0] = max(received[0], received_at)
                 event_time = ts if ts < received_at else received_at
                 message_time = max(message_time, event_time)
                 session = row[_SESSION]
@@ -279,8 +286,8 @@ class PartitionProcessor:
             store.set(PARTITION_PREFIX, "wm", watermark)
         # Views that are due now are closed by the timers below: a user's armed timer is never later
         # than its earliest view deadline, so closing them here too would only repeat the work.
-        for user, prefix, user_state, seen_buckets in touched:
-            self._seen_save(store, prefix, user_state, seen_buckets, watermark)
+        for user, prefix, user_state, seen_buckets, received in touched:
+            self._seen_save(store, prefix, user_state, seen_buckets, watermark, max(watermark, received[0]))
             # Only a new view or an end can bring a user's deadline forward (later events of a view
             # and a later watermark move it back): otherwise an armed timer is early enough as it
             # is, and ``_timer_set`` would find so after computing the deadline.
@@ -352,28 +359,33 @@ class PartitionProcessor:
             horizon = watermark - self.config.closed_memory_ms
             user_state["closed"] = {s: t for s, t in closed.items() if t >= horizon}
 
-    def _seen_save(
+    def _seen_save(  # noqa: PLR0917 -- the loop's locals
         self,
         store: StateStore,
         prefix: bytes,
         user_state: dict[str, Any],
         seen_buckets: dict[int, set[int]],
         watermark: int,
+        touched_at: int,
     ) -> None:
         """Store the touched id buckets; drop the buckets nobody touched for ``dedup_window_ms``.
 
-        ``user_state["b"]`` maps a bucket to when it was last touched, least recently touched first
-        (a touched bucket moves to the end), so expiry looks at the front only.
+        ``user_state["b"]`` maps a bucket to when it was last touched (``touched_at``, see the
+        module's docstring), least recently touched first (a touched bucket moves to the end, its
+        time never below the one before it), so expiry looks at the front only.
         """
         touched: dict[str, int] = user_state["b"]
         inline = user_state.get("i")
         inline_id = inline[0] if inline is not None else None
+        if seen_buckets and touched:
+            # Receive times of messages from several ingest processes interleave a little.
+            touched_at = max(touched_at, next(reversed(touched.values())))
         for bucket_id, ids in seen_buckets.items():
             if bucket_id != inline_id:
                 store.set(prefix, f"d{bucket_id}", ids)  # a set: stored as a JSON list
             name = str(bucket_id)
             touched.pop(name, None)
-            touched[name] = watermark
+            touched[name] = touched_at
         horizon = watermark - self.config.dedup_window_ms
         while touched:
             bucket_key, last = next(iter(touched.items()))
@@ -435,7 +447,7 @@ class PartitionProcessor:
                 continue  # superseded by a later deadline (lazy deletion)
             user_state = store.get(prefix, "u") or {"views": {}, "closed": {}, "b": {}}
             self._views_close(user, user_state, watermark, out)
-            self._seen_save(store, prefix, user_state, {}, watermark)
+            self._seen_save(store, prefix, user_state, {}, watermark, watermark)
             self._timer_set(timers, store, user, prefix, user_state, exact=True)
             if user_state["views"] or user_state["closed"] or user_state["b"]:
                 store.set(prefix, "u", user_state)

@@ -606,3 +606,19 @@ def test_one_users_state_stays_bounded_whatever_it_sends():
     assert len(entry) < 1_000_000, len(entry)
     state = orjson.loads(entry)
     assert len(state["views"]) <= cfg.max_open_views and len(state["closed"]) <= cfg.max_closed_sessions
+
+
+def test_a_retry_of_an_old_event_is_a_duplicate_even_when_it_was_first_seen_on_a_new_partition():
+    """The dedup memory runs from when an id was *received*, not from the event's own (old) time.
+
+    A fresh partition's first message holds only an event 30 days old; a recent event of another
+    user then moves the watermark to now; the old event's retry, seconds later, must be dropped.
+    """
+    day = 24 * 3600 * 1000
+    old = ev("click", T0 - 30 * day, session=None, user="u11")
+    first = msg([dict(old, receivedAt=T0)], received_at=T0, user="u11")
+    other = msg([ev("click", T0 + 1_000, session=None, user="u2")], user="u2")
+    retry = msg([dict(old, receivedAt=T0 + 2_000)], received_at=T0 + 2_000, user="u11")
+    out, _ = run([first, other, retry])
+    assert [row[0] for row in out.events].count(uuid.UUID(old["eventId"])) == 1
+    assert out.duplicates == 1
