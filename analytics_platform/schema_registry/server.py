@@ -78,6 +78,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The standard library's own refusals (bad request line, unknown method, long headers) as JSON too."""
+        self.close_connection = True
+        self._send(code, {"error_code": code, "message": message or self.responses.get(code, ("",))[0]}, close=True)
+
     def _error(self, error: RegistryError, *, close: bool = False, headers: dict[str, str] | None = None) -> None:
         self._send(error.status, error.body(), close=close, headers=headers)
 
