@@ -25,6 +25,7 @@ from analytics_platform.clickhouse import client_get
 
 _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="readyz")
 _admin: AdminClient | None = None
+_registry: Any = None  # confluent-kafka's SchemaRegistryClient, made on first use
 
 
 def check_database() -> None:
@@ -54,10 +55,19 @@ def check_clickhouse() -> None:
         client.disconnect()
 
 
+def check_schema_registry() -> None:
+    # A cheap authenticated read (GET /config), without the client's retries: readiness wants now.
+    global _registry
+    if _registry is None:
+        _registry = kafka.schema_registry_client(**{"timeout": settings.READINESS_TIMEOUT_SECONDS, "max.retries": 0})
+    _registry.get_compatibility()
+
+
 CHECKS: dict[str, Callable[[], None]] = {
     "database": check_database,
     "kafka": check_kafka,
     "clickhouse": check_clickhouse,
+    "schema_registry": check_schema_registry,
 }
 
 

@@ -1,4 +1,4 @@
-"""Kafka client configuration and the topics this service owns, in one place.
+"""Kafka and schema-registry client configuration and the topics this service owns, in one place.
 
 Topics are created explicitly (partitions, replication, retention) rather than auto-created:
 auto-created topics get broker defaults, and the local Tansu broker answers DescribeConfigs with
@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 
 from analytics_platform import event_format
+
+if TYPE_CHECKING:
+    from confluent_kafka.schema_registry import SchemaRegistryClient
 
 
 def client_config(**overrides: Any) -> dict[str, Any]:
@@ -27,6 +30,15 @@ def client_config(**overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+def schema_registry_client(**overrides: Any) -> SchemaRegistryClient:
+    """confluent-kafka's client for the registry at ``SCHEMA_REGISTRY_URL`` (auth and TLS from settings)."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient  # httpx and authlib: only where used
+
+    config: dict[str, Any] = {"timeout": settings.SCHEMA_REGISTRY_TIMEOUT_SECONDS, **settings.SCHEMA_REGISTRY_CLIENT}
+    config.update(overrides)
+    return SchemaRegistryClient(config)
 
 
 def topic_name(base: str) -> str:

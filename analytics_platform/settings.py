@@ -205,6 +205,33 @@ KAFKA_DEFAULT_PARTITIONS = env_int("KAFKA_DEFAULT_PARTITIONS", 8)
 KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 3 if PRODUCTION else 1)
 KAFKA_RETENTION_MS = env_int("KAFKA_RETENTION_MS", 7 * 24 * 3600 * 1000)
 
+# --- Schema registry -------------------------------------------------------------------------
+# Any Confluent-compatible registry (Confluent, Karapace, Apicurio's ccompat API, Redpanda); the
+# local stack serves analytics_platform/schema_registry on Confluent's port. Credentials and TLS
+# go to confluent-kafka's SchemaRegistryClient as they are (analytics_platform/topic_schemas.py).
+# Production must authenticate: HTTP Basic credentials, a client certificate, or both.
+SCHEMA_REGISTRY_URL = env("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081", production=True)
+SCHEMA_REGISTRY_CLIENT: dict[str, Any] = {
+    key: value
+    for key, value in {
+        "url": SCHEMA_REGISTRY_URL,
+        "basic.auth.user.info": os.environ.get("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", ""),
+        "ssl.ca.location": os.environ.get("SCHEMA_REGISTRY_SSL_CA_LOCATION", ""),
+        "ssl.certificate.location": os.environ.get("SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION", ""),
+        "ssl.key.location": os.environ.get("SCHEMA_REGISTRY_SSL_KEY_LOCATION", ""),
+        "ssl.key.password": os.environ.get("SCHEMA_REGISTRY_SSL_KEY_PASSWORD", ""),
+    }.items()
+    if value
+}
+if PRODUCTION and not (
+    "basic.auth.user.info" in SCHEMA_REGISTRY_CLIENT or "ssl.certificate.location" in SCHEMA_REGISTRY_CLIENT
+):
+    raise ImproperlyConfigured(
+        "set SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO or SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION"
+        " when ANALYTICS_ENV=production"
+    )
+SCHEMA_REGISTRY_TIMEOUT_SECONDS = float(env("SCHEMA_REGISTRY_TIMEOUT_SECONDS", "10"))
+
 # --- Celery ----------------------------------------------------------------------------------
 # Locally a filesystem transport (nothing to install); Redis in production.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", "filesystem://", production=True)

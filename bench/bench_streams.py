@@ -3,7 +3,8 @@
     PYTHONPATH=. python bench/bench_streams.py [--events 300000] [--rate 20000] [--seconds 30] [--repeat 3]
     PYTHONPATH=. python bench/bench_streams.py --worker-only --repeat 3 --variant "STREAMS_X=1 STREAMS_Y=2"
 
-Starts its own Tansu broker and embedded ClickHouse server (free ports, temporary dirs), then:
+Starts its own Tansu broker, embedded ClickHouse server and schema registry (free ports, temporary
+dirs; the derived events are Avro through the registry, as in production), then:
 
 1. pure processor: ``PartitionProcessor`` over the generated messages in-process (DictStore), no
    Kafka, no ClickHouse -- the ceiling of the Python processing itself;
@@ -231,7 +232,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
     broker = processes.broker_start()
     clickhouse = processes.clickhouse_start(data_dir=tmp / "clickhouse")
+    from analytics_platform.schema_registry.testing import start_registry_process
+
+    registry = start_registry_process(data_dir=tmp / "schema-registry")
     env = {
+        "SCHEMA_REGISTRY_URL": registry.url,
         "KAFKA_BOOTSTRAP_SERVERS": broker.address,
         "CLICKHOUSE_HOST": clickhouse.host,
         "CLICKHOUSE_PORT": str(clickhouse.port),
@@ -256,6 +261,9 @@ def main() -> None:
     workers: list[subprocess.Popen[bytes]] = []
     try:
         kafka.topics_ensure()
+        from streams.topic_schemas import schemas_register
+
+        schemas_register()
         database_ensure()
         call_command("migrate", database="clickhouse", verbosity=0)
         views = max(1, args.events // 11)
@@ -480,6 +488,7 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     w.kill()
         clickhouse.stop()
+        registry.stop()
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

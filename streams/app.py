@@ -9,11 +9,12 @@ partition, restored from its changelog topic) -> ``Output`` -> branches:
 
 * ``ClickHouseSink``: rows for ``events`` and ``view_summaries`` at each checkpoint (idempotent by
   source offset, see streams/sinks.py);
-* ``video-watched`` / ``video-error``: the derived events (JSON, keyed by sessionId / eventId, with
-  deterministic ids): at-least-once through ``DerivedEventsSink``, or exactly-once through Quix's
-  transactional ``to_topic`` when ``STREAMS_PROCESSING_GUARANTEE`` is ``exactly-once`` (on a real
-  Kafka cluster);
-* ``events-dlq``: poison messages and events with the reason (the same way).
+* ``video-watched`` / ``video-error``: the derived events (Avro in the Confluent wire format, with
+  the schema ids the registry gave ``manage.py schemas_register``: streams/topic_schemas.py; keyed
+  by userId, API.md; deterministic ids): at-least-once through ``DerivedEventsSink``, or
+  exactly-once through Quix's transactional ``to_topic`` when ``STREAMS_PROCESSING_GUARANTEE`` is
+  ``exactly-once`` (on a real Kafka cluster), both with the same serializers;
+* ``events-dlq``: poison messages and events with the reason (the same way, JSON).
 
 Idle partitions: an ``IdleTicker`` thread appends a tick (``processors.tick_message``) to each
 assigned partition that has consumed nothing for ``STREAMS_IDLE_TICK_SECONDS`` while one of its
@@ -44,11 +45,12 @@ from prometheus_client import Counter, Gauge, start_http_server
 from quixstreams import Application, message_context
 from quixstreams.exceptions import QuixException
 from quixstreams.kafka.configuration import ConnectionConfig
+from quixstreams.models.serializers import Serializer
 from quixstreams.sinks.base import BaseSink
 
 from analytics_platform import event_format, kafka
 from analytics_platform.clickhouse import client_get
-from streams import dead_letters
+from streams import dead_letters, topic_schemas
 from streams.processors import Output, PartitionProcessor, ProcessorConfig, StateStore, state_encode, tick_message
 from streams.sink_dead_letters import RejectedRowsProducer
 from streams.sinks import ClickHouseSink
@@ -141,9 +143,9 @@ class DerivedEventsSink(BaseSink):
     until the checkpoint), when its queue is full, and at each checkpoint, where ``flush`` waits
     until every message is acknowledged. A sink flushes before Quix commits the offsets, so a
     message lost in delivery fails the checkpoint (the worker exits, restarts and replays) instead
-    of being skipped. The bytes are what ``to_topic`` sent:
-    orjson JSON values, UTF-8 keys, the murmur2 partitioner, and the source message's timestamp and
-    headers.
+    of being skipped. The bytes are what ``to_topic`` sends: values through ``encoders`` (the
+    topic's Avro serializer; orjson JSON for a topic without one: the dead letters), UTF-8 keys,
+    the murmur2 partitioner, and the source message's timestamp and headers.
 
     Exactly-once needs Quix's transactional producer, so the worker keeps ``to_topic`` then.
     """
@@ -151,11 +153,16 @@ class DerivedEventsSink(BaseSink):
     POLL_EVERY = 1000
 
     def __init__(
-        self, producer_factory: Callable[[dict[str, Any]], Any], routes: dict[str, tuple[str, str]], dlq: str
+        self,
+        producer_factory: Callable[[dict[str, Any]], Any],
+        routes: dict[str, tuple[str, str]],
+        dlq: str,
+        encoders: dict[str, Callable[[dict[str, Any]], bytes]] | None = None,
     ) -> None:
         super().__init__()
         self._routes = routes
         self._dlq = dlq
+        self._encoders = encoders or {}
         self._errors: list[str] = []
         self._unpolled = 0
         self._producer = producer_factory(
@@ -175,9 +182,11 @@ class DerivedEventsSink(BaseSink):
     def send(self, events: Any, timestamp: int, headers: Any) -> None:
         """Queue ``events`` (VideoWatched, VideoError or dead letters) for their topics."""
         produce = self._producer.produce
+        encoders = self._encoders
         for event in events:
             topic, key = derived_target(event, self._routes, self._dlq)
-            value = orjson.dumps(event)
+            encode = encoders.get(topic)
+            value = orjson.dumps(event) if encode is None else encode(event)
             while True:
                 try:
                     produce(topic, value, key.encode(), timestamp=timestamp, headers=headers)
@@ -199,6 +208,16 @@ class DerivedEventsSink(BaseSink):
         if undelivered or self._errors:
             errors, self._errors = self._errors, []
             raise KafkaException(f"derived events not delivered: {undelivered} pending, errors {errors[:5]}")
+
+
+class EncoderSerializer(Serializer):
+    """A Quix value serializer over one of ``topic_schemas.derived_serializers``' encoders."""
+
+    def __init__(self, encode: Callable[[dict[str, Any]], bytes]) -> None:
+        self._encode = encode
+
+    def __call__(self, value: Any, ctx: Any) -> bytes:
+        return self._encode(value)
 
 
 class TimerView(Protocol):
@@ -443,8 +462,12 @@ def worker_build(
         loglevel=None,
     )
     events = app.topic(events_topic, key_deserializer="bytes", value_deserializer="bytes")
-    watched = app.topic(kafka.topic_name(event_format.VIDEO_WATCHED_TOPIC), key_serializer="str")
-    errors = app.topic(kafka.topic_name(event_format.VIDEO_ERROR_TOPIC), key_serializer="str")
+    # Looked up in the registry now: a worker whose schemas are not registered does not start.
+    encoders = topic_schemas.derived_serializers()
+    watched_name = kafka.topic_name(event_format.VIDEO_WATCHED_TOPIC)
+    errors_name = kafka.topic_name(event_format.VIDEO_ERROR_TOPIC)
+    watched = app.topic(watched_name, key_serializer="str", value_serializer=EncoderSerializer(encoders[watched_name]))
+    errors = app.topic(errors_name, key_serializer="str", value_serializer=EncoderSerializer(encoders[errors_name]))
     dlq = app.topic(kafka.topic_name(event_format.EVENTS_DLQ_TOPIC), key_serializer="str")
 
     sink = ClickHouseSink(
@@ -459,13 +482,14 @@ def worker_build(
     )
     sdf = app.dataframe(events)
     guarantee = processing_guarantee or settings.STREAMS_PROCESSING_GUARANTEE
-    routes = {"VideoWatched": (watched, "sessionId"), "VideoError": (errors, "eventId")}
+    routes = {"VideoWatched": (watched, "userId"), "VideoError": (errors, "userId")}  # API.md: keyed by userId
     derived: DerivedEventsSink | None = None
     if guarantee == "at-least-once":
         derived = DerivedEventsSink(
             lambda extra: Producer(kafka.client_config(**extra)),
             {event_type: (topic.name, key) for event_type, (topic, key) in routes.items()},
             dlq.name,
+            encoders,
         )
     # Sinks flush in registration order at each checkpoint, all before Quix produces the changelogs
     # and commits: the processor's cached state goes into the transactions first.

@@ -4,6 +4,7 @@
 * the embedded ClickHouse server on a free port with a temporary data dir (``clickhouse_server``);
   every test that uses the Django test databases gets it, because the ``clickhouse`` alias is one
   of them;
+* the embedded schema registry on a free port with a temporary data dir (``schema_registry``);
 * PostgreSQL and Redis are the machine's own (``make test`` points DATABASE_URL at PostgreSQL).
 """
 
@@ -18,6 +19,7 @@ from django.conf import settings
 from analytics_platform import kafka
 from analytics_platform.clickhouse_server.testing import ServerProcess
 from analytics_platform.devstack import processes
+from analytics_platform.schema_registry.testing import RegistryProcess, start_registry_process
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +38,22 @@ def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serv
     server = processes.clickhouse_start(data_dir=Path(tmp_path_factory.mktemp("clickhouse")))
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def schema_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryProcess]:
+    """The session's registry; settings (hence every client made from them) point at it."""
+    from analytics_platform import health
+
+    registry = start_registry_process(data_dir=Path(tmp_path_factory.mktemp("schema-registry")))
+    previous = settings.SCHEMA_REGISTRY_URL, settings.SCHEMA_REGISTRY_CLIENT
+    settings.SCHEMA_REGISTRY_URL = registry.url
+    settings.SCHEMA_REGISTRY_CLIENT = registry.client_config()
+    health._registry = None
+    yield registry
+    settings.SCHEMA_REGISTRY_URL, settings.SCHEMA_REGISTRY_CLIENT = previous
+    health._registry = None
+    registry.stop()
 
 
 @pytest.fixture(scope="session")

@@ -44,6 +44,8 @@ def _start(var_dir: Path, ports: dict[str, int], output: list[str], **extra_env:
         "ANALYTICS_ADMIN_USER": "ops",
         "ANALYTICS_ADMIN_PASSWORD": "a-long-test-password",
         "STREAMS_METRICS_PORT": str(ports["streams_metrics"]),
+        # setdefault: a second start on the same ports finds the registry (and its var/) again.
+        "SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{ports.setdefault('registry', free_port())}",
         **extra_env,
     }
     env.pop("DATABASE_URL", None)  # the embedded default: SQLite under var/
@@ -98,6 +100,7 @@ def test_devstack_runs_the_service_and_stops_cleanly(tmp_path: Path) -> None:
         ready = json.loads(body)
         assert status == 200
         assert {dep["status"] for dep in ready["dependencies"].values()} == {"up"}
+        assert "schema_registry" in ready["dependencies"]
         status, body = _get(f"{base}/admin/login/")
         assert status == 200 and b"csrfmiddlewaretoken" in body
         status, body = _get(f"{base}/prometheus/metrics")
@@ -105,7 +108,7 @@ def test_devstack_runs_the_service_and_stops_cleanly(tmp_path: Path) -> None:
     finally:
         _stop(process, output)
     supervisor = [line.split("|", 1)[1].strip() for line in output if line.startswith("devstack ")]
-    for name in ("broker", "clickhouse", "web", "streams", "worker", "beat"):
+    for name in ("broker", "clickhouse", "registry", "web", "streams", "worker", "beat"):
         assert any(line.startswith(f"started {name} (pid") for line in supervisor), supervisor
     # Nothing died while it ran: the supervisor announces a child's exit before stopping the stack.
     assert not any("exited with" in line for line in supervisor), supervisor
@@ -120,6 +123,12 @@ def test_devstack_runs_the_service_and_stops_cleanly(tmp_path: Path) -> None:
     finally:
         _stop(process, output2)
     assert not any("created admin user" in line for line in output2)
+
+    # The schemas kept their ids across the restart (registered again: the same ids, no new versions).
+    def schema_lines(lines: list[str]) -> list[str]:
+        return sorted(line.split("|", 1)[1].strip() for line in lines if "| schema " in line)
+
+    assert schema_lines(output) == schema_lines(output2) and len(schema_lines(output)) == 3, schema_lines(output2)
 
 
 def test_every_process_logs_json_with_request_id(tmp_path: Path) -> None:

@@ -24,17 +24,17 @@ def test_django_tables_live_in_postgresql() -> None:
 
 @pytest.mark.kafka
 @pytest.mark.clickhouse
-def test_readyz_reports_every_dependency_up(client: Client, kafka_broker) -> None:
+def test_readyz_reports_every_dependency_up(client: Client, kafka_broker, schema_registry) -> None:
     response = client.get("/readyz")
     body = response.json()
     assert response.status_code == 200, body
-    assert set(body["dependencies"]) == {"database", "kafka", "clickhouse"}
+    assert set(body["dependencies"]) == {"database", "kafka", "clickhouse", "schema_registry"}
     assert all(dep["status"] == "up" for dep in body["dependencies"].values())
 
 
 @pytest.mark.kafka
 @pytest.mark.clickhouse
-def test_readyz_names_the_broker_when_it_is_stopped(client: Client, settings) -> None:
+def test_readyz_names_the_broker_when_it_is_stopped(client: Client, settings, schema_registry) -> None:
     from analytics_platform import health
     from analytics_platform.devstack import processes
 
@@ -58,7 +58,9 @@ def test_readyz_names_the_broker_when_it_is_stopped(client: Client, settings) ->
 
 
 @pytest.mark.clickhouse
-def test_readyz_names_clickhouse_when_it_is_unreachable(client: Client, settings, kafka_broker) -> None:
+def test_readyz_names_clickhouse_when_it_is_unreachable(
+    client: Client, settings, kafka_broker, schema_registry
+) -> None:
     from analytics_platform.devstack import processes
 
     clickhouse = settings.DATABASES["clickhouse"]
@@ -70,6 +72,24 @@ def test_readyz_names_clickhouse_when_it_is_unreachable(client: Client, settings
         clickhouse["PORT"] = port
     assert response.status_code == 503
     assert response.json()["dependencies"]["clickhouse"]["status"] == "down"
+
+
+@pytest.mark.kafka
+@pytest.mark.clickhouse
+def test_readyz_names_the_schema_registry_when_it_is_unreachable(client: Client, settings, kafka_broker) -> None:
+    from analytics_platform import health
+    from analytics_platform.devstack import processes
+
+    settings.SCHEMA_REGISTRY_CLIENT = {"url": f"http://127.0.0.1:{processes.free_port()}"}  # nothing listens
+    health._registry = None
+    try:
+        response = client.get("/readyz")
+    finally:
+        health._registry = None
+    assert response.status_code == 503
+    body = response.json()
+    assert body["dependencies"]["schema_registry"]["status"] == "down"
+    assert body["dependencies"]["kafka"]["status"] == "up"
 
 
 def test_admin_login_page_renders(client: Client) -> None:
@@ -85,6 +105,8 @@ PRODUCTION_REQUIRED = {
     "CLICKHOUSE_HOST": "clickhouse.example.com",
     "CLICKHOUSE_PASSWORD": "secret",
     "KAFKA_BOOTSTRAP_SERVERS": "kafka.example.com:9093",
+    "SCHEMA_REGISTRY_URL": "https://schema-registry.example.com:8081",
+    "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO": "analytics:secret",
     "CELERY_BROKER_URL": "rediss://redis.example.com:6380/0",
     "BIGQUERY_PROJECT": "analytics-prod",
 }

@@ -1,15 +1,15 @@
 """What ``make run`` starts, in order, on the embedded default, and how it stops.
 
-Infrastructure first (broker, ClickHouse server), then the one-off bootstrap (topics, migrations,
-admin user), then the long-running application processes. Each later capability adds its
-processes to ``application_processes``.
+Infrastructure first (broker, ClickHouse server, schema registry), then the one-off bootstrap
+(topics, migrations, schema registration, admin user), then the long-running application
+processes. Each later capability adds its processes to ``application_processes``.
 
 Which children are restarted when they exit on their own (with backoff, the others serving on):
 
-* ``clickhouse``, ``web``, ``streams``, ``worker``, ``beat``: yes. Their state is on disk under
-  var/ (ClickHouse parts, SQLite, the Celery queue folders) or in the broker (the worker's offsets
-  and state changelogs), and their clients retry: ingest answers 503 while the broker is out of
-  reach, the ClickHouse sink backs off and replays from the last commit, whose rows it skips.
+* ``clickhouse``, ``registry``, ``web``, ``streams``, ``worker``, ``beat``: yes. Their state is on
+  disk under var/ (ClickHouse parts, the schema log, SQLite, the Celery queue folders) or in the
+  broker (the worker's offsets and state changelogs), and their clients retry: ingest answers 503
+  while the broker is out of reach, the ClickHouse sink backs off and replays from the last commit, whose rows it skips.
 * ``broker``: no. Tansu here keeps every topic, offset and consumer group in memory, so a new
   broker would be an empty one: the accepted events the worker had not written yet are gone, and a
   stack that restarted it on its own would go on answering 202 as if nothing had been lost. Its
@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from confluent_kafka import KafkaException
 from django.conf import settings
@@ -107,6 +108,12 @@ def runtime_dirs_prepare() -> dict[str, str]:
     shutil.rmtree(prom, ignore_errors=True)
     prom.mkdir(parents=True)
     return {"PROMETHEUS_MULTIPROC_DIR": str(prom), "ANALYTICS_VAR_DIR": str(var)}
+
+
+def schema_registry_address() -> tuple[str, int]:
+    """Where the local registry listens: the host and port of ``SCHEMA_REGISTRY_URL`` (Confluent's 8081)."""
+    parts = urlsplit(settings.SCHEMA_REGISTRY_URL)
+    return parts.hostname or "127.0.0.1", parts.port or 8081
 
 
 def env_port(default: int = 8000) -> int:
@@ -194,7 +201,7 @@ def stack_shutdown(sup: Supervisor, *, drain: bool = True) -> bool:
         ["web"],
         ["streams"],
         ["beat", "worker"],
-        ["clickhouse"],
+        ["clickhouse", "registry"],
         ["broker"],
     ]
     if drain:

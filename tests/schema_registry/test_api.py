@@ -31,7 +31,11 @@ V1 = record("User", [{"name": "id", "type": "string"}, {"name": "age", "type": "
 # Backward compatible: a new field with a default; age promoted from int to long.
 V2 = record(
     "User",
-    [{"name": "id", "type": "string"}, {"name": "age", "type": "long"}, {"name": "country", "type": "string", "default": ""}],
+    [
+        {"name": "id", "type": "string"},
+        {"name": "age", "type": "long"},
+        {"name": "country", "type": "string", "default": ""},
+    ],
 )
 
 
@@ -112,7 +116,10 @@ def test_register_lookup_ids_versions_and_latest(client: SchemaRegistryClient) -
     respaced = Schema(json.dumps(json.loads(V1.schema_str), indent=4, sort_keys=True), "AVRO")
     assert SchemaRegistryClient(client.config()).lookup_schema("users-value", respaced).schema_id == first
     assert sorted(client.get_subjects_by_schema_id(first)) == ["other-value", "users-value"]
-    assert {(v.subject, v.version) for v in client.get_schema_versions(first)} == {("other-value", 1), ("users-value", 1)}
+    assert {(v.subject, v.version) for v in client.get_schema_versions(first)} == {
+        ("other-value", 1),
+        ("users-value", 1),
+    }
     assert set(client.get_schema_types()) >= {"AVRO", "JSON"}
     assert client.get_referenced_by("users-value", 1) == []
 

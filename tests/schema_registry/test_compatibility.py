@@ -62,7 +62,10 @@ BACKWARD_ACCEPTED = {
         rec(f("n", {"type": "record", "name": "N", "fields": [f("x", "int")]})),
         rec(f("n", {"type": "record", "name": "N", "fields": [f("x", "int"), f("y", "int", default=0)]})),
     ),
-    "array items promoted": (rec(f("a", {"type": "array", "items": "int"})), rec(f("a", {"type": "array", "items": "long"}))),
+    "array items promoted": (
+        rec(f("a", {"type": "array", "items": "int"})),
+        rec(f("a", {"type": "array", "items": "long"})),
+    ),
 }
 BACKWARD_REFUSED = {
     "a field added without a default": (
@@ -80,7 +83,11 @@ BACKWARD_REFUSED = {
         rec(f("a", "string")),
         "TYPE_MISMATCH",
     ),
-    "a union branch removed": (rec(f("a", ["null", "string", "long"])), rec(f("a", ["null", "string"])), "MISSING_UNION_BRANCH"),
+    "a union branch removed": (
+        rec(f("a", ["null", "string", "long"])),
+        rec(f("a", ["null", "string"])),
+        "MISSING_UNION_BRANCH",
+    ),
     "a fixed resized": (
         rec(f("a", {"type": "fixed", "name": "F", "size": 4})),
         rec(f("a", {"type": "fixed", "name": "F", "size": 8})),

@@ -28,7 +28,13 @@ def registry(tmp_path: Path) -> Iterator[RegistryProcess]:
 
 
 def request(
-    registry: RegistryProcess, method: str, path: str, body: bytes | None = None, *, auth: str | None = USER_INFO, **headers: str
+    registry: RegistryProcess,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    *,
+    auth: str | None = USER_INFO,
+    **headers: str,
 ) -> tuple[int, Any]:
     connection = http.client.HTTPConnection(registry.host, registry.port, timeout=10)
     if auth is not None:
@@ -43,7 +49,12 @@ def request(
 
 
 def test_every_route_needs_the_credentials(registry: RegistryProcess) -> None:
-    for method, path in (("GET", "/subjects"), ("GET", "/config"), ("POST", "/subjects/x-value/versions"), ("GET", "/")):
+    for method, path in (
+        ("GET", "/subjects"),
+        ("GET", "/config"),
+        ("POST", "/subjects/x-value/versions"),
+        ("GET", "/"),
+    ):
         status, body = request(registry, method, path, b"{}", auth=None)
         assert (status, body) == (401, {"error_code": 401, "message": "Unauthorized"}), path
     assert request(registry, "GET", "/subjects", auth="analytics:wrong")[0] == 401
@@ -61,7 +72,7 @@ def test_every_route_needs_the_credentials(registry: RegistryProcess) -> None:
 
 def test_no_unauthenticated_registry_beyond_loopback(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="exited with code 2"):
-        start_registry_process(data_dir=tmp_path / "open", host="0.0.0.0", timeout=15)  # noqa: S104
+        start_registry_process(data_dir=tmp_path / "open", host="0.0.0.0", timeout=15)
 
 
 def test_huge_deep_and_malformed_bodies_are_refused_cleanly(registry: RegistryProcess) -> None:
@@ -77,10 +88,15 @@ def test_huge_deep_and_malformed_bodies_are_refused_cleanly(registry: RegistryPr
         deep_schema = '{"type":"array","items":' * depth + '"int"' + "}" * depth
         status, body = request(registry, "POST", path, json.dumps({"schema": deep_schema}).encode())
         assert (status, body["error_code"]) == (422, 42201), depth
-    assert request(registry, "POST", path, json.dumps({"schema": SCHEMA, "references": [{"name": "x"}]}).encode())[1][
-        "error_code"
-    ] == 42201
-    status, body = request(registry, "POST", "/subjects/" + "s" * 300 + "/versions", json.dumps({"schema": SCHEMA}).encode())
+    assert (
+        request(registry, "POST", path, json.dumps({"schema": SCHEMA, "references": [{"name": "x"}]}).encode())[1][
+            "error_code"
+        ]
+        == 42201
+    )
+    status, body = request(
+        registry, "POST", "/subjects/" + "s" * 300 + "/versions", json.dumps({"schema": SCHEMA}).encode()
+    )
     assert status == 422
     assert request(registry, "GET", "/subjects/%00bad/versions")[0] == 422
     assert request(registry, "GET", "/schemas/ids/not-a-number")[1]["error_code"] == 40403

@@ -15,19 +15,23 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+from confluent_kafka.serialization import MessageField, SerializationContext
 from django.conf import settings
 from django.db import connections
 
 from analytics_platform import event_format, kafka
 from analytics_platform.clickhouse import client_get
 from analytics_platform.devstack import processes
-from streams import processors
+from analytics_platform.schema_registry.testing import RegistryProcess
+from streams import processors, topic_schemas
 from tests.support.simulate import Message, Truth
 
 STREAM_TABLES = (
@@ -98,7 +102,14 @@ class StreamEnv:
         return client_get()
 
     def consume(self, base: str, *, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Every message of a derived topic (read from the beginning by a fresh group)."""
+        """Every message of a topic (read from the beginning by a fresh group), decoded.
+
+        The derived topics' values are decoded as any consumer would: confluent-kafka's
+        ``AvroDeserializer`` with the registry's URL, after checking the Confluent framing (magic
+        byte 0, the id the registry gave the topic's subject). The dead letters are JSON.
+        """
+        topic = self.topic(base)
+        decode = self._decoder(topic)
         consumer = Consumer(
             kafka.client_config(
                 **{
@@ -109,7 +120,7 @@ class StreamEnv:
                 }
             )
         )
-        consumer.subscribe([self.topic(base)])
+        consumer.subscribe([topic])
         values: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         idle_since = None
@@ -123,10 +134,39 @@ class StreamEnv:
                         break
                     continue
                 idle_since = None
-                values.append(orjson.loads(message.value()))
+                values.append(decode(message.value()))
         finally:
             consumer.close()
         return values
+
+    def _decoder(self, topic: str) -> Callable[[bytes], dict[str, Any]]:
+        spec = topic_schemas.DERIVED.get(topic.removeprefix(self.prefix))
+        if spec is None:
+            return orjson.loads
+        client = kafka.schema_registry_client()
+        schema_id = client.lookup_schema(spec.subject, spec.schema()).schema_id
+        deserializer = AvroDeserializer(client)
+        context = SerializationContext(topic, MessageField.VALUE)
+
+        def decode(value: bytes) -> dict[str, Any]:
+            assert value[:1] == b"\x00", value[:16]  # Confluent's magic byte
+            assert int.from_bytes(value[1:5], "big") == schema_id
+            event: dict[str, Any] = deserializer(value, context)
+            return avro_event_as_json(event)
+
+        return decode
+
+
+def avro_event_as_json(event: dict[str, Any]) -> dict[str, Any]:
+    """An Avro-decoded derived event in the JSON form the processor made (uuid and timestamp logical types)."""
+    return {
+        key: str(value)
+        if isinstance(value, uuid.UUID)
+        else int(value.timestamp() * 1000)
+        if isinstance(value, datetime)
+        else value
+        for key, value in event.items()
+    }
 
 
 def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float = 1.0, what: str = "") -> None:
@@ -140,11 +180,16 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, interval: float
 
 @pytest.fixture
 def stream_env(
-    kafka_broker: processes.ManagedProcess, clickhouse_server: processes.ManagedProcess, tmp_path: Path, settings: Any
+    kafka_broker: processes.ManagedProcess,
+    clickhouse_server: processes.ManagedProcess,
+    schema_registry: RegistryProcess,
+    tmp_path: Path,
+    settings: Any,
 ) -> Iterator[StreamEnv]:
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     settings.KAFKA_TOPIC_PREFIX = prefix
     kafka.topics_ensure()
+    topic_schemas.schemas_register()  # what the dev stack and the deploy do before the worker starts
     ch = connections["clickhouse"].settings_dict
     client = client_get()
     for table in STREAM_TABLES:
@@ -153,6 +198,7 @@ def stream_env(
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka_broker.address,
         "KAFKA_TOPIC_PREFIX": prefix,
+        "SCHEMA_REGISTRY_URL": schema_registry.url,
         "CLICKHOUSE_HOST": str(ch["HOST"]),
         "CLICKHOUSE_PORT": str(ch["PORT"]),
         "CLICKHOUSE_DATABASE": str(ch["NAME"]),
@@ -260,17 +306,58 @@ def assert_clickhouse_matches_truth(client: Any, truth: Truth) -> None:
         assert tuple(got_sums) == expected_sums, table
 
 
+def derived_events_read(stream: StreamEnv, bases: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
+    """The derived topics as a separate consumer process reads them: the documented example
+    (examples/consume_derived_events.py: AvroDeserializer with the registry URL, dedup by id)."""
+    script = Path(settings.BASE_DIR) / "examples" / "consume_derived_events.py"
+    readers = {
+        base: subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                "--bootstrap-servers",
+                settings.KAFKA_BOOTSTRAP_SERVERS,
+                "--registry-url",
+                stream.env["SCHEMA_REGISTRY_URL"],
+                "--topic",
+                stream.topic(base),
+                "--exit-when-idle",
+                "8",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for base in bases
+    }
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for base, reader in readers.items():
+        out, err = reader.communicate(timeout=120)
+        assert reader.returncode == 0, err.decode()[-2000:]
+        lines[base] = [orjson.loads(line) for line in out.splitlines()]
+    return lines
+
+
 def assert_derived_events_match_truth(stream: StreamEnv, truth: Truth) -> None:
-    """Each derived id at least once; deduplicated by id, exactly the expected set."""
-    watched = stream.consume(event_format.VIDEO_WATCHED_TOPIC)
+    """Read by a separate process through the registry: exactly the expected ids, Avro with the registered
+    schema ids, keyed by userId (API.md)."""
+    read = derived_events_read(stream, (event_format.VIDEO_WATCHED_TOPIC, event_format.VIDEO_ERROR_TOPIC))
+    client = kafka.schema_registry_client()
+    for base, lines in read.items():
+        spec = topic_schemas.DERIVED[base]
+        registered = client.lookup_schema(spec.subject, spec.schema()).schema_id
+        assert {line["schemaId"] for line in lines} <= {registered}, base
+        assert all(line["key"] == line["event"]["userId"] for line in lines), base
+    watched = [line["event"] for line in read[event_format.VIDEO_WATCHED_TOPIC]]
     expected_watched = {str(processors.video_watched_id(s)) for s in truth.views}
+    assert len(watched) == len(expected_watched)
     assert {w["id"] for w in watched} == expected_watched
     by_id = {w["id"]: w for w in watched}
     for session, expected in truth.views.items():
         event = by_id[str(processors.video_watched_id(session))]
         assert event["watchTimeMs"] == expected["watch_time_ms"]
         assert event["failed"] == expected["playback_failure"]
-    errors = stream.consume(event_format.VIDEO_ERROR_TOPIC)
+        assert event["startTime"] == expected["start_ts"]
+    errors = [line["event"] for line in read[event_format.VIDEO_ERROR_TOPIC]]
     assert {e["eventId"] for e in errors} == truth.fatal_error_ids
     assert {e["id"] for e in errors} == {str(processors.video_error_id(uuid.UUID(i))) for i in truth.fatal_error_ids}
 

@@ -128,3 +128,74 @@ def test_state_flush_runs_its_before_hook_first():
 
     StateFlushSink(Recording(), before=lambda: calls.append("handoff")).flush()
     assert calls == ["handoff", "state"]
+
+
+WATCHED = {
+    "id": "0f8fad5b-d9cb-469f-a165-70867728950e",
+    "type": "VideoWatched",
+    "userId": "user-7",
+    "sessionId": "session-7",
+    "videoId": "video-1",
+    "startTime": 1_700_000_000_000,
+    "endTime": 1_700_000_090_000,
+    "watchTimeMs": 80_000,
+    "startupTimeMs": 900,
+    "rebufferCount": 2,
+    "rebufferDurationMs": 3_000,
+    "completionFraction": 0.75,
+    "failed": False,
+    "closeReason": "ended",
+    "device": "mobile",
+    "os": "ios",
+    "browser": "safari",
+    "country": "FR",
+    "cdn": "a",
+    "player": "p",
+}
+
+
+def test_both_sink_paths_send_the_registered_avro(topics, schema_registry, settings, tmp_path):
+    """At-least-once (DerivedEventsSink) and exactly-once (Quix's to_topic through the worker's topic
+    serializers) give the same bytes: magic byte 0, the registered schema id, Avro that decodes back."""
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    from streams import topic_schemas
+    from streams.app import worker_build
+
+    settings.STREAMS_STATE_DIR = str(tmp_path / "state")
+    topic_schemas.schemas_register()
+    watched_topic = topics[event_format.VIDEO_WATCHED_TOPIC]
+    app, _, _ = worker_build(processing_guarantee="exactly-once")  # built, not run: no transactions needed
+    to_topic = app._topic_manager.topics[watched_topic].serialize(key=WATCHED["userId"], value=WATCHED)
+
+    sink = DerivedEventsSink(
+        lambda extra: Producer(kafka.client_config(**extra)),
+        {"VideoWatched": (watched_topic, "userId")},
+        topics[event_format.EVENTS_DLQ_TOPIC],
+        topic_schemas.derived_serializers(),
+    )
+    sink.send([WATCHED], 1_700_000_000_123, None)
+    sink.flush()
+    (message,) = _consume_all(watched_topic, 1)
+    assert message.key() == to_topic.key == b"user-7"
+    assert message.value() == to_topic.value
+    spec = topic_schemas.DERIVED[event_format.VIDEO_WATCHED_TOPIC]
+    registered = kafka.schema_registry_client().lookup_schema(spec.subject, spec.schema()).schema_id
+    assert message.value()[:5] == b"\x00" + registered.to_bytes(4, "big")
+    decoded = AvroDeserializer(kafka.schema_registry_client())(
+        message.value(), SerializationContext(watched_topic, MessageField.VALUE)
+    )
+    assert {k: str(v) if k == "id" else v for k, v in decoded.items() if k not in ("startTime", "endTime")} == {
+        k: v for k, v in WATCHED.items() if k not in ("startTime", "endTime")
+    }
+    assert int(decoded["startTime"].timestamp() * 1000) == WATCHED["startTime"]
+
+
+def test_a_worker_without_registered_schemas_does_not_start(topics, schema_registry, settings, tmp_path):
+    from streams import topic_schemas
+    from streams.app import worker_build
+
+    settings.STREAMS_STATE_DIR = str(tmp_path / "state")
+    with pytest.raises(topic_schemas.SchemaRefusedError, match="schemas_register"):
+        worker_build()

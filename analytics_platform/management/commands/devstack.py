@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 class Command(BaseCommand):
-    help = "Run broker, ClickHouse server, web, stream workers and Celery on the embedded default."
+    help = "Run broker, ClickHouse server, schema registry, web, stream workers and Celery on the embedded default."
 
     def handle(self, *args: Any, **options: Any) -> None:
         if settings.PRODUCTION:
@@ -80,7 +81,21 @@ class Command(BaseCommand):
                 str(settings.VAR_DIR / "clickhouse"),
             ),
         )
-        for child, (h, p) in ((sup.children[0], (host, port)), (sup.children[1], (ch["HOST"], int(ch["PORT"])))):
+        registry_host, registry_port = stack.schema_registry_address()
+        sup.start(
+            "registry",
+            stack.manage(
+                "schema_registry",
+                "--host",
+                registry_host,
+                "--port",
+                str(registry_port),
+                "--data-dir",
+                str(settings.VAR_DIR / "schema-registry"),
+            ),
+        )
+        addresses = ((host, port), (ch["HOST"], int(ch["PORT"])), (registry_host, registry_port))
+        for child, (h, p) in zip(sup.children, addresses, strict=True):
             processes.wait_for_port(h, p, timeout=60, process=child.process)
 
     def _bootstrap(self, sup: Supervisor) -> None:
@@ -90,6 +105,11 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("migrate", database="clickhouse", interactive=False, verbosity=0)
         sup.say("devstack", "migrations applied (default, clickhouse)")
+        # Before the stream worker starts: an incompatible schema change stops the stack here.
+        registered = io.StringIO()
+        call_command("schemas_register", stdout=registered)
+        for line in registered.getvalue().splitlines():
+            sup.say("devstack", f"schema {line}")
         username = os.environ.get("ANALYTICS_ADMIN_USER", "admin")
         generated = admin_user_ensure(username=username, password=os.environ.get("ANALYTICS_ADMIN_PASSWORD"))
         if generated:
