@@ -6,6 +6,7 @@ import base64
 import http.client
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -22,11 +23,12 @@ class RegistryProcess:
     port: int
     data_dir: Path
     user_info: str | None = None
+    scheme: str = "http"
     _port_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def client_config(self) -> dict[str, Any]:
         """Configuration for confluent-kafka's ``SchemaRegistryClient`` reaching this registry."""
@@ -58,12 +60,16 @@ class RegistryProcess:
             self._port_dir = None
 
 
-def ping(host: str, port: int, *, user_info: str | None = None, timeout: float = 2.0) -> bool:
-    """True once GET /config answers 200."""
+def ping(host: str, port: int, *, user_info: str | None = None, tls: bool = False, timeout: float = 2.0) -> bool:
+    """True once GET /config answers 200 (over TLS unverified: a liveness probe, not a client)."""
     headers = {}
     if user_info:
         headers["Authorization"] = "Basic " + base64.b64encode(user_info.encode()).decode()
-    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    connection = (
+        http.client.HTTPSConnection(host, port, timeout=timeout, context=ssl._create_unverified_context())  # noqa: S323
+        if tls
+        else http.client.HTTPConnection(host, port, timeout=timeout)
+    )
     try:
         connection.request("GET", "/config", headers=headers)
         return connection.getresponse().status == 200
@@ -112,7 +118,8 @@ def start_registry_process(
     finally:
         if stderr is not None:
             stderr.close()
-    registry = RegistryProcess(process, host, 0, data_dir, user_info, port_dir)
+    tls = "--tls-cert" in (extra_args or [])
+    registry = RegistryProcess(process, host, 0, data_dir, user_info, "https" if tls else "http", port_dir)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -120,7 +127,7 @@ def start_registry_process(
             raise RuntimeError(f"schema registry exited with code {process.returncode} during startup")
         if port_file.exists():
             registry.port = int(port_file.read_text())
-            if ping(host, registry.port, user_info=user_info):
+            if ping(host, registry.port, user_info=user_info, tls=tls):
                 return registry
         time.sleep(0.05)
     registry.kill()

@@ -222,3 +222,25 @@ def test_a_restart_keeps_schemas_ids_and_config_and_a_kill_loses_nothing_acknowl
 def test_one_process_owns_a_data_dir(registry: RegistryProcess, tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match="exited"):
         start_registry_process(data_dir=registry.data_dir, timeout=10)
+
+
+def test_concurrent_registrations_give_one_id_per_schema(client: SchemaRegistryClient) -> None:
+    """Producers starting together register at once: one id per schema, one version per subject."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(f"s{n % 4}-value", record(f"R{n % 2}", [{"name": "a", "type": "int"}])) for n in range(64)]
+
+    def register(job: tuple[str, Schema]) -> tuple[str, str, int]:
+        subject, schema = job
+        own = SchemaRegistryClient(client.config())  # no shared cache: every call reaches the registry
+        return subject, schema.schema_str, own.register_schema(subject, schema)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(register, jobs))
+    ids_by_schema: dict[str, set[int]] = {}
+    for _, schema_str, schema_id in results:
+        ids_by_schema.setdefault(schema_str, set()).add(schema_id)
+    assert sorted(len(ids) for ids in ids_by_schema.values()) == [1, 1], ids_by_schema
+    assert {next(iter(ids)) for ids in ids_by_schema.values()} == {1, 2}
+    for subject in ("s0-value", "s1-value", "s2-value", "s3-value"):
+        assert client.get_versions(subject) == [1]

@@ -126,3 +126,35 @@ def test_subject_names_with_slashes_and_unicode_round_trip(registry: RegistryPro
         assert client.get_latest_version(name).subject == name
         assert client.get_latest_version(name).schema_id == schema_id
     assert sorted(client.get_subjects()) == sorted(["team/a-value", "vidéo ☃-value", "a%2Fb-value"])
+
+
+def test_tls_with_the_clients_ca_and_credentials(tmp_path: Path) -> None:
+    """HTTPS on the registry's port; confluent-kafka's client verifies it with ssl.ca.location."""
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    registry = start_registry_process(
+        data_dir=tmp_path / "registry", user_info=USER_INFO, extra_args=["--tls-cert", str(cert), "--tls-key", str(key)]
+    )
+    try:
+        assert registry.url.startswith("https://")
+        client = SchemaRegistryClient(
+            {"url": registry.url, "basic.auth.user.info": USER_INFO, "ssl.ca.location": str(cert)}
+        )
+        assert client.register_schema("x-value", Schema(SCHEMA, "AVRO")) == 1
+        untrusted = SchemaRegistryClient({"url": registry.url, "basic.auth.user.info": USER_INFO, "max.retries": 0})
+        with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+            untrusted.get_subjects()
+        # Plain HTTP on the TLS port gets nothing it can use, and the server keeps serving.
+        with socket.create_connection((registry.host, registry.port), timeout=10) as sock:
+            sock.sendall(b"GET /subjects HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert not sock.recv(1024).startswith(b"HTTP/1.1 200")
+        assert client.get_subjects() == ["x-value"]
+    finally:
+        registry.stop()
