@@ -58,7 +58,9 @@ def main() -> int:
     parser.add_argument("--topic", required=True, help="video-watched or video-error (with the deployment's prefix)")
     parser.add_argument("--group", default=f"derived-example-{uuid.uuid4().hex[:8]}")
     parser.add_argument("--reader-schema", type=Path, default=None, help="the .avsc this consumer reads into")
-    parser.add_argument("--exit-when-idle", type=float, default=0, help="exit after this many seconds without messages")
+    parser.add_argument(
+        "--exit-when-idle", type=float, default=0, help="exit after this many seconds assigned without messages"
+    )
     args = parser.parse_args()
 
     registry_config = {"url": args.registry_url}
@@ -76,10 +78,12 @@ def main() -> int:
     )
     consumer.subscribe([args.topic])
     seen: OrderedDict[str, None] = OrderedDict()
-    last_message = time.monotonic()
+    last_message: float | None = None  # the idle clock starts once partitions are assigned
     try:
-        while not args.exit_when_idle or time.monotonic() - last_message < args.exit_when_idle:
+        while not args.exit_when_idle or last_message is None or time.monotonic() - last_message < args.exit_when_idle:
             message = consumer.poll(0.5)
+            if last_message is None and consumer.assignment():
+                last_message = time.monotonic()
             if message is None:
                 continue
             if message.error():

@@ -308,32 +308,19 @@ def assert_clickhouse_matches_truth(client: Any, truth: Truth) -> None:
 
 def derived_events_read(stream: StreamEnv, bases: tuple[str, ...]) -> dict[str, list[dict[str, Any]]]:
     """The derived topics as a separate consumer process reads them: the documented example
-    (examples/consume_derived_events.py: AvroDeserializer with the registry URL, dedup by id)."""
+    (examples/consume_derived_events.py: AvroDeserializer with the registry URL, dedup by id).
+
+    One topic after the other: two consumer processes joining their groups at the same moment on
+    Tansu 0.6.0 lost messages (one read 113 of 132, a partition stopping after 5), every time.
+    """
     script = Path(settings.BASE_DIR) / "examples" / "consume_derived_events.py"
-    readers = {
-        base: subprocess.Popen(
-            [
-                sys.executable,
-                str(script),
-                "--bootstrap-servers",
-                settings.KAFKA_BOOTSTRAP_SERVERS,
-                "--registry-url",
-                stream.env["SCHEMA_REGISTRY_URL"],
-                "--topic",
-                stream.topic(base),
-                "--exit-when-idle",
-                "8",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for base in bases
-    }
     lines: dict[str, list[dict[str, Any]]] = {}
-    for base, reader in readers.items():
-        out, err = reader.communicate(timeout=120)
-        assert reader.returncode == 0, err.decode()[-2000:]
-        lines[base] = [orjson.loads(line) for line in out.splitlines()]
+    for base in bases:
+        command = [sys.executable, str(script), "--bootstrap-servers", settings.KAFKA_BOOTSTRAP_SERVERS]
+        command += ["--registry-url", stream.env["SCHEMA_REGISTRY_URL"], "--topic", stream.topic(base)]
+        result = subprocess.run([*command, "--exit-when-idle", "4"], capture_output=True, timeout=120, check=False)
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        lines[base] = [orjson.loads(line) for line in result.stdout.splitlines()]
     return lines
 
 
