@@ -348,6 +348,7 @@ class RegistryApi:
                 f'Schema being registered is incompatible with an earlier schema for subject "{name}",'
                 f" details: [{', '.join(problems)}]",
             )
+        self.store.version_room_check(name)  # first: no schema stored for a version that is refused
         schema_id = self.store.schema_id_ensure(parsed)
         version = self.store.version_add(name, schema_id)
         return {"id": schema_id, "version": version}

@@ -50,6 +50,7 @@ class Limits:
     """
 
     schemas: int = 10_000
+    schema_bytes: int = 256 << 20  # all schema texts together, held in memory and in the log
     subjects: int = 10_000
     versions_per_subject: int = 1_000
 
@@ -83,6 +84,7 @@ class Store:
         self.schemas: dict[int, ParsedSchema] = {}
         self.ids: dict[tuple[str, str], int] = {}  # (type, canonical) -> id
         self.subjects: dict[str, Subject] = {}
+        self.schema_bytes = 0
         self.global_compatibility = DEFAULT_LEVEL
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(data_dir / "lock", "a")  # noqa: SIM115 -- held for the store's life
@@ -136,6 +138,7 @@ class Store:
         if op == "schema":
             parsed = schema_parse(record["schemaType"], record["schema"])
             self.schemas[int(record["id"])] = parsed
+            self.schema_bytes += len(parsed.text)
             self.ids[(parsed.schema_type, parsed.canonical)] = int(record["id"])
         elif op == "version":
             subject = self.subjects.setdefault(record["subject"], Subject())
@@ -176,17 +179,26 @@ class Store:
                 return found
             if len(self.schemas) >= self.limits.schemas:
                 raise StoreLimitError(f"the registry holds {self.limits.schemas} schemas, its limit")
+            if self.schema_bytes + len(parsed.text) > self.limits.schema_bytes:
+                raise StoreLimitError(
+                    f"the registry's schemas would exceed {self.limits.schema_bytes} bytes, its limit"
+                )
             new_id = max(self.schemas, default=0) + 1
             self._write({"op": "schema", "id": new_id, "schemaType": parsed.schema_type, "schema": parsed.text})
             return new_id
 
+    def version_room_check(self, name: str) -> None:
+        """Raise ``StoreLimitError`` when ``name`` may not get another version (checked before its schema is stored)."""
+        subject = self.subjects.get(name)
+        if subject is None and len(self.subjects) >= self.limits.subjects:
+            raise StoreLimitError(f"the registry holds {self.limits.subjects} subjects, its limit")
+        if subject is not None and len(subject.versions) >= self.limits.versions_per_subject:
+            raise StoreLimitError(f"subject holds {self.limits.versions_per_subject} versions, its limit")
+
     def version_add(self, name: str, schema_id: int) -> int:
         with self.lock:
+            self.version_room_check(name)
             subject = self.subjects.get(name)
-            if subject is None and len(self.subjects) >= self.limits.subjects:
-                raise StoreLimitError(f"the registry holds {self.limits.subjects} subjects, its limit")
-            if subject is not None and len(subject.versions) >= self.limits.versions_per_subject:
-                raise StoreLimitError(f"subject holds {self.limits.versions_per_subject} versions, its limit")
             version = subject.next_version() if subject is not None else 1
             self._write({"op": "version", "subject": name, "version": version, "id": schema_id})
             return version
