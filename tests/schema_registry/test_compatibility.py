@@ -194,3 +194,28 @@ def test_a_consumer_with_the_older_schema_reads_events_of_the_newer_one(registry
     assert decoded["errorCode"] == "E42"
     assert "errorSeverity" not in decoded  # unknown to this reader: skipped
     assert decoded["cdn"] == ""  # the writer lacks it: the reader's default
+
+
+def test_the_latest_version_and_schema_id_options_of_the_serializers(registry: RegistryProcess) -> None:
+    """``use.latest.version`` on the deserializer (migrations lookup: deleted=true, versions between)
+    and ``use.schema.id`` on the serializer (schema by id, lookup with deleted=true)."""
+    client = SchemaRegistryClient({**registry.client_config(), "max.retries": 0})
+    schemas = [
+        json.dumps({"type": "record", "name": "U", "fields": [{"name": "a", "type": "int"}, *extra]})
+        for extra in (
+            [],
+            [{"name": "b", "type": "string", "default": "x"}],
+            [{"name": "c", "type": "long", "default": 7}],
+        )
+    ]
+    ids = [client.register_schema("u-value", Schema(s, "AVRO")) for s in schemas]
+    context = SerializationContext("u", MessageField.VALUE)
+    pinned = AvroSerializer(
+        SchemaRegistryClient(client.config()),
+        schemas[0],
+        conf={"auto.register.schemas": False, "use.schema.id": ids[0]},
+    )
+    data = pinned({"a": 1}, context)
+    assert int.from_bytes(data[1:5], "big") == ids[0]
+    latest_reader = AvroDeserializer(SchemaRegistryClient(client.config()), conf={"use.latest.version": True})
+    assert latest_reader(data, context) == {"a": 1, "c": 7}  # v1 data read as v3 (b dropped, c added), across v2
