@@ -1,23 +1,21 @@
 """Server-rendered dashboards for staff: overview, per-video page, live view, API docs.
 
 The pages call the same selector as ``GET /metrics`` (so numbers match the API) and embed the
-series as JSON that a few lines of inline JavaScript hand to plotly.js. plotly.js itself is served
-from the installed ``plotly`` wheel: no CDN, no vendored copy, no front-end build.
+series as JSON that a few lines of inline JavaScript hand to plotly.js. plotly.js itself is a static
+file taken from the installed ``plotly`` wheel (metrics/staticfiles.py): no CDN, no vendored copy,
+no front-end build.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import plotly
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET
 from drf_spectacular.generators import SchemaGenerator
 
@@ -229,16 +227,6 @@ def live(request: HttpRequest) -> HttpResponse:
         "end": end,
     }
     return render(request, "metrics/live.html", context)
-
-
-@require_GET
-@cache_control(public=True, max_age=86400)
-def plotly_js(request: HttpRequest) -> FileResponse:
-    """plotly.min.js from the installed wheel (its version is pinned in pyproject.toml)."""
-    path = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
-    if not path.exists():
-        raise Http404("plotly.min.js is not in the installed plotly package")
-    return FileResponse(path.open("rb"), content_type="application/javascript")
 
 
 @require_GET

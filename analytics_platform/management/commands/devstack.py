@@ -15,7 +15,7 @@ from analytics_platform import kafka
 from analytics_platform.clickhouse import database_ensure
 from analytics_platform.devstack import processes, stack
 from analytics_platform.devstack.supervisor import Supervisor
-from analytics_platform.services import admin_user_ensure
+from analytics_platform.services import admin_user_ensure, static_files_collect
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -90,6 +90,9 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("migrate", database="clickhouse", interactive=False, verbosity=0)
         sup.say("devstack", "migrations applied (default, clickhouse)")
+        started = time.monotonic()
+        if static_files_collect():
+            sup.say("devstack", f"static files collected in {time.monotonic() - started:.1f}s")
         username = os.environ.get("ANALYTICS_ADMIN_USER", "admin")
         generated = admin_user_ensure(username=username, password=os.environ.get("ANALYTICS_ADMIN_PASSWORD"))
         if generated:
