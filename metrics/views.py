@@ -1,4 +1,4 @@
-"""Server-rendered dashboards for staff: overview, per-video page, live view, API docs.
+"""Server-rendered dashboards for staff: overview, per-video page, live view.
 
 The pages call the same selector as ``GET /metrics`` (so numbers match the API) and embed the
 series as JSON that a few lines of inline JavaScript hand to plotly.js. plotly.js itself is a static
@@ -17,7 +17,6 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
-from drf_spectacular.generators import SchemaGenerator
 
 from analytics_platform.errors import ApplicationError
 from metrics import bounds, query
@@ -227,29 +226,3 @@ def live(request: HttpRequest) -> HttpResponse:
         "end": end,
     }
     return render(request, "metrics/live.html", context)
-
-
-@require_GET
-def api_docs(request: HttpRequest) -> HttpResponse:
-    """The OpenAPI schema rendered as HTML on the server (no CDN-hosted Swagger/Redoc assets)."""
-    schema = SchemaGenerator().get_schema(request=None, public=True)
-    operations = []
-    for path, methods in schema.get("paths", {}).items():
-        for method, operation in methods.items():
-            responses = [
-                {"status": status, "description": response.get("description", "")}
-                for status, response in operation.get("responses", {}).items()
-            ]
-            operations.append(
-                {
-                    "method": method.upper(),
-                    "path": path,
-                    "summary": operation.get("summary", ""),
-                    "description": operation.get("description", ""),
-                    "parameters": operation.get("parameters", []),
-                    "request_body": bool(operation.get("requestBody")),
-                    "responses": responses,
-                    "secured": bool(operation.get("security")),
-                }
-            )
-    return render(request, "metrics/api_docs.html", {"schema": schema, "operations": operations})
