@@ -19,7 +19,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from analytics_platform.errors import ApplicationError
-from metrics import bounds, query
+from metrics import bounds, query, units
 from metrics.models import MetricDefinition
 from metrics.selectors import ingestion_lag_get, metric_timeseries_get
 
@@ -98,6 +98,16 @@ def _available(names: tuple[str, ...]) -> list[str]:
     return [name for name in names if name in existing]
 
 
+def _definitions_attach(charts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each chart's definition (description and formula), shown one click away on its card."""
+    definitions = {d.name: d for d in MetricDefinition.objects.filter(name__in={c["metric"] for c in charts})}
+    for chart in charts:
+        definition = definitions.get(chart["metric"])
+        chart["description"] = definition.description if definition else ""
+        chart["formula"] = units.formula_describe(definition) if definition else ""
+    return charts
+
+
 def _line_charts(body: dict[str, Any], prefix: str = "chart") -> list[dict[str, Any]]:
     charts = []
     for metric in body["metrics"]:
@@ -161,7 +171,7 @@ def _dashboard(request: HttpRequest, *, video_id: str | None) -> HttpResponse:
         )
     except ApplicationError as exc:
         return render(request, "metrics/error.html", {"message": exc.message}, status=exc.status_code)
-    charts = _line_charts(series) + _bar_charts(by_dim, breakdown)
+    charts = _definitions_attach(_line_charts(series) + _bar_charts(by_dim, breakdown))
     videos = []
     if top_videos and top_videos["metrics"]:
         videos = [
@@ -213,9 +223,9 @@ def live(request: HttpRequest) -> HttpResponse:
         by_type = metric_timeseries_get(metrics=_available(("events",)), start=start, end=end, group_by=["type"])
     except ApplicationError as exc:
         return render(request, "metrics/error.html", {"message": exc.message}, status=exc.status_code)
-    charts = _line_charts(body, prefix="live") + [
-        {**chart, "id": "live-by-type"} for chart in _bar_charts(by_type, "type")
-    ]
+    charts = _definitions_attach(
+        _line_charts(body, prefix="live") + [{**chart, "id": "live-by-type"} for chart in _bar_charts(by_type, "type")]
+    )
     context = {
         "charts": charts,
         "line_charts": [c for c in charts if c["kind"] == "line"],
