@@ -559,3 +559,26 @@ if ELASTICSEARCH_LOGS_URL:
     LOGGING["root"]["handlers"].append("elasticsearch")
 # The client logs every request at INFO: the shipper's once-a-second bulk would fill stdout.
 LOGGING["loggers"]["elastic_transport"] = {"level": "WARNING"}
+# --- Static files, API docs ------------------------------------------------------------------
+# Served by the web process itself through WhiteNoise (no nginx in front locally or in the pod):
+# `collectstatic` (run by the devstack and the image build) writes content-hashed copies with gzip
+# and brotli siblings under STATIC_ROOT, served with a one-year cache header. plotly.js comes from
+# the installed plotly wheel through metrics.staticfiles.PlotlyFinder, Swagger UI and Redoc from
+# drf-spectacular-sidecar: no page loads anything from outside the server.
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "whitenoise.middleware.WhiteNoiseMiddleware"
+)
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
+STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", str(VAR_DIR / "static")))
+STATICFILES_FINDERS = [
+    "django.contrib.staticfiles.finders.FileSystemFinder",
+    "django.contrib.staticfiles.finders.AppDirectoriesFinder",
+    "metrics.staticfiles.PlotlyFinder",
+]
+STORAGES: dict[str, dict[str, Any]] = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+SPECTACULAR_SETTINGS["SWAGGER_UI_DIST"] = "SIDECAR"
+SPECTACULAR_SETTINGS["SWAGGER_UI_FAVICON_HREF"] = "SIDECAR"
+SPECTACULAR_SETTINGS["REDOC_DIST"] = "SIDECAR"

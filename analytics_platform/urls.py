@@ -5,7 +5,7 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from analytics_platform import health
-from metrics import views as metrics_views
+from analytics_platform.api_docs import RedocView, SwaggerView
 from metrics.apis import MetricsQueryApi
 
 urlpatterns = [
@@ -21,5 +21,6 @@ urlpatterns = [
     path("auth/token/refresh", TokenRefreshView.as_view(), name="auth-token-refresh"),
     path("dashboards/", include("metrics.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", metrics_views.api_docs, name="api-docs"),
+    path("api/docs/", SwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/redoc/", RedocView.as_view(url_name="api-schema"), name="api-redoc"),
 ]

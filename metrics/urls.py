@@ -10,5 +10,4 @@ urlpatterns = [
     path("", views.overview, name="overview"),
     path("videos/<path:video_id>", views.video, name="video"),
     path("live", views.live, name="live"),
-    path("assets/plotly.min.js", views.plotly_js, name="plotly_js"),
 ]

@@ -1,28 +1,25 @@
-"""Server-rendered dashboards for staff: overview, per-video page, live view, API docs.
+"""Server-rendered dashboards for staff: overview, per-video page, live view.
 
 The pages call the same selector as ``GET /metrics`` (so numbers match the API) and embed the
-series as JSON that a few lines of inline JavaScript hand to plotly.js. plotly.js itself is served
-from the installed ``plotly`` wheel: no CDN, no vendored copy, no front-end build.
+series as JSON that a few lines of inline JavaScript hand to plotly.js. plotly.js itself is a static
+file taken from the installed ``plotly`` wheel (metrics/staticfiles.py): no CDN, no vendored copy,
+no front-end build.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
-import plotly
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
-from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET
-from drf_spectacular.generators import SchemaGenerator
 
 from analytics_platform.errors import ApplicationError
-from metrics import bounds, query
+from metrics import bounds, query, units
 from metrics.models import MetricDefinition
 from metrics.selectors import ingestion_lag_get, metric_timeseries_get
 
@@ -101,6 +98,16 @@ def _available(names: tuple[str, ...]) -> list[str]:
     return [name for name in names if name in existing]
 
 
+def _definitions_attach(charts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each chart's definition (description and formula), shown one click away on its card."""
+    definitions = {d.name: d for d in MetricDefinition.objects.filter(name__in={c["metric"] for c in charts})}
+    for chart in charts:
+        definition = definitions.get(chart["metric"])
+        chart["description"] = definition.description if definition else ""
+        chart["formula"] = units.formula_describe(definition) if definition else ""
+    return charts
+
+
 def _line_charts(body: dict[str, Any], prefix: str = "chart") -> list[dict[str, Any]]:
     charts = []
     for metric in body["metrics"]:
@@ -164,7 +171,7 @@ def _dashboard(request: HttpRequest, *, video_id: str | None) -> HttpResponse:
         )
     except ApplicationError as exc:
         return render(request, "metrics/error.html", {"message": exc.message}, status=exc.status_code)
-    charts = _line_charts(series) + _bar_charts(by_dim, breakdown)
+    charts = _definitions_attach(_line_charts(series) + _bar_charts(by_dim, breakdown))
     videos = []
     if top_videos and top_videos["metrics"]:
         videos = [
@@ -216,9 +223,9 @@ def live(request: HttpRequest) -> HttpResponse:
         by_type = metric_timeseries_get(metrics=_available(("events",)), start=start, end=end, group_by=["type"])
     except ApplicationError as exc:
         return render(request, "metrics/error.html", {"message": exc.message}, status=exc.status_code)
-    charts = _line_charts(body, prefix="live") + [
-        {**chart, "id": "live-by-type"} for chart in _bar_charts(by_type, "type")
-    ]
+    charts = _definitions_attach(
+        _line_charts(body, prefix="live") + [{**chart, "id": "live-by-type"} for chart in _bar_charts(by_type, "type")]
+    )
     context = {
         "charts": charts,
         "line_charts": [c for c in charts if c["kind"] == "line"],
@@ -229,39 +236,3 @@ def live(request: HttpRequest) -> HttpResponse:
         "end": end,
     }
     return render(request, "metrics/live.html", context)
-
-
-@require_GET
-@cache_control(public=True, max_age=86400)
-def plotly_js(request: HttpRequest) -> FileResponse:
-    """plotly.min.js from the installed wheel (its version is pinned in pyproject.toml)."""
-    path = Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
-    if not path.exists():
-        raise Http404("plotly.min.js is not in the installed plotly package")
-    return FileResponse(path.open("rb"), content_type="application/javascript")
-
-
-@require_GET
-def api_docs(request: HttpRequest) -> HttpResponse:
-    """The OpenAPI schema rendered as HTML on the server (no CDN-hosted Swagger/Redoc assets)."""
-    schema = SchemaGenerator().get_schema(request=None, public=True)
-    operations = []
-    for path, methods in schema.get("paths", {}).items():
-        for method, operation in methods.items():
-            responses = [
-                {"status": status, "description": response.get("description", "")}
-                for status, response in operation.get("responses", {}).items()
-            ]
-            operations.append(
-                {
-                    "method": method.upper(),
-                    "path": path,
-                    "summary": operation.get("summary", ""),
-                    "description": operation.get("description", ""),
-                    "parameters": operation.get("parameters", []),
-                    "request_body": bool(operation.get("requestBody")),
-                    "responses": responses,
-                    "secured": bool(operation.get("security")),
-                }
-            )
-    return render(request, "metrics/api_docs.html", {"schema": schema, "operations": operations})

@@ -10,16 +10,58 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.test import override_settings
 
 from analytics_platform import kafka
 from analytics_platform.clickhouse_server.testing import ServerProcess
 from analytics_platform.devstack import processes
 from analytics_platform.schema_registry.testing import RegistryProcess, start_registry_process
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _static_files_from_finders() -> Iterator[None]:
+    """In-process tests render pages without a ``collectstatic`` run first.
+
+    The production storage names each file by its hash, read from the manifest that
+    ``collectstatic`` writes (20-40 s here); templates rendered in process use Django's plain
+    storage instead, and the finders serve the files. The collected pipeline itself (hashed names,
+    gzip and brotli, WhiteNoise under gunicorn) is tested through a real process in
+    tests/test_static_files.py, which uses ``collected_static``.
+    """
+    storages = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+    with override_settings(STORAGES=storages):
+        yield
+
+
+@pytest.fixture(scope="session")
+def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ``collectstatic`` per test run with the production storage, for processes started by tests.
+
+    Pass it as DJANGO_STATIC_ROOT: the devstack's fingerprint then finds it current and skips it.
+    """
+    root = tmp_path_factory.mktemp("static")
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "analytics_platform.settings",
+        "DJANGO_STATIC_ROOT": str(root),
+        "ANALYTICS_VAR_DIR": str(tmp_path_factory.mktemp("static-var")),
+        "PYTHONPATH": str(settings.BASE_DIR),
+    }
+    env.pop("DATABASE_URL", None)
+    code = "import django; django.setup(); from analytics_platform.services import static_files_collect as c; c()"
+    subprocess.run([sys.executable, "-c", code], env=env, cwd=settings.BASE_DIR, check=True, timeout=300)
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -103,6 +104,10 @@ def test_devstack_runs_the_service_and_stops_cleanly(tmp_path: Path) -> None:
         assert "schema_registry" in ready["dependencies"]
         status, body = _get(f"{base}/admin/login/")
         assert status == 200 and b"csrfmiddlewaretoken" in body
+        # Styled: the stylesheet it links to (hashed by the devstack's collectstatic) is served.
+        [css] = re.findall(rb'href="(/static/admin/css/base\.[0-9a-f]{12}\.css)"', body)
+        status, body = _get(f"{base}{css.decode()}")
+        assert status == 200 and b"--body-bg" in body
         status, body = _get(f"{base}/prometheus/metrics")
         assert status == 200 and b"django_http_requests" in body
     finally:
@@ -123,6 +128,9 @@ def test_devstack_runs_the_service_and_stops_cleanly(tmp_path: Path) -> None:
     finally:
         _stop(process, output2)
     assert not any("created admin user" in line for line in output2)
+    # The static files were collected once: the second start found them current.
+    assert any("static files collected" in line for line in output)
+    assert not any("static files collected" in line for line in output2)
 
     # The schemas kept their ids across the restart (registered again: the same ids, no new versions).
     def schema_lines(lines: list[str]) -> list[str]:

@@ -127,11 +127,20 @@ def _stored_ids(client: Client, ids: list[str]) -> set[str]:
 @pytest.mark.kafka
 @pytest.mark.clickhouse
 @pytest.mark.slow
-def test_a_killed_worker_is_restarted_and_ctrl_c_drains_every_accepted_event(tmp_path: Path) -> None:
+def test_a_killed_worker_is_restarted_and_ctrl_c_drains_every_accepted_event(
+    tmp_path: Path, collected_static: Path
+) -> None:
     ports = {name: free_port() for name in ("web", "kafka", "clickhouse", "streams_metrics")}
     output: list[str] = []
     var = tmp_path / "var"
-    process = _start(var, ports, output, INGEST_ALLOWLIST_ENABLED="false", INGEST_RATE_LIMIT_REQUESTS="0")
+    process = _start(
+        var,
+        ports,
+        output,
+        INGEST_ALLOWLIST_ENABLED="false",
+        INGEST_RATE_LIMIT_REQUESTS="0",
+        DJANGO_STATIC_ROOT=str(collected_static),  # collected once per run, not once per stack
+    )
     poster = Poster(ports["web"])
     try:
         _wait_ready(f"http://127.0.0.1:{ports['web']}", process, output)

@@ -5,6 +5,7 @@ Screenshots land in ``artifacts/screenshots/`` (git-ignored) so CI can keep them
 
 from __future__ import annotations
 
+import re
 import shutil
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from django.apps import apps as django_apps
 from django.contrib.auth import get_user_model
 
 from analytics_platform.clickhouse import client_get
+from metrics import units
 from metrics.models import MetricDefinition
 from tests.metrics import data as gen
 from tests.metrics.conftest import PASSWORD
@@ -89,6 +91,15 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
         )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            # No page loads anything from outside the server (no CDN, no web fonts): a request
+            # elsewhere is only allowed if the page's Content-Security-Policy stopped it in the browser.
+            outside: list[str] = []
+            blocked: dict[str, str] = {}
+            page.on(
+                "request",
+                lambda r: None if r.url.startswith((live_server.url, "data:", "blob:")) else outside.append(r.url),
+            )
+            page.on("requestfailed", lambda r: blocked.__setitem__(r.url, r.failure or ""))  # "csp" when blocked
             page.goto(f"{live_server.url}/dashboards/?range=7d")
             # Not logged in: the admin login page, then back to the dashboard.
             assert "/admin/login/" in page.url
@@ -110,7 +121,20 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
             _assert_chart(_chart(page, "chart-views"), _truth(loaded, "views", start, end, "day"))
             _assert_chart(_chart(page, "chart-watch_time_ms"), _truth(loaded, "watch_time_ms", start, end, "day"))
             views_total = sum(1 for v in loaded.views if v["has_view_start"] and start <= v["start_ts"] < end)
-            assert page.inner_text("#total-chart-views").split()[0] == str(views_total)
+            assert int(page.get_attribute("#total-chart-views", "data-value") or "") == views_total
+            assert page.inner_text("#total-chart-views") == units.value_format(views_total, "count")
+            # Units people read: watch time in h/min/s, ratios in %, the definition one click away.
+            watch = float(page.get_attribute("#total-chart-watch_time_ms", "data-value") or "")
+            watch_text = page.inner_text("#total-chart-watch_time_ms")
+            assert watch_text == units.duration_format(watch) and re.fullmatch(r"[\d,]+ h \d+ min", watch_text)
+            ratio = float(page.get_attribute("#total-chart-rebuffer_ratio", "data-value") or "")
+            assert page.inner_text("#total-chart-rebuffer_ratio") == f"{ratio * 100:.2f} %"
+            definition = page.locator("#definition-chart-rebuffer_ratio")
+            assert not definition.locator("code").is_visible()
+            definition.locator("summary").click()
+            formula = definition.locator("code").inner_text()
+            assert " / " in formula and "rebuffer" in formula, formula
+            assert "UTC" in page.inner_text("#window")
             breakdown = _chart(page, "breakdown-views")
             assert len(breakdown["x"]) == len(gen.DIM_VALUES["country"])
             page.screenshot(path=str(SCREENSHOTS / "overview-30d.png"), full_page=True)
@@ -153,8 +177,14 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
             page.screenshot(path=str(SCREENSHOTS / "live.png"), full_page=True)
 
             page.goto(f"{live_server.url}/api/docs/")
-            assert page.locator("h2", has_text="GET /metrics").count() == 1
-            assert page.locator("h2", has_text="POST /events").count() == 1
+            # Swagger UI (drf-spectacular-sidecar) renders both public endpoints from /api/schema/.
+            page.wait_for_selector(".opblock-summary-path", timeout=20_000)
+            paths = page.locator(".opblock-summary-path").all_inner_texts()
+            assert "/metrics" in paths and "/events" in paths
             page.screenshot(path=str(SCREENSHOTS / "api-docs.png"), full_page=True)
+            page.goto(f"{live_server.url}/api/docs/redoc/")
+            page.wait_for_selector("[data-section-id='tag/events']", timeout=20_000)
+            page.screenshot(path=str(SCREENSHOTS / "api-docs-redoc.png"), full_page=True)
+            assert all(blocked.get(url) == "csp" for url in outside), (outside, blocked)
         finally:
             browser.close()

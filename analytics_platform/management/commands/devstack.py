@@ -16,7 +16,7 @@ from analytics_platform import kafka
 from analytics_platform.clickhouse import database_ensure
 from analytics_platform.devstack import processes, stack
 from analytics_platform.devstack.supervisor import Supervisor
-from analytics_platform.services import admin_user_ensure
+from analytics_platform.services import admin_user_ensure, static_files_collect
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -110,6 +110,9 @@ class Command(BaseCommand):
         call_command("schemas_register", stdout=registered)
         for line in registered.getvalue().splitlines():
             sup.say("devstack", f"schema {line}")
+        started = time.monotonic()
+        if static_files_collect():
+            sup.say("devstack", f"static files collected in {time.monotonic() - started:.1f}s")
         username = os.environ.get("ANALYTICS_ADMIN_USER", "admin")
         generated = admin_user_ensure(username=username, password=os.environ.get("ANALYTICS_ADMIN_PASSWORD"))
         if generated:

@@ -1,0 +1,75 @@
+"""How the dashboards write a metric's value for people: the one place for units on screen.
+
+The API keeps raw numbers (milliseconds, ratios in [0, 1]); a page shows watch time as
+``45 h 36 min``, a failure rate as ``2.31 %`` and a million views as ``1.2M``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from metrics.models import MetricDefinition
+
+_ABBREVIATIONS = ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k"))
+#: Counts below this are written in full (with thousands separators), above it abbreviated.
+ABBREVIATE_FROM = 10_000
+
+
+def duration_format(ms: float) -> str:
+    if round(ms) < 1000:
+        return f"{ms:.0f} ms"
+    seconds = ms / 1000
+    if round(seconds, 1) < 60:  # 59.97 s reads "1 min 0 s", not "60.0 s"
+        return f"{seconds:.1f} s"
+    total = round(seconds)
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours:,} h {minutes} min"
+    return f"{minutes} min {secs} s"
+
+
+def count_format(value: float) -> str:
+    if abs(value) < ABBREVIATE_FROM:
+        return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+    for size, suffix in _ABBREVIATIONS:
+        if abs(value) >= size:
+            scaled = value / size
+            return f"{scaled:.1f}{suffix}" if abs(scaled) < 100 else f"{scaled:.0f}{suffix}"
+    return f"{value:,.0f}"  # pragma: no cover - ABBREVIATE_FROM is above the smallest size
+
+
+def value_format(value: float | None, unit: str) -> str:
+    """``value`` in ``unit`` (a MetricDefinition's) as shown on the dashboards; an em dash for none."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    if unit == "ms":
+        return duration_format(value)
+    if unit == "ratio":
+        return f"{value * 100:.2f} %"
+    text = count_format(value)
+    return text if unit in ("count", "") else f"{text} {unit}"
+
+
+def formula_describe(definition: MetricDefinition) -> str:
+    """The definition's computation in one line, from its fields (what the query builder runs)."""
+
+    def part(aggregation: str, measure: str, conditions: object) -> str:
+        text = f"{aggregation}({measure or '*'})"
+        if conditions:
+            text += " where " + " and ".join(str(c) for c in conditions)  # type: ignore[attr-defined]
+        return text
+
+    if definition.aggregation == "ratio":
+        numerator = part(definition.numerator_aggregation, definition.measure, definition.conditions)
+        denominator = part(
+            definition.denominator_aggregation, definition.denominator_measure, definition.denominator_conditions
+        )
+        text = f"{numerator} / {denominator}"
+    elif definition.aggregation == "quantile":
+        text = part(f"quantile({definition.quantile})", definition.measure, definition.conditions)
+    else:
+        text = part(definition.aggregation, definition.measure, definition.conditions)
+    if definition.event_types:
+        text += " for events of type " + ", ".join(definition.event_types)
+    return f"{text} over {definition.source}"

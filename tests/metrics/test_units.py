@@ -1,0 +1,40 @@
+"""The dashboards' units on plain values (metrics/units.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from metrics.units import count_format, duration_format, value_format
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [
+        (0, "0 ms"),
+        (999.4, "999 ms"),
+        (999.6, "1.0 s"),
+        (1_500, "1.5 s"),
+        (59_970, "1 min 0 s"),
+        (185_000, "3 min 5 s"),
+        (164_184_053, "45 h 36 min"),  # the issue's watch time
+        (10**15, "277,777,777 h 46 min"),
+    ],
+)
+def test_durations_in_h_min_s(ms: float, text: str) -> None:
+    assert duration_format(ms) == text
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(7, "7"), (9_999, "9,999"), (10_000, "10.0k"), (164_184_053, "164M"), (2.5e9, "2.5B"), (12.345, "12.35")],
+)
+def test_large_counts_abbreviated(value: float, text: str) -> None:
+    assert count_format(value) == text
+
+
+def test_values_by_unit() -> None:
+    assert value_format(0.02314, "ratio") == "2.31 %"
+    assert value_format(None, "ratio") == "—"
+    assert value_format(float("nan"), "ms") == "—"
+    assert value_format(12_345, "users") == "12.3k users"
+    assert value_format(164_184_053, "ms") == "45 h 36 min"
