@@ -374,7 +374,8 @@
     }
 
     function createView(media, adapter, opts) {
-      var videoId = opts.videoId || media.currentSrc || media.src || "unknown";
+      // API.md bounds videoId to 256 characters: a long URL as the default id is cut, not refused.
+      var videoId = String(opts.videoId || media.currentSrc || media.src || "unknown").slice(0, 256);
       var dims = Object.assign({}, o.dimensions || {}, opts.dimensions || {});
       if (adapter && !dims.player) dims.player = adapter.name;
       var sessionId = null, started = false, firstFrame = false, rebuffering = false, starved = false;

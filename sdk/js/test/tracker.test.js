@@ -291,6 +291,15 @@ test("video.js: quality level changes and the player's error", async () => {
   assert.deepEqual([sent[3].errorCode, sent[3].errorMessage, sent[3].fatal], ["2", "network", true]);
 });
 
+test("without a videoId the source URL is the id, cut to API.md's 256 characters", async () => {
+  const { clock, fetch, tracker, media } = setup();
+  media.currentSrc = "https://cdn.example/" + "p".repeat(400);
+  tracker.attach(media);
+  media.play();
+  await clock.advance(1000);
+  assert.equal(events(fetch)[0].videoId, media.currentSrc.slice(0, 256));
+});
+
 test("attach refuses what is neither a media element nor a known player", () => {
   const { tracker } = setup();
   assert.throws(() => tracker.attach({}), /no media element/);
