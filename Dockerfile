@@ -9,6 +9,7 @@ COPY metrics metrics
 COPY streams streams
 COPY etl etl
 COPY templates templates
+COPY sdk/js/player.js sdk/js/player.mjs sdk/js/
 COPY manage.py ./
 RUN pip install --no-cache-dir . && useradd --uid 10001 --create-home app && mkdir -p /app/var && chown app /app/var
 # Hashed, gzip- and brotli-compressed static files, baked into the image and served by WhiteNoise.

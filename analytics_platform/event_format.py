@@ -20,7 +20,8 @@ validated API event with camelCase keys as on the wire (API.md), normalised:
 * ``userId``: repeated on each event;
 * optional fields (``sessionId``, ``videoId``, ``positionMs``, ``bitrateKbps``, ``errorCode``,
   ``errorMessage``, ``fatal``, ``device``, ``os``, ``browser``, ``country``, ``cdn``, ``player``,
-  ``properties``) are omitted when absent; ``fatal`` is present (default true) on ``error`` events.
+  ``properties``, ``cmcd``) are omitted when absent; ``fatal`` is present (default true) on
+  ``error`` events; ``cmcd`` holds only the CTA-5004 keys below that the client sent.
 
 Fields a client sent that API.md does not define are dropped by ingest, never forwarded. Every
 event of a message passed validation, and no ``eventId`` repeats within one request; the same
@@ -129,6 +130,23 @@ PROPERTY_KEY_MAX_CHARS = 128
 PROPERTIES_MAX_DEPTH = 8
 PROPERTY_STRING_MAX_CHARS = 8192
 PROPERTIES_MAX_BYTES = 32_768
+# ``cmcd``: Common Media Client Data (CTA-5004, 2020), the player's view of the stream as CMCD
+# keys, as an object with the keys' names (the JSON form of CTA-5004's key/value pairs). Types and
+# bounds are the specification's: integers are non-negative (kbps or ms; CTA-5004 asks senders to
+# round bl and dl to 100 ms and mtp and rtp to 100 kbps, a privacy measure of the sender that is
+# not enforced here), strings cid and sid at most 64 characters, tokens from the lists below. A
+# key the client sent with a wrong type or outside its bound refuses the event (field
+# ``cmcd.<key>``); keys that are not CTA-5004's (custom "-"-prefixed keys included) are dropped.
+CMCD_INTEGER_KEYS = ("br", "bl", "d", "dl", "mtp", "rtp", "tb")  # Integer (kbps or ms), >= 0
+CMCD_BOOLEAN_KEYS = ("bs", "su")  # buffer starvation, startup
+CMCD_ID_MAX_CHARS = 64  # cid, sid: "String, max length 64 characters"
+# nor: a relative URL, for which CTA-5004 gives no length: bounded like a dimension.
+CMCD_NOR_MAX_CHARS = DIMENSION_MAX_CHARS
+CMCD_NRR_PATTERN = r"^[0-9]+-[0-9]*$"  # nrr: "<range-start>-<range-end>", the end optional
+CMCD_OBJECT_TYPES = ("m", "a", "v", "av", "i", "c", "tt", "k", "o")  # ot
+CMCD_STREAMING_FORMATS = ("d", "h", "s", "o")  # sf: DASH, HLS, Smooth Streaming, other
+CMCD_STREAM_TYPES = ("v", "l")  # st: VOD, live
+# pr (playback rate) is a non-negative decimal; v (the CMCD version) an integer >= 1.
 
 
 def partition_of(user_id: str, partitions: int) -> int:

@@ -67,6 +67,57 @@ else:
 EventType = Annotated[str, Meta(pattern=event_format.CUSTOM_TYPE_PATTERN)]
 
 
+def _token(tokens: tuple[str, ...]) -> Any:
+    return Annotated[str, Meta(pattern="^(?:" + "|".join(tokens) + ")$")]
+
+
+# CMCD (CTA-5004): the keys, types and bounds are event_format's.
+CmcdInt = NonNegativeInt
+CmcdId = Annotated[str, Meta(max_length=event_format.CMCD_ID_MAX_CHARS)]
+CmcdNor = Annotated[str, Meta(max_length=event_format.CMCD_NOR_MAX_CHARS)]
+CmcdNrr = Annotated[str, Meta(pattern=event_format.CMCD_NRR_PATTERN, max_length=2 * len(str(event_format.INT_MAX)) + 1)]
+CmcdRate = Annotated[float, Meta(ge=0)]
+CmcdVersion = Annotated[int, Meta(ge=1, le=event_format.INT_MAX)]
+if TYPE_CHECKING:
+    CmcdObjectType = str
+    CmcdStreamingFormat = str
+    CmcdStreamType = str
+else:
+    CmcdObjectType = _token(event_format.CMCD_OBJECT_TYPES)
+    CmcdStreamingFormat = _token(event_format.CMCD_STREAMING_FORMATS)
+    CmcdStreamType = _token(event_format.CMCD_STREAM_TYPES)
+
+
+class Cmcd(msgspec.Struct, omit_defaults=True, gc=False):
+    """The CTA-5004 keys of an event's ``cmcd`` object; other keys are dropped."""
+
+    br: CmcdInt | UnsetType = UNSET
+    bl: CmcdInt | UnsetType = UNSET
+    bs: bool | UnsetType = UNSET
+    cid: CmcdId | UnsetType = UNSET
+    d: CmcdInt | UnsetType = UNSET
+    dl: CmcdInt | UnsetType = UNSET
+    mtp: CmcdInt | UnsetType = UNSET
+    nor: CmcdNor | UnsetType = UNSET
+    nrr: CmcdNrr | UnsetType = UNSET
+    ot: CmcdObjectType | UnsetType = UNSET
+    pr: CmcdRate | UnsetType = UNSET
+    rtp: CmcdInt | UnsetType = UNSET
+    sf: CmcdStreamingFormat | UnsetType = UNSET
+    sid: CmcdId | UnsetType = UNSET
+    st: CmcdStreamType | UnsetType = UNSET
+    su: bool | UnsetType = UNSET
+    tb: CmcdInt | UnsetType = UNSET
+    v: CmcdVersion | UnsetType = UNSET
+
+
+_CMCD_CHOICES = {
+    "ot": event_format.CMCD_OBJECT_TYPES,
+    "sf": event_format.CMCD_STREAMING_FORMATS,
+    "st": event_format.CMCD_STREAM_TYPES,
+}
+
+
 class Event(msgspec.Struct, rename="camel", gc=False):
     """One event as sent by a client and, after ``event_normalise``, as forwarded to Kafka.
 
@@ -92,6 +143,7 @@ class Event(msgspec.Struct, rename="camel", gc=False):
     cdn: DimensionStr | UnsetType = UNSET
     player: DimensionStr | UnsetType = UNSET
     properties: Properties | UnsetType = UNSET
+    cmcd: Cmcd | UnsetType = UNSET
     client_timestamp: int | UnsetType = UNSET
     received_at: int | UnsetType = UNSET
 
@@ -217,6 +269,12 @@ def _error_from_validation(index: int | None, exc: msgspec.ValidationError) -> E
         detail = (
             f"type is neither a playback type nor a custom interaction type matching {event_format.CUSTOM_TYPE_PATTERN}"
         )
+    elif "matching regex" in detail and field is not None and field.startswith("cmcd."):
+        code = "invalid_value"
+        choices = _CMCD_CHOICES.get(last)
+        detail = f"{field} must be one of {', '.join(choices)}" if choices else f"{field}: {detail}"
+    elif detail.startswith("Number out of range") and field is not None and field.startswith("cmcd."):
+        code = "out_of_range"  # pr beyond a double
     elif "of length <=" in detail:
         code = "too_long"
     elif "of length >=" in detail:
