@@ -7,7 +7,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # Tests run Django on the machine's PostgreSQL, the production engine (override to taste).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/analytics
 
-.PHONY: run test lint typecheck pytest bench clean chromium
+.PHONY: run test lint typecheck pytest bench clean chromium deploy-tools
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,10 +39,25 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "browser tests need Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; fi; }
 
-pytest: $(DEV_STAMP) chromium
+# Deployment checks (tests/deploy): kubectl (kustomize) and promtool from Debian; checkov in a
+# virtualenv of its own (its pins would downgrade packaging and cachetools in the project's).
+CHECKOV_VENV ?= .venv-tools
+CHECKOV_VERSION := 3.3.30
+$(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+deploy-tools: $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
+	@for tool in kubectl:kubectl promtool:prometheus; do \
+	  command -v $${tool%%:*} >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $${tool##*:} >/dev/null; \
+	  else echo "deployment tests need Debian's $${tool##*:}: sudo apt-get install -y $${tool##*:}" >&2; exit 1; fi; done
+
+pytest: $(DEV_STAMP) chromium deploy-tools
 	DATABASE_URL=$(TEST_DATABASE_URL) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) var artifacts
+	rm -rf $(VENV) $(CHECKOV_VENV) var artifacts
