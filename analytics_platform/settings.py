@@ -60,6 +60,19 @@ def env_int(name: str, default: int) -> int:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from exc
 
 
+def env_float(name: str, default: float) -> float:
+    raw = env(name, str(default))
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from exc
+
+
+def env_optional(name: str) -> str:
+    """An optional value: empty when unset, in every environment (credentials that have alternatives)."""
+    return os.environ.get(name, "")
+
+
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in env(name, default).split(",") if item.strip()]
 
@@ -67,16 +80,17 @@ def env_list(name: str, default: str) -> list[str]:
 VAR_DIR = Path(env("ANALYTICS_VAR_DIR", str(BASE_DIR / "var")))
 
 
-def _local_secret_key() -> str:
-    """A per-checkout key kept under var/ so sessions survive a restart of the local stack.
+def local_secret(name: str) -> str:
+    """A per-checkout secret kept in ``var/<name>`` so it survives a restart of the local stack.
 
-    Several processes of the stack start at once on a fresh var/: the key is written to a temp
-    file and linked into place, so exactly one key wins and nobody reads a half-written file.
+    Several processes of the stack start at once on a fresh var/: the secret is written to a temp
+    file and linked into place, so exactly one value wins and nobody reads a half-written file.
+    Never used in production, where every secret comes from the environment.
     """
-    path = VAR_DIR / "secret_key"
+    path = VAR_DIR / name
     if not path.exists():
         VAR_DIR.mkdir(parents=True, exist_ok=True)
-        tmp = VAR_DIR / f".secret_key.{os.getpid()}"
+        tmp = VAR_DIR / f".{name}.{os.getpid()}"
         tmp.write_text(secrets.token_urlsafe(50))
         tmp.chmod(0o600)
         with contextlib.suppress(FileExistsError):
@@ -85,13 +99,30 @@ def _local_secret_key() -> str:
     return path.read_text().strip()
 
 
-if PRODUCTION:
-    SECRET_KEY = env("DJANGO_SECRET_KEY", secret=True)
-else:
-    SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY") or _local_secret_key()
+def env_secret(name: str, *, min_length: int = 32, local_name: str | None = None) -> str:
+    """A secret: from the environment, required and at least ``min_length`` long in production;
+    locally the environment's value or one generated under ``var/<local_name>`` (``local_secret``)."""
+    value = env_optional(name)
+    if not PRODUCTION:
+        return value or local_secret(local_name or name.lower())
+    if not value:
+        raise ImproperlyConfigured(f"{name} must be set when ANALYTICS_ENV=production")
+    if len(value) < min_length or value.startswith("django-insecure-") or len(set(value)) < 5:
+        raise ImproperlyConfigured(f"{name} is too weak: use at least {min_length} random characters")
+    return value
+
+
+# var/secret_key predates env_secret's file naming: kept so existing checkouts keep their sessions.
+SECRET_KEY = env_secret("DJANGO_SECRET_KEY", min_length=50, local_name="secret_key")
 DEBUG = env_bool("DJANGO_DEBUG", False)
-ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
-if PRODUCTION and not os.environ.get("DJANGO_ALLOWED_HOSTS"):
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DJANGO_DEBUG must be off when ANALYTICS_ENV=production")
+ALLOWED_HOSTS = (
+    env_list("DJANGO_ALLOWED_HOSTS", "")
+    if PRODUCTION
+    else env_list("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
+)
+if PRODUCTION and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("DJANGO_ALLOWED_HOSTS must be set when ANALYTICS_ENV=production")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "http://127.0.0.1:8000,http://localhost:8000")
 
@@ -169,8 +200,8 @@ CLICKHOUSE_OPTIONS: dict[str, Any] = {
 }
 if CLICKHOUSE_SECURE:
     CLICKHOUSE_OPTIONS["verify"] = env_bool("CLICKHOUSE_VERIFY", True)
-    if os.environ.get("CLICKHOUSE_CA_CERTS"):
-        CLICKHOUSE_OPTIONS["ca_certs"] = os.environ["CLICKHOUSE_CA_CERTS"]
+    if env_optional("CLICKHOUSE_CA_CERTS"):
+        CLICKHOUSE_OPTIONS["ca_certs"] = env_optional("CLICKHOUSE_CA_CERTS")
 DATABASES["clickhouse"] = {
     "ENGINE": "clickhouse_backend.backend",
     "NAME": env("CLICKHOUSE_DATABASE", "analytics"),
@@ -190,13 +221,13 @@ KAFKA_BOOTSTRAP_SERVERS = env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", produ
 KAFKA_SECURITY: dict[str, str] = {
     key: value
     for key, value in {
-        "security.protocol": os.environ.get("KAFKA_SECURITY_PROTOCOL", ""),
-        "sasl.mechanism": os.environ.get("KAFKA_SASL_MECHANISM", ""),
-        "sasl.username": os.environ.get("KAFKA_SASL_USERNAME", ""),
-        "sasl.password": os.environ.get("KAFKA_SASL_PASSWORD", ""),
-        "ssl.ca.location": os.environ.get("KAFKA_SSL_CA_LOCATION", ""),
-        "ssl.certificate.location": os.environ.get("KAFKA_SSL_CERTIFICATE_LOCATION", ""),
-        "ssl.key.location": os.environ.get("KAFKA_SSL_KEY_LOCATION", ""),
+        "security.protocol": env_optional("KAFKA_SECURITY_PROTOCOL"),
+        "sasl.mechanism": env_optional("KAFKA_SASL_MECHANISM"),
+        "sasl.username": env_optional("KAFKA_SASL_USERNAME"),
+        "sasl.password": env_optional("KAFKA_SASL_PASSWORD"),
+        "ssl.ca.location": env_optional("KAFKA_SSL_CA_LOCATION"),
+        "ssl.certificate.location": env_optional("KAFKA_SSL_CERTIFICATE_LOCATION"),
+        "ssl.key.location": env_optional("KAFKA_SSL_KEY_LOCATION"),
     }.items()
     if value
 }
@@ -215,11 +246,11 @@ SCHEMA_REGISTRY_CLIENT: dict[str, Any] = {
     key: value
     for key, value in {
         "url": SCHEMA_REGISTRY_URL,
-        "basic.auth.user.info": os.environ.get("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", ""),
-        "ssl.ca.location": os.environ.get("SCHEMA_REGISTRY_SSL_CA_LOCATION", ""),
-        "ssl.certificate.location": os.environ.get("SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION", ""),
-        "ssl.key.location": os.environ.get("SCHEMA_REGISTRY_SSL_KEY_LOCATION", ""),
-        "ssl.key.password": os.environ.get("SCHEMA_REGISTRY_SSL_KEY_PASSWORD", ""),
+        "basic.auth.user.info": env_optional("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"),
+        "ssl.ca.location": env_optional("SCHEMA_REGISTRY_SSL_CA_LOCATION"),
+        "ssl.certificate.location": env_optional("SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION"),
+        "ssl.key.location": env_optional("SCHEMA_REGISTRY_SSL_KEY_LOCATION"),
+        "ssl.key.password": env_optional("SCHEMA_REGISTRY_SSL_KEY_PASSWORD"),
     }.items()
     if value
 }
@@ -230,7 +261,7 @@ if PRODUCTION and not (
         "set SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO or SCHEMA_REGISTRY_SSL_CERTIFICATE_LOCATION"
         " when ANALYTICS_ENV=production"
     )
-SCHEMA_REGISTRY_TIMEOUT_SECONDS = float(env("SCHEMA_REGISTRY_TIMEOUT_SECONDS", "10"))
+SCHEMA_REGISTRY_TIMEOUT_SECONDS = env_float("SCHEMA_REGISTRY_TIMEOUT_SECONDS", 10)
 
 # --- Celery ----------------------------------------------------------------------------------
 # Locally a filesystem transport (nothing to install); Redis in production.
@@ -247,7 +278,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, Any] = (
     if CELERY_BROKER_URL.startswith("filesystem")
     else {}
 )
-CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND") or None
+CELERY_RESULT_BACKEND = env_optional("CELERY_RESULT_BACKEND") or None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -320,14 +351,14 @@ LOGGING: dict[str, Any] = {
     },
 }
 PROMETHEUS_EXPORT_MIGRATIONS = False
-READINESS_TIMEOUT_SECONDS = float(env("READINESS_TIMEOUT_SECONDS", "2.0"))
+READINESS_TIMEOUT_SECONDS = env_float("READINESS_TIMEOUT_SECONDS", 2.0)
 
 # --- Ingest ----------------------------------------------------------------------------------
 # POST /events (ingest/). Limits from API.md; the Kafka producer is durable (acks=all, idempotent)
 # and compressed, and each worker coalesces concurrent requests into v2 batch messages per
 # partition: see ingest/producer.py and ingest/coalescer.py.
 INGEST_MAX_BODY_BYTES = env_int("INGEST_MAX_BODY_BYTES", 5 * 1024 * 1024)  # decompressed, and on the wire
-INGEST_ACK_TIMEOUT_SECONDS = float(env("INGEST_ACK_TIMEOUT_SECONDS", "10"))  # then 503 + Retry-After
+INGEST_ACK_TIMEOUT_SECONDS = env_float("INGEST_ACK_TIMEOUT_SECONDS", 10)  # then 503 + Retry-After
 INGEST_RETRY_AFTER_SECONDS = env_int("INGEST_RETRY_AFTER_SECONDS", 5)
 # librdkafka's own wait for more messages: 0, the coalescer already batches per partition (with
 # 50 ms the ingest benchmark's p50 latency at low load was about 65 ms instead of about 20 ms, and
@@ -339,7 +370,7 @@ INGEST_PRODUCER_QUEUE_MESSAGES = env_int("INGEST_PRODUCER_QUEUE_MESSAGES", 100_0
 INGEST_PRODUCER_EXTRA: dict[str, Any] = {}  # more librdkafka options (tests, tuning)
 # How long a partition's pending events wait for more (other requests') before they are produced
 # as one message; 0: each request's events are produced at once (still one message per partition).
-INGEST_COALESCE_MS = float(env("INGEST_COALESCE_MS", "5"))
+INGEST_COALESCE_MS = env_float("INGEST_COALESCE_MS", 5)
 # A message is produced before it would grow past this size (the broker's default
 # message.max.bytes is 1 MB); an event that alone encodes to more is rejected (too_large).
 INGEST_MAX_MESSAGE_BYTES = env_int("INGEST_MAX_MESSAGE_BYTES", 900_000)
@@ -365,7 +396,7 @@ for _name, _value, _least in (
 # default has loopback built in, production nothing but the rules ops add.
 INGEST_ALLOWLIST_ENABLED = env_bool("INGEST_ALLOWLIST_ENABLED", True)
 INGEST_ALLOWLIST_BUILTIN_CIDRS = env_list("INGEST_ALLOWLIST_BUILTIN_CIDRS", "" if PRODUCTION else "127.0.0.0/8,::1/128")
-INGEST_ALLOWLIST_CACHE_SECONDS = float(env("INGEST_ALLOWLIST_CACHE_SECONDS", "5"))
+INGEST_ALLOWLIST_CACHE_SECONDS = env_float("INGEST_ALLOWLIST_CACHE_SECONDS", 5)
 # Proxies in front of the service that append to X-Forwarded-For (0: use the socket's address).
 INGEST_TRUSTED_PROXY_COUNT = env_int("INGEST_TRUSTED_PROXY_COUNT", 0)
 # Per client address; 0 disables. The counter cache is shared by all processes.
@@ -373,7 +404,7 @@ INGEST_RATE_LIMIT_REQUESTS = env_int("INGEST_RATE_LIMIT_REQUESTS", 1000)
 INGEST_RATE_LIMIT_WINDOW_SECONDS = env_int("INGEST_RATE_LIMIT_WINDOW_SECONDS", 1)
 # Each process adds its local count to the shared counter at most this often per client (and at
 # once when over the limit): one cache round trip per client per interval, not per request.
-INGEST_RATE_LIMIT_SYNC_SECONDS = float(env("INGEST_RATE_LIMIT_SYNC_SECONDS", "0.1"))
+INGEST_RATE_LIMIT_SYNC_SECONDS = env_float("INGEST_RATE_LIMIT_SYNC_SECONDS", 0.1)
 _ratelimit_redis = env(
     "INGEST_RATE_LIMIT_REDIS_URL",
     CELERY_BROKER_URL if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else ("" if not PRODUCTION else None),
@@ -400,11 +431,11 @@ MIDDLEWARE += ["ingest.allowlist.AdminAllowlistMiddleware"]
 # names a service-account key file, or the pod's workload identity is used when it is unset.
 from celery.schedules import crontab  # noqa: E402 -- kept in this block so parallel branches merge cleanly
 
-BIGQUERY_PROJECT = env("BIGQUERY_PROJECT") if PRODUCTION else os.environ.get("BIGQUERY_PROJECT", "")
+BIGQUERY_PROJECT = env("BIGQUERY_PROJECT") if PRODUCTION else env_optional("BIGQUERY_PROJECT")
 BIGQUERY_DATASET = env("BIGQUERY_DATASET", "analytics")
 BIGQUERY_LOCATION = env("BIGQUERY_LOCATION", "US")
 # Only for an emulator (bqemulator in tests): a REST endpoint with anonymous credentials.
-BIGQUERY_API_ENDPOINT = os.environ.get("BIGQUERY_API_ENDPOINT", "")
+BIGQUERY_API_ENDPOINT = env_optional("BIGQUERY_API_ENDPOINT")
 # How a day is replaced: "decorator" loads with WRITE_TRUNCATE into `table$YYYYMMDD` (atomic and
 # free in BigQuery); "merge" loads into a staging table and swaps the day in with one MERGE
 # statement (also atomic; the only path emulators support). Hourly exports always merge.
@@ -423,9 +454,9 @@ ETL_CATCHUP_DAYS = env_int("ETL_CATCHUP_DAYS", 3)  # the daily task also retries
 # nightly run replaces it (views closing after midnight, late retries). 0: the first export is final.
 ETL_SETTLE_SECONDS = env_int("ETL_SETTLE_SECONDS", 6 * 3600)
 # Client-side retries of BigQuery calls; past them the Celery task retries with backoff instead.
-ETL_BIGQUERY_RETRY_DEADLINE = float(env("ETL_BIGQUERY_RETRY_DEADLINE", "120"))
+ETL_BIGQUERY_RETRY_DEADLINE = env_float("ETL_BIGQUERY_RETRY_DEADLINE", 120)
 ETL_BIGQUERY_UPLOAD_RETRIES = env_int("ETL_BIGQUERY_UPLOAD_RETRIES", 6)
-ETL_BIGQUERY_JOB_TIMEOUT = float(env("ETL_BIGQUERY_JOB_TIMEOUT", "3600"))
+ETL_BIGQUERY_JOB_TIMEOUT = env_float("ETL_BIGQUERY_JOB_TIMEOUT", 3600)
 ETL_HOURLY = env_bool("ETL_HOURLY", False)
 if PRODUCTION and CELERY_BROKER_URL.startswith("filesystem"):
     # The filesystem transport only reaches workers on the same host: production uses Redis.
@@ -489,13 +520,13 @@ STREAMS_CONSUMER_GROUP = env("STREAMS_CONSUMER_GROUP", "streams")
 STREAMS_PROCESSING_GUARANTEE = env("STREAMS_PROCESSING_GUARANTEE", "exactly-once" if PRODUCTION else "at-least-once")
 if STREAMS_PROCESSING_GUARANTEE not in {"at-least-once", "exactly-once"}:
     raise ImproperlyConfigured("STREAMS_PROCESSING_GUARANTEE must be 'at-least-once' or 'exactly-once'")
-STREAMS_COMMIT_INTERVAL = float(env("STREAMS_COMMIT_INTERVAL", "5"))
+STREAMS_COMMIT_INTERVAL = env_float("STREAMS_COMMIT_INTERVAL", 5)
 STREAMS_STATE_DIR = Path(env("STREAMS_STATE_DIR", str(VAR_DIR / "streams-state")))
 # Tansu's ListOffsets bug crashes Quix when local state is kept across restarts; the state is
 # restored from the changelog topics instead. Keep the local state on a real Kafka cluster.
 STREAMS_WIPE_STATE_ON_START = env_bool("STREAMS_WIPE_STATE_ON_START", not PRODUCTION)
 STREAMS_SESSION_TIMEOUT_MS = env_int("STREAMS_SESSION_TIMEOUT_MS", 45000 if PRODUCTION else 6000)
-STREAMS_SINK_RETRY_SECONDS = float(env("STREAMS_SINK_RETRY_SECONDS", "5"))
+STREAMS_SINK_RETRY_SECONDS = env_float("STREAMS_SINK_RETRY_SECONDS", 5)
 # Rows per INSERT, written while processing goes on. Each INSERT costs ClickHouse a part in the table
 # and in every materialized view's target (about 50 ms of embedded-server CPU for events, 80 ms for
 # view_summaries, whatever the row count): 50k rows instead of 20k cut the server's CPU by a quarter
@@ -503,7 +534,7 @@ STREAMS_SINK_RETRY_SECONDS = float(env("STREAMS_SINK_RETRY_SECONDS", "5"))
 STREAMS_SINK_CHUNK_ROWS = env_int("STREAMS_SINK_CHUNK_ROWS", 50_000)
 # ... or sooner, once its rows are this old and the sink's writer is idle: the checkpoint then waits
 # for about this much data, not for a whole checkpoint's worth when the rate is below 10k events/s.
-STREAMS_SINK_CHUNK_SECONDS = float(env("STREAMS_SINK_CHUNK_SECONDS", "1.5"))
+STREAMS_SINK_CHUNK_SECONDS = env_float("STREAMS_SINK_CHUNK_SECONDS", 1.5)
 # The most UTC days (hence partitions of any table or rollup written) one INSERT may span: below the
 # server's max_partitions_per_insert_block (100), which refuses the whole block otherwise, and above
 # the ~92 days of the accepted event-time window, so that accepted traffic is never split.
@@ -514,7 +545,7 @@ STREAMS_IDLE_TIMEOUT_MS = env_int("STREAMS_IDLE_TIMEOUT_MS", 60_000)  # a view c
 STREAMS_GRACE_MS = env_int("STREAMS_GRACE_MS", 5_000)  # out-of-order allowance before a view closes
 # A partition that consumed nothing for this long gets a tick (wall-clock time as a message) when a
 # timer is due, so finished/silent views close without further traffic; 0 turns ticks off.
-STREAMS_IDLE_TICK_SECONDS = float(env("STREAMS_IDLE_TICK_SECONDS", "5"))
+STREAMS_IDLE_TICK_SECONDS = env_float("STREAMS_IDLE_TICK_SECONDS", 5)
 STREAMS_DEDUP_WINDOW_MS = env_int("STREAMS_DEDUP_WINDOW_MS", 24 * 3600 * 1000)  # eventId memory per user
 # State entries a worker keeps decoded in memory across checkpoints (all its partitions together);
 # what one checkpoint changed is always kept until it is written. About 2-3 entries per active user.
@@ -529,20 +560,20 @@ STREAMS_METRICS_ADDR = env("STREAMS_METRICS_ADDR", "127.0.0.1")
 # queue (analytics_platform/log_shipping.py); `manage.py logs_search` reads them back. Credentials
 # come from the environment only: an API key, or a user and password. TLS with an https:// URL,
 # verified against the system CAs or ELASTICSEARCH_LOGS_CA_CERTS.
-ELASTICSEARCH_LOGS_URL = os.environ.get("ELASTICSEARCH_LOGS_URL", "")
+ELASTICSEARCH_LOGS_URL = env_optional("ELASTICSEARCH_LOGS_URL")
 ELASTICSEARCH_LOGS_INDEX_PREFIX = env("ELASTICSEARCH_LOGS_INDEX_PREFIX", "analytics-logs")
-ELASTICSEARCH_LOGS_API_KEY = os.environ.get("ELASTICSEARCH_LOGS_API_KEY", "")
-ELASTICSEARCH_LOGS_USERNAME = os.environ.get("ELASTICSEARCH_LOGS_USERNAME", "")
-ELASTICSEARCH_LOGS_PASSWORD = os.environ.get("ELASTICSEARCH_LOGS_PASSWORD", "")
-ELASTICSEARCH_LOGS_CA_CERTS = os.environ.get("ELASTICSEARCH_LOGS_CA_CERTS", "")
+ELASTICSEARCH_LOGS_API_KEY = env_optional("ELASTICSEARCH_LOGS_API_KEY")
+ELASTICSEARCH_LOGS_USERNAME = env_optional("ELASTICSEARCH_LOGS_USERNAME")
+ELASTICSEARCH_LOGS_PASSWORD = env_optional("ELASTICSEARCH_LOGS_PASSWORD")
+ELASTICSEARCH_LOGS_CA_CERTS = env_optional("ELASTICSEARCH_LOGS_CA_CERTS")
 # Lines held in memory per process while Elasticsearch is slow or down; past it new lines are
 # dropped (and counted), never waited for. About 1 KB each.
 ELASTICSEARCH_LOGS_QUEUE_SIZE = env_int("ELASTICSEARCH_LOGS_QUEUE_SIZE", 10_000)
 ELASTICSEARCH_LOGS_BATCH_SIZE = env_int("ELASTICSEARCH_LOGS_BATCH_SIZE", 500)
-ELASTICSEARCH_LOGS_FLUSH_SECONDS = float(env("ELASTICSEARCH_LOGS_FLUSH_SECONDS", "1"))
-ELASTICSEARCH_LOGS_REQUEST_TIMEOUT_SECONDS = float(env("ELASTICSEARCH_LOGS_REQUEST_TIMEOUT_SECONDS", "10"))
+ELASTICSEARCH_LOGS_FLUSH_SECONDS = env_float("ELASTICSEARCH_LOGS_FLUSH_SECONDS", 1)
+ELASTICSEARCH_LOGS_REQUEST_TIMEOUT_SECONDS = env_float("ELASTICSEARCH_LOGS_REQUEST_TIMEOUT_SECONDS", 10)
 # How long a process's exit waits for its last lines to be shipped.
-ELASTICSEARCH_LOGS_EXIT_TIMEOUT_SECONDS = float(env("ELASTICSEARCH_LOGS_EXIT_TIMEOUT_SECONDS", "2"))
+ELASTICSEARCH_LOGS_EXIT_TIMEOUT_SECONDS = env_float("ELASTICSEARCH_LOGS_EXIT_TIMEOUT_SECONDS", 2)
 if ELASTICSEARCH_LOGS_URL:
     if not ELASTICSEARCH_LOGS_URL.startswith(("http://", "https://")):
         raise ImproperlyConfigured("ELASTICSEARCH_LOGS_URL must be an http:// or https:// URL")

@@ -99,7 +99,7 @@ def test_admin_login_page_renders(client: Client) -> None:
 
 
 PRODUCTION_REQUIRED = {
-    "DJANGO_SECRET_KEY": "x" * 50,
+    "DJANGO_SECRET_KEY": "k3y-0f-f1fty-chars-for-the-production-settings-test",
     "DJANGO_ALLOWED_HOSTS": "analytics.example.com",
     "DATABASE_URL": "postgres://analytics@db.example.com:5432/analytics",
     "CLICKHOUSE_HOST": "clickhouse.example.com",
@@ -130,6 +130,35 @@ def test_production_refuses_to_start_without_each_secret_and_address(monkeypatch
         assert settings_module.SESSION_COOKIE_SECURE is True
         assert settings_module.SECURE_SSL_REDIRECT is True
         assert settings_module.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    finally:
+        monkeypatch.undo()
+        importlib.reload(settings_module)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("DJANGO_DEBUG", "true", "DJANGO_DEBUG must be off"),
+        ("DJANGO_SECRET_KEY", "short-but-varied-key", "DJANGO_SECRET_KEY is too weak"),
+        ("DJANGO_SECRET_KEY", "x" * 60, "DJANGO_SECRET_KEY is too weak"),
+        ("DJANGO_SECRET_KEY", "django-insecure-" + "abcdefghij" * 5, "DJANGO_SECRET_KEY is too weak"),
+        ("INGEST_ACK_TIMEOUT_SECONDS", "ten", "INGEST_ACK_TIMEOUT_SECONDS must be a number"),
+    ],
+)
+def test_production_refuses_debug_weak_keys_and_malformed_numbers(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
+    import importlib
+
+    import analytics_platform.settings as settings_module
+
+    monkeypatch.setenv("ANALYTICS_ENV", "production")
+    for required, required_value in PRODUCTION_REQUIRED.items():
+        monkeypatch.setenv(required, required_value)
+    monkeypatch.setenv(name, value)
+    try:
+        with pytest.raises(ImproperlyConfigured, match=message):
+            importlib.reload(settings_module)
     finally:
         monkeypatch.undo()
         importlib.reload(settings_module)

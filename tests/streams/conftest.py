@@ -203,7 +203,7 @@ def stream_env(
         "CLICKHOUSE_PORT": str(ch["PORT"]),
         "CLICKHOUSE_DATABASE": str(ch["NAME"]),
         "ANALYTICS_VAR_DIR": str(tmp_path / "var"),
-        # Workers started together would race to create var/secret_key (settings._local_secret_key).
+        # Workers started together would race to create var/secret_key (settings.local_secret).
         "DJANGO_SECRET_KEY": "streams-tests-not-secret",
         "STREAMS_CONSUMER_GROUP": f"streams-{prefix}",
         "STREAMS_SINK_RETRY_SECONDS": "2",
