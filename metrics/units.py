@@ -29,6 +29,31 @@ def duration_format(ms: float) -> str:
     return f"{minutes} min {secs} s"
 
 
+# Steps a duration axis may use: whole seconds, minutes and hours, so ticks read "30 s", "2 min 0 s".
+_DURATION_STEPS_MS = tuple(
+    [m * 10**e for e in range(0, 3) for m in (1, 2, 5)]
+    + [s * 1000 for s in (1, 2, 5, 10, 15, 30)]
+    + [m * 60_000 for m in (1, 2, 5, 10, 15, 30)]
+    + [h * 3_600_000 for h in (1, 2, 3, 6, 12, 24, 48, 96, 168, 336, 720, 1440, 2880, 8760)]
+)
+
+
+def axis_ticks(unit: str, values: list[float | int | None], *, most: int = 6) -> dict[str, list] | None:
+    """Tick positions and labels of a chart's value axis, for units plotly cannot write itself.
+
+    Durations (``ms``) get ticks at whole seconds, minutes or hours labelled by ``duration_format``
+    (plotly would print 164M); other units return None and keep plotly's own ticks.
+    """
+    if unit != "ms":
+        return None
+    top = max((v for v in values if v is not None and math.isfinite(v)), default=0)
+    if top <= 0:
+        return None
+    step = next((s for s in _DURATION_STEPS_MS if top / s <= most - 1), _DURATION_STEPS_MS[-1])
+    positions = [step * i for i in range(int(top // step) + 2)]
+    return {"values": positions, "labels": [duration_format(p) for p in positions]}
+
+
 def count_format(value: float) -> str:
     if abs(value) < ABBREVIATE_FROM:
         return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"

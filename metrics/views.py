@@ -105,6 +105,9 @@ def _definitions_attach(charts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         definition = definitions.get(chart["metric"])
         chart["description"] = definition.description if definition else ""
         chart["formula"] = units.formula_describe(definition) if definition else ""
+        # Axis and hover text in the units people read (h/min/s); the plotted values stay raw.
+        chart["ticks"] = units.axis_ticks(chart["unit"], chart["y"])
+        chart["hover"] = [units.value_format(v, chart["unit"]) for v in chart["y"]]
     return charts
 
 

@@ -127,6 +127,9 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
             watch = float(page.get_attribute("#total-chart-watch_time_ms", "data-value") or "")
             watch_text = page.inner_text("#total-chart-watch_time_ms")
             assert watch_text == units.duration_format(watch) and re.fullmatch(r"[\d,]+ h \d+ min", watch_text)
+            # Its axis too: ticks at whole hours (or minutes), written like the total, never "164M".
+            ticks = page.eval_on_selector_all("#chart-watch_time_ms .ytick text", "ns => ns.map(n => n.textContent)")
+            assert ticks and all(re.fullmatch(r"0 ms|[\d,]+ h \d+ min|\d+ min \d+ s", t) for t in ticks), ticks
             ratio = float(page.get_attribute("#total-chart-rebuffer_ratio", "data-value") or "")
             assert page.inner_text("#total-chart-rebuffer_ratio") == f"{ratio * 100:.2f} %"
             definition = page.locator("#definition-chart-rebuffer_ratio")

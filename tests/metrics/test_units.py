@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metrics.units import count_format, duration_format, value_format
+from metrics.units import axis_ticks, count_format, duration_format, value_format
 
 
 @pytest.mark.parametrize(
@@ -38,3 +38,23 @@ def test_values_by_unit() -> None:
     assert value_format(float("nan"), "ms") == "—"
     assert value_format(12_345, "users") == "12.3k users"
     assert value_format(164_184_053, "ms") == "45 h 36 min"
+
+
+@pytest.mark.parametrize(
+    ("values", "labels"),
+    [
+        ([164_184_053, None, 3_600_000], ["0 ms", "12 h 0 min", "24 h 0 min", "36 h 0 min", "48 h 0 min"]),
+        ([90_000], ["0 ms", "30.0 s", "1 min 0 s", "1 min 30 s", "2 min 0 s"]),
+        ([450], ["0 ms", "100 ms", "200 ms", "300 ms", "400 ms", "500 ms"]),
+    ],
+)
+def test_duration_axes_tick_at_whole_units(values: list[float | None], labels: list[str]) -> None:
+    ticks = axis_ticks("ms", values)
+    assert ticks is not None and ticks["labels"] == labels
+    # The ticks cover the largest value and stay few.
+    assert ticks["values"][-1] >= max(v for v in values if v is not None) and len(ticks["values"]) <= 7
+
+
+def test_other_units_keep_plotlys_ticks() -> None:
+    assert axis_ticks("count", [10, 20]) is None
+    assert axis_ticks("ms", [None, 0]) is None
