@@ -192,16 +192,20 @@ def metric_timeseries_get(
     filters: Sequence[tuple[str, str]] = (),
     limit: int = 100,
     use_cache: bool = True,
+    definitions: Sequence[query.CompiledMetric] = (),
 ) -> dict[str, Any]:
     """The body of ``GET /metrics``: each metric's series over [start, end), UTC buckets.
+
+    ``definitions`` answers for compiled definitions instead of stored ones (the admin's preview
+    of a definition being edited, before it is saved); ``metrics`` is then ignored.
 
     Identical questions within ``METRICS_QUERY_CACHE_SECONDS`` are answered from the cache. The key
     is the normalized question (resolved range, sorted filters, de-duplicated groupBy, the
     definitions' contents), so editing a definition in the admin takes effect at once.
     """
-    if not metrics:
+    if not metrics and not definitions:
         raise ApplicationError("at least one metric is required", code="required", field="metric")
-    compiled = metric_definitions_get(names=metrics)
+    compiled = list(definitions) or metric_definitions_get(names=metrics)
     # A default end is the next whole minute: everything received so far is inside, the range is
     # aligned so rollups answer it, and identical default queries share a cache entry for a minute.
     now = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)

@@ -177,9 +177,8 @@ def test_metric_added_in_admin_is_queryable_at_once(loaded: gen.Dataset, staff_u
         "source": "views",
         "aggregation": "avg",
         "measure": "rebuffer_duration_ms",
-        "conditions": '["started"]',
-        "event_types": "[]",
-        "denominator_conditions": "[]",
+        "conditions": ["started"],
+        "event_types": "",
         "dimensions": ["country", "device"],
     }
     response = admin.post("/admin/metrics/metricdefinition/add/", form)
@@ -228,10 +227,12 @@ def test_admin_refuses_a_definition_that_does_not_compile(staff_user: Any) -> No
         "source": "views",
         "aggregation": "sum",
         "measure": "watch_time_ms); DROP TABLE events; --",
-        "conditions": "[]",
-        "event_types": "[]",
-        "denominator_conditions": "[]",
     }
+    response = admin.post("/admin/metrics/metricdefinition/add/", form)
+    assert response.status_code == 200
+    assert "Select a valid choice" in response.content.decode()  # measures are a choice now
+    assert not MetricDefinition.objects.filter(name="broken").exists()
+    form.update(measure="")
     response = admin.post("/admin/metrics/metricdefinition/add/", form)
     assert response.status_code == 200
     assert "needs a measure" in response.content.decode()
@@ -241,7 +242,7 @@ def test_admin_refuses_a_definition_that_does_not_compile(staff_user: Any) -> No
         aggregation="ratio",
         numerator_aggregation="count",
         denominator_aggregation="count",
-        conditions='["nope"]',
+        conditions=["fatal"],  # a flag of raw events, not of view summaries
     )
     response = admin.post("/admin/metrics/metricdefinition/add/", form)
     assert response.status_code == 200 and "unknown condition" in response.content.decode()
@@ -255,6 +256,41 @@ def test_admin_change_page_shows_24h_preview(loaded: gen.Dataset, staff_user: An
     html = response.content.decode()
     assert response.status_code == 200
     assert 'id="metric-preview"' in html and "Total:" in html
+    assert 'id="metric-live-preview"' in html and "metrics/definition_preview" in html
+
+
+def test_admin_live_preview_answers_the_unsaved_form(loaded: gen.Dataset, staff_user: Any) -> None:
+    admin = APIClient()
+    admin.force_login(staff_user)
+    url = "/admin/metrics/metricdefinition/preview/"
+    form = {"name": "", "unit": "ms", "source": "views", "aggregation": "sum", "measure": "watch_time_ms"}
+    form["conditions"] = ["started", "!start_failure"]
+    response = admin.post(url, form)
+    assert response.status_code == 200, response.content
+    body = response.json()
+    end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+    start = end - timedelta(hours=24)
+    want = gen.expected(
+        loaded,
+        rows_kind="views",
+        aggregate=lambda rows: sum(r["watch_time_ms"] for r in rows if r["started"] and not r["start_failure"]),
+        zero=True,
+        start=start,
+        end=end,
+        interval="hour",
+    )[0]
+    assert body["x"] == [p["t"] for p in want["points"]] and body["y"] == [p["value"] for p in want["points"]]
+    assert body["total"] == want["total"] and body["hover"][0].endswith(("ms", "s", "min"))
+    assert not MetricDefinition.objects.filter(source="views", measure="watch_time_ms", conditions=form["conditions"])
+
+    # What saving would refuse, the preview refuses, naming the field.
+    response = admin.post(url, {**form, "aggregation": "avg", "measure": ""})
+    assert response.status_code == 400 and "needs a measure" in str(response.json()["errors"])
+    response = admin.post(url, {**form, "quantile": "nan-ish"})
+    assert response.status_code == 400 and "quantile" in response.json()["errors"]
+    # Only through the admin: anonymous gets the login page, GET is refused.
+    assert APIClient().post(url, form).status_code == 302
+    assert admin.get(url).status_code == 405
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.apps import apps as django_apps
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 
 from analytics_platform.clickhouse import client_get
 from metrics import units
@@ -76,7 +77,12 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
     from playwright.sync_api import sync_playwright
 
     _ensure_builtins()
-    get_user_model().objects.create_user(username="analyst", password=PASSWORD, is_staff=True)
+    analyst = get_user_model().objects.create_user(username="analyst", password=PASSWORD, is_staff=True)
+    # Edits metric definitions in the admin (the live preview below).
+    analyst.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_metricdefinition", "change_metricdefinition"])
+    )
+    views_pk = MetricDefinition.objects.get(name="views").pk
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -179,6 +185,22 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
             assert sum(_chart(page, "live-events")["y"]) == 7
             page.screenshot(path=str(SCREENSHOTS / "live.png"), full_page=True)
 
+            # The admin's live preview of a definition being edited, before it is saved.
+            page.goto(f"{live_server.url}/admin/metrics/metricdefinition/{views_pk}/change/")
+            page.wait_for_selector("#metric-live-preview[data-drawn='1']", timeout=20_000)
+            end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
+            start = end - timedelta(hours=24)
+            in_day = [v for v in loaded.views if start <= v["start_ts"] < end]
+            assert float(page.get_attribute("#metric-live-preview", "data-total") or "") == sum(
+                1 for v in in_day if v["has_view_start"]
+            )
+            page.check("input[name=conditions][value=started]")
+            page.wait_for_selector("#metric-live-preview[data-drawn='2']", timeout=20_000)
+            assert float(page.get_attribute("#metric-live-preview", "data-total") or "") == sum(
+                1 for v in in_day if v["has_view_start"] and v["started"]
+            )
+            page.screenshot(path=str(SCREENSHOTS / "admin-definition-preview.png"), full_page=True)
+
             page.goto(f"{live_server.url}/api/docs/")
             # Swagger UI (drf-spectacular-sidecar) renders both public endpoints from /api/schema/.
             page.wait_for_selector(".opblock-summary-path", timeout=20_000)
@@ -191,3 +213,4 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
             assert all(blocked.get(url) == "csp" for url in outside), (outside, blocked)
         finally:
             browser.close()
+    assert MetricDefinition.objects.get(pk=views_pk).conditions == ["has_view_start"]  # previewed, not saved
