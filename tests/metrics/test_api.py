@@ -221,7 +221,7 @@ def test_metric_added_in_admin_is_queryable_at_once(loaded: gen.Dataset, staff_u
 def test_admin_refuses_a_definition_that_does_not_compile(staff_user: Any) -> None:
     admin = APIClient()
     admin.force_login(staff_user)
-    form = {
+    form: dict[str, Any] = {
         "name": "broken",
         "unit": "ms",
         "source": "views",
@@ -263,7 +263,8 @@ def test_admin_live_preview_answers_the_unsaved_form(loaded: gen.Dataset, staff_
     admin = APIClient()
     admin.force_login(staff_user)
     url = "/admin/metrics/metricdefinition/preview/"
-    form = {"name": "", "unit": "ms", "source": "views", "aggregation": "sum", "measure": "watch_time_ms"}
+    form: dict[str, Any] = {"name": "", "unit": "ms", "source": "views", "aggregation": "sum"}
+    form["measure"] = "watch_time_ms"
     form["conditions"] = ["started", "!start_failure"]
     response = admin.post(url, form)
     assert response.status_code == 200, response.content
