@@ -183,7 +183,7 @@ def indexed_store(osmem: Osmem) -> tuple[Any, str, list[Any]]:  # noqa: F811
     client = _client(osmem)
     error_search.index_template_install(client=client, prefix=prefix)
     now = dt.datetime.now(dt.UTC)
-    docs = [
+    made = [
         error_search.video_error_document(
             _video_error(timestamp=now - dt.timedelta(minutes=5)), prefix=prefix, source="t/0/1"
         ),
@@ -200,6 +200,8 @@ def indexed_store(osmem: Osmem) -> tuple[Any, str, list[Any]]:  # noqa: F811
         ),
         error_search.dead_letter_document(_dead_letter(), written_at=now, prefix=prefix, source="dlq/0/1"),
     ]
+    docs = [doc for doc in made if doc is not None]
+    assert len(docs) == 3
     stats = IndexerStats()
     assert bulk_index(client, docs, stats) == []
     assert bulk_index(client, docs, stats) == []  # a replay
