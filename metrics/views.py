@@ -271,6 +271,8 @@ def errors(request: HttpRequest) -> HttpResponse:
     except ApplicationError as exc:
         return render(request, "metrics/error.html", {"message": exc.message}, status=exc.status_code)
     hits, unavailable = error_search.player_errors_find(query=search)
+    for hit in hits.hits if hits else []:
+        hit["time"] = str(hit.get("timestamp", ""))[:19].replace("T", " ")  # ISO, UTC, to the second
     charts = _definitions_attach(_line_charts(counts, prefix="errors"))
     context = {
         "window": window,
@@ -284,6 +286,7 @@ def errors(request: HttpRequest) -> HttpResponse:
         "charts": charts,
         "line_charts": charts,
         "count_filters": [name for name in ERROR_COUNT_FILTERS if name in search.filters],
-        "search_only_filters": (["q"] if search.text else []) + [n for n in ("code", "kind") if n in search.filters],
+        "search_only_filters": (["message words"] if search.text else [])
+        + [n for n in ("code", "kind") if n in search.filters],
     }
     return render(request, "metrics/errors.html", context)
