@@ -7,6 +7,7 @@ in-memory OpenSearch-compatible server, tests/logs/osmem.py).
 from __future__ import annotations
 
 import datetime as dt
+import io
 import uuid
 from typing import Any
 
@@ -253,3 +254,83 @@ def test_pruning_deletes_whole_days_older_than_the_retention_only(osmem):  # noq
     assert deleted == [f"{prefix}-2026.11.03"]
     left = set(client.indices.get(index=f"{prefix}*").keys())
     assert left == {f"{prefix}-2026.11.04", f"{prefix}-2026.12.04", f"{prefix}-keep-me", other}
+
+
+# --- wiring --------------------------------------------------------------------------------------
+
+
+def test_the_devstack_runs_the_indexer_only_when_a_search_url_is_configured(settings):
+    from analytics_platform.devstack import stack
+
+    settings.ELASTICSEARCH_ERRORS_URL = ""
+    assert "errors-indexer" not in {spec.name for spec in stack.application_processes(port=8000)}
+    settings.ELASTICSEARCH_ERRORS_URL = "http://127.0.0.1:9200"
+    specs = {spec.name: spec for spec in stack.application_processes(port=8000)}
+    assert specs["errors-indexer"].argv[-1] == "index_errors" and specs["errors-indexer"].restart
+
+
+def test_search_off_is_a_message_not_an_error(settings):
+    settings.ELASTICSEARCH_ERRORS_URL = ""
+    query = error_search.error_query_parse({}, start=NOW - dt.timedelta(hours=1), end=NOW)
+    hits, why = error_search.player_errors_find(query=query)
+    assert hits is None and "ELASTICSEARCH_ERRORS_URL" in why
+
+
+@pytest.mark.elasticsearch
+def test_the_beat_task_and_the_command_prune_with_the_configured_store(settings, osmem):  # noqa: F811
+    from django.core.management import call_command
+
+    from streams.tasks import player_error_indices_prune_task
+
+    prefix = f"pe-{uuid.uuid4().hex[:10]}"
+    settings.ELASTICSEARCH_ERRORS_URL = osmem.url
+    settings.ELASTICSEARCH_ERRORS_INDEX_PREFIX = prefix
+    settings.ELASTICSEARCH_ERRORS_NODE_CLASS = PlainJsonNode
+    settings.ELASTICSEARCH_ERRORS_RETENTION_DAYS = 7
+    client = _client(osmem)
+    today = dt.datetime.now(dt.UTC)
+    old = error_search.index_name(prefix, today - dt.timedelta(days=9))
+    older = error_search.index_name(prefix, today - dt.timedelta(days=30))
+    kept = error_search.index_name(prefix, today - dt.timedelta(days=7))
+    for name in (old, older, kept):
+        client.indices.create(index=name)
+    assert player_error_indices_prune_task() == sorted([older, old])
+    client.indices.create(index=older)
+    out = io.StringIO()
+    call_command("errors_prune", stdout=out)
+    assert out.getvalue().split() == ["deleted", older]
+    assert set(client.indices.get(index=f"{prefix}-*")) == {kept}
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"ELASTICSEARCH_ERRORS_URL": "http://es:9200"}, "scheduled"),
+        ({}, "off"),
+        ({"ELASTICSEARCH_ERRORS_URL": "es:9200"}, "http:// or https://"),
+        ({"ELASTICSEARCH_ERRORS_URL": "http://es:9200", "ELASTICSEARCH_ERRORS_INDEX_PREFIX": "Bad*"}, "lowercase"),
+        ({"ELASTICSEARCH_ERRORS_URL": "http://es:9200", "ELASTICSEARCH_ERRORS_USERNAME": "u"}, "go together"),
+    ],
+)
+def test_settings_schedule_the_retention_with_a_url_and_refuse_bad_values(env, expected, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    script = (
+        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'analytics_platform.settings')\n"
+        "from django.conf import settings\n"
+        "print('scheduled' if 'streams-player-error-indices-prune' in settings.CELERY_BEAT_SCHEDULE else 'off')\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ELASTICSEARCH_ERRORS_")}
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**base, "PYTHONPATH": str(django_settings.BASE_DIR), "ANALYTICS_VAR_DIR": str(tmp_path), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert expected in result.stdout + result.stderr
