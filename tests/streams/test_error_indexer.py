@@ -11,7 +11,9 @@ import signal
 import uuid
 
 import pytest
+from confluent_kafka import Producer
 
+from analytics_platform import kafka
 from analytics_platform.devstack.processes import free_port
 from tests.logs.osmem import osmem_start
 from tests.streams.conftest import wait_until
@@ -33,10 +35,18 @@ def _prefix() -> str:
 def test_a_real_run_indexes_its_video_error_and_dead_letter_once(stream_env, osmem):  # noqa: F811
     run = error_run()
     prefix = _prefix()
+    # Poison on the indexer's own topics, before the run: skipped and counted, never a stop.
+    producer = Producer(kafka.client_config())
+    for value in (b"not avro", b"\x00\x00\x0f\x42\x40garbage", b"\x00"):  # no magic byte; an id never given; cut
+        producer.produce(stream_env.topic("video-error"), value, b"poison")
+    for value in (b"{not json", b'{"type": "VideoWatched"}', b"[]"):
+        producer.produce(stream_env.topic("events-dlq"), value, b"poison")
+    assert producer.flush(10) == 0
     stream_env.worker_start()
     indexer = indexer_start(stream_env, url=osmem.url, prefix=prefix)
     stream_env.produce(run.messages)
     wait_until(lambda: len(indexed(osmem, prefix)) >= 2, timeout=90, what="2 documents indexed")
+    wait_until(lambda: '"undecodable": 6' in log_text(stream_env), timeout=30, what="6 poison messages counted")
 
     found = indexed(osmem, prefix)
     docs = {d["kind"]: d for d in found}
