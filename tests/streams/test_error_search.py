@@ -334,3 +334,14 @@ def test_settings_schedule_the_retention_with_a_url_and_refuse_bad_values(env, e
         check=False,
     )
     assert expected in result.stdout + result.stderr
+
+
+@pytest.mark.django_db
+def test_the_errors_page_needs_a_staff_login(client, django_user_model):
+    response = client.get("/dashboards/errors?q=manifest")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    django_user_model.objects.create_user(username="viewer", password="not-staff-pass-123", is_staff=False)
+    client.login(username="viewer", password="not-staff-pass-123")
+    response = client.get("/dashboards/errors?q=manifest")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+    assert client.post("/dashboards/errors").status_code in (302, 405)
