@@ -589,6 +589,46 @@ if ELASTICSEARCH_LOGS_URL:
         "formatter": "json",  # the stdout line's formatter: the same fields in both places
     }
     LOGGING["root"]["handlers"].append("elasticsearch")
+# --- Player errors in Elasticsearch -----------------------------------------------------------
+# Off unless ELASTICSEARCH_ERRORS_URL is set: then `manage.py index_errors` (a process of its own,
+# started by the devstack and by k8s) indexes the video-error and events-dlq topics into daily
+# indices `<prefix>-YYYY.MM.DD`, /dashboards/errors searches them, and a daily beat task deletes
+# the indices older than the retention (streams/error_search.py, streams/error_indexer.py).
+# Credentials from the environment only, as for the log store (which may be the same cluster).
+ELASTICSEARCH_ERRORS_URL = env_optional("ELASTICSEARCH_ERRORS_URL")
+ELASTICSEARCH_ERRORS_INDEX_PREFIX = env("ELASTICSEARCH_ERRORS_INDEX_PREFIX", "analytics-player-errors")
+ELASTICSEARCH_ERRORS_API_KEY = env_optional("ELASTICSEARCH_ERRORS_API_KEY")
+ELASTICSEARCH_ERRORS_USERNAME = env_optional("ELASTICSEARCH_ERRORS_USERNAME")
+ELASTICSEARCH_ERRORS_PASSWORD = env_optional("ELASTICSEARCH_ERRORS_PASSWORD")
+ELASTICSEARCH_ERRORS_CA_CERTS = env_optional("ELASTICSEARCH_ERRORS_CA_CERTS")
+ELASTICSEARCH_ERRORS_REQUEST_TIMEOUT_SECONDS = env_float("ELASTICSEARCH_ERRORS_REQUEST_TIMEOUT_SECONDS", 10)
+ELASTICSEARCH_ERRORS_RETENTION_DAYS = env_int("ELASTICSEARCH_ERRORS_RETENTION_DAYS", 30)
+ELASTICSEARCH_ERRORS_CONSUMER_GROUP = env("ELASTICSEARCH_ERRORS_CONSUMER_GROUP", "error-indexer")
+ELASTICSEARCH_ERRORS_BATCH_SIZE = env_int("ELASTICSEARCH_ERRORS_BATCH_SIZE", 500)
+# A batch is retried this many times (backoff doubling from 1 s, capped) before the indexer exits 1
+# and its supervisor restarts it from the last commit: about 2 minutes with the defaults, under
+# librdkafka's 5-minute max.poll.interval.ms.
+ELASTICSEARCH_ERRORS_RETRIES = env_int("ELASTICSEARCH_ERRORS_RETRIES", 8)
+ELASTICSEARCH_ERRORS_RETRY_MAX_SECONDS = env_float("ELASTICSEARCH_ERRORS_RETRY_MAX_SECONDS", 30)
+if ELASTICSEARCH_ERRORS_URL:
+    if not ELASTICSEARCH_ERRORS_URL.startswith(("http://", "https://")):
+        raise ImproperlyConfigured("ELASTICSEARCH_ERRORS_URL must be an http:// or https:// URL")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", ELASTICSEARCH_ERRORS_INDEX_PREFIX):
+        raise ImproperlyConfigured("ELASTICSEARCH_ERRORS_INDEX_PREFIX must be lowercase letters, digits, '.', '_', '-'")
+    if ELASTICSEARCH_ERRORS_API_KEY and ELASTICSEARCH_ERRORS_USERNAME:
+        raise ImproperlyConfigured(
+            "set ELASTICSEARCH_ERRORS_API_KEY or ELASTICSEARCH_ERRORS_USERNAME/PASSWORD, not both"
+        )
+    if bool(ELASTICSEARCH_ERRORS_USERNAME) != bool(ELASTICSEARCH_ERRORS_PASSWORD):
+        raise ImproperlyConfigured("ELASTICSEARCH_ERRORS_USERNAME and ELASTICSEARCH_ERRORS_PASSWORD go together")
+    if ELASTICSEARCH_ERRORS_RETENTION_DAYS < 1 or ELASTICSEARCH_ERRORS_RETRIES < 0:
+        raise ImproperlyConfigured(
+            "ELASTICSEARCH_ERRORS_RETENTION_DAYS must be >= 1, ELASTICSEARCH_ERRORS_RETRIES >= 0"
+        )
+    CELERY_BEAT_SCHEDULE["streams-player-error-indices-prune"] = {
+        "task": "streams.tasks.player_error_indices_prune",
+        "schedule": crontab(minute=30, hour=0),  # 00:30 UTC: a day's index is complete
+    }
 # The client logs every request at INFO: the shipper's once-a-second bulk would fill stdout.
 LOGGING["loggers"]["elastic_transport"] = {"level": "WARNING"}
 # --- Static files, API docs ------------------------------------------------------------------

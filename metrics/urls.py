@@ -10,4 +10,5 @@ urlpatterns = [
     path("", views.overview, name="overview"),
     path("videos/<path:video_id>", views.video, name="video"),
     path("live", views.live, name="live"),
+    path("errors", views.errors, name="errors"),
 ]

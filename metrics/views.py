@@ -1,4 +1,4 @@
-"""Server-rendered dashboards for staff: overview, per-video page, live view.
+"""Server-rendered dashboards for staff: overview, per-video page, live view, player errors.
 
 The pages call the same selector as ``GET /metrics`` (so numbers match the API) and embed the
 series as JSON that a few lines of inline JavaScript hand to plotly.js. plotly.js itself is a static
@@ -22,6 +22,7 @@ from analytics_platform.errors import ApplicationError
 from metrics import bounds, query, units
 from metrics.models import MetricDefinition
 from metrics.selectors import ingestion_lag_get, metric_timeseries_get
+from streams import error_search
 
 #: The QoE charts of the overview and video pages, in reading order.
 QOE_METRICS = (
@@ -239,3 +240,53 @@ def live(request: HttpRequest) -> HttpResponse:
         "end": end,
     }
     return render(request, "metrics/live.html", context)
+
+
+#: The error page's filters that the ClickHouse counts can apply too (page parameter -> metric dimension);
+#: code, kind and the words of the message exist in the search index only.
+ERROR_COUNT_FILTERS = {"video": "videoId", "country": "country", "device": "device"}
+
+
+@staff_member_required
+@require_GET
+def errors(request: HttpRequest) -> HttpResponse:
+    """Player errors searched in Elasticsearch (newest first), the ClickHouse error counts beside them."""
+    try:
+        window = _window(request)
+        search = error_search.error_query_parse(request.GET.dict(), start=window.start, end=window.end)
+    except ApplicationError as exc:
+        return render(request, "metrics/error.html", {"message": exc.message}, status=400)
+    except error_search.ErrorQueryError as exc:
+        return render(request, "metrics/error.html", {"message": str(exc)}, status=400)
+    filters = [(dim, search.filters[name]) for name, dim in ERROR_COUNT_FILTERS.items() if name in search.filters]
+    available = _available(("errors",))
+    try:
+        counts = (
+            metric_timeseries_get(
+                metrics=available, start=window.start, end=window.end, filters=filters, interval=window.interval
+            )
+            if available
+            else {"metrics": []}
+        )
+    except ApplicationError as exc:
+        return render(request, "metrics/error.html", {"message": exc.message}, status=exc.status_code)
+    hits, unavailable = error_search.player_errors_find(query=search)
+    for hit in hits.hits if hits else []:
+        hit["time"] = str(hit.get("timestamp", ""))[:19].replace("T", " ")  # ISO, UTC, to the second
+    charts = _definitions_attach(_line_charts(counts, prefix="errors"))
+    context = {
+        "window": window,
+        "ranges": [(key, label) for key, (label, _) in RANGES.items()],
+        "intervals": list(query.INTERVALS),
+        "search": search,
+        "params": {name: request.GET.get(name, "") for name in ("q", *error_search.FILTER_FIELDS)},
+        "kinds": error_search.KINDS,
+        "hits": hits,
+        "unavailable": unavailable,
+        "charts": charts,
+        "line_charts": charts,
+        "count_filters": [name for name in ERROR_COUNT_FILTERS if name in search.filters],
+        "search_only_filters": (["message words"] if search.text else [])
+        + [n for n in ("code", "kind") if n in search.filters],
+    }
+    return render(request, "metrics/errors.html", context)

@@ -6,7 +6,7 @@ processes. Each later capability adds its processes to ``application_processes``
 
 Which children are restarted when they exit on their own (with backoff, the others serving on):
 
-* ``clickhouse``, ``registry``, ``web``, ``streams``, ``worker``, ``beat``: yes. Their state is on
+* ``clickhouse``, ``registry``, ``web``, ``streams``, ``worker``, ``beat``, ``errors-indexer``: yes. Their state is on
   disk under var/ (ClickHouse parts, the schema log, SQLite, the Celery queue folders) or in the
   broker (the worker's offsets and state changelogs), and their clients retry: ingest answers 503
   while the broker is out of reach, the ClickHouse sink backs off and replays from the last commit, whose rows it skips.
@@ -95,6 +95,10 @@ def application_processes(*, port: int) -> list[ProcessSpec]:
             ],
         ),
     ]
+    if settings.ELASTICSEARCH_ERRORS_URL:
+        # Player-error search (streams/error_indexer.py): a consumer of its own, so a slow or
+        # absent Elasticsearch never holds back the stream worker; off unless a URL is configured.
+        specs.append(("errors-indexer", manage("index_errors")))
     return [ProcessSpec(name, argv) for name, argv in specs]
 
 
@@ -200,7 +204,8 @@ def stack_shutdown(sup: Supervisor, *, drain: bool = True) -> bool:
     phases: list[list[str] | Callable[[], None]] = [
         ["web"],
         ["streams"],
-        ["beat", "worker"],
+        # The indexer after the drain: it indexes the last VideoErrors the worker published.
+        ["beat", "worker", "errors-indexer"],
         ["clickhouse", "registry"],
         ["broker"],
     ]
