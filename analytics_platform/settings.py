@@ -507,9 +507,11 @@ METRICS_MAX_HIGH_CARDINALITY_RANGE_DAYS = env_int("METRICS_MAX_HIGH_CARDINALITY_
 METRICS_QUERY_MAX_EXECUTION_SECONDS = env_int("METRICS_QUERY_MAX_EXECUTION_SECONDS", 30)
 METRICS_QUERY_MAX_MEMORY_BYTES = env_int("METRICS_QUERY_MAX_MEMORY_BYTES", 2 * 2**30)
 SPECTACULAR_SETTINGS["COMPONENT_SPLIT_REQUEST"] = True
+# OpenAPI 3.1: its schemas are JSON Schema 2020-12, what msgspec generates for POST /events.
+SPECTACULAR_SETTINGS["OAS_VERSION"] = "3.1.0"
 SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
     "drf_spectacular.hooks.postprocess_schema_enums",
-    "metrics.openapi.events_endpoint_document",
+    "ingest.openapi.events_endpoint_document",
 ]
 # --- Streams ---------------------------------------------------------------------------------
 # The Quix Streams workers (`manage.py run_stream`): see streams/app.py. Exactly-once into

@@ -417,3 +417,43 @@ def test_openapi_schema_and_docs_page(api: APIClient) -> None:
         assert "/api/schema/" in page
         # Served offline: no script or stylesheet from another host.
         assert not re.findall(r"""(?:src|href)=["']?(?:https?:)?//""", page), url
+
+
+def test_events_are_documented_by_the_types_that_validate_them() -> None:
+    """The OpenAPI body of POST /events accepts what ingest accepts and refuses what it refuses."""
+    import json
+
+    import jsonschema
+
+    from ingest import schema as ingest_schema
+
+    document = SchemaGenerator().get_schema(request=None, public=True)
+    components = document["components"]["schemas"]
+    event = components["IngestEvent"]
+    assert set(event["required"]) == {"eventId", "type", "userId", "timestamp"}
+    assert "receivedAt" not in event["properties"] and "cmcd" in event["properties"]
+    assert components["IngestBatch"]["properties"]["events"]["maxItems"] == ingest_schema.MAX_EVENTS_PER_BATCH
+    body_schema = {**components["IngestBatch"], "components": {"schemas": components}}
+    validator = jsonschema.Draft202012Validator(body_schema)
+    good: dict[str, Any] = {
+        "sentAt": "2026-12-01T10:00:00Z",
+        "events": [
+            {
+                "eventId": "6f1c2d7e-9a4b-4c1d-8e2f-3a5b6c7d8e9f",
+                "type": "view_start",
+                "userId": "u1",
+                "sessionId": "s1",
+                "videoId": "v1",
+                "timestamp": 1764583200000,
+                "properties": {"plan": "pro", "ab": [1, 2]},
+                "cmcd": {"br": 3200, "ot": "v"},
+            }
+        ],
+    }
+    assert not list(validator.iter_errors(good))
+    ingest_schema.batch_decode(json.dumps(good).encode())  # ingest agrees
+    for field, bad in (("userId", "u" * 129), ("positionMs", -1), ("type", "View Start"), ("timestamp", -5)):
+        wrong = {**good, "events": [{**good["events"][0], field: bad}]}
+        assert list(validator.iter_errors(wrong)), field
+        decoded = ingest_schema.batch_decode(json.dumps(wrong).encode())
+        assert decoded.errors and decoded.errors[0].field == field, (field, decoded.errors)
