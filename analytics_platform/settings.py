@@ -139,6 +139,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "clickhouse_backend",
     "analytics_platform",
+    "accounts",
     "ingest",
     "streams",
     "streams.ledger",
@@ -296,7 +297,7 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 REST_FRAMEWORK: dict[str, Any] = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "accounts.authentication.SessionJWTAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -392,9 +393,13 @@ for _name, _value, _least in (
 ):
     if _value < _least:
         raise ImproperlyConfigured(f"{_name} must be at least {_least}, got {_value}")
-# IP allowlist (rules in the admin). Enabled, an empty allowlist admits nobody: the embedded
-# default has loopback built in, production nothing but the rules ops add.
+# IP allowlist (rules in the admin; ingest/allowlist.py), per scope: ingest (POST /events), admin
+# (/admin/), api (GET /metrics, /auth/*, /dashboards/, /api/docs). Each switched on its own, all on
+# by default: an enabled scope with no rule admits nobody. The built-in CIDRs apply to every scope:
+# loopback on the embedded default, nothing in production but the rules ops add.
 INGEST_ALLOWLIST_ENABLED = env_bool("INGEST_ALLOWLIST_ENABLED", True)
+ADMIN_ALLOWLIST_ENABLED = env_bool("ADMIN_ALLOWLIST_ENABLED", True)
+API_ALLOWLIST_ENABLED = env_bool("API_ALLOWLIST_ENABLED", True)
 INGEST_ALLOWLIST_BUILTIN_CIDRS = env_list("INGEST_ALLOWLIST_BUILTIN_CIDRS", "" if PRODUCTION else "127.0.0.0/8,::1/128")
 INGEST_ALLOWLIST_CACHE_SECONDS = env_float("INGEST_ALLOWLIST_CACHE_SECONDS", 5)
 # Proxies in front of the service that append to X-Forwarded-For (0: use the socket's address).
@@ -421,7 +426,7 @@ CACHES: dict[str, dict[str, Any]] = {
         }
     ),
 }
-MIDDLEWARE += ["ingest.allowlist.AdminAllowlistMiddleware"]
+MIDDLEWARE += ["ingest.allowlist.AllowlistMiddleware", "accounts.middleware.LoginThrottleMiddleware"]
 
 # --- ETL -------------------------------------------------------------------------------------
 # Batch exports of closed days (and optionally hours) from ClickHouse. With BIGQUERY_PROJECT set
@@ -478,15 +483,44 @@ if ETL_HOURLY:
     }
 
 # --- Metrics ---------------------------------------------------------------------------------
-# GET /metrics: bearer tokens from POST /auth/token. Short-lived access tokens, refreshed by the
-# client; the signing key is the Django SECRET_KEY (required from the environment in production).
+# GET /metrics: bearer tokens from POST /auth/token (accounts/): HS256 signed with a key of their
+# own (never SECRET_KEY, so rotating one does not touch the other), access tokens valid 5 minutes,
+# refresh tokens 24 hours and spent when used (rotation; a reused one revokes its session). The
+# lifetimes are constants, not settings: they are the security contract documented in API.md.
 from datetime import timedelta  # noqa: E402 - kept inside this block so the block stays self-contained
 
+JWT_SIGNING_KEY = env_secret("JWT_SIGNING_KEY", min_length=50, local_name="jwt_signing_key")
+JWT_ACCESS_TOKEN_LIFETIME = timedelta(minutes=5)
+JWT_REFRESH_TOKEN_LIFETIME = timedelta(hours=24)
 SIMPLE_JWT: dict[str, Any] = {
-    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_ACCESS_TOKEN_SECONDS", 15 * 60)),
-    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_REFRESH_TOKEN_SECONDS", 24 * 3600)),
+    "ACCESS_TOKEN_LIFETIME": JWT_ACCESS_TOKEN_LIFETIME,
+    "REFRESH_TOKEN_LIFETIME": JWT_REFRESH_TOKEN_LIFETIME,
+    "ALGORITHM": "HS256",  # the only one accepted when decoding: "none" and others are refused
+    "SIGNING_KEY": JWT_SIGNING_KEY,
     "AUTH_HEADER_TYPES": ("Bearer",),
     "UPDATE_LAST_LOGIN": False,
+}
+AUTHENTICATION_BACKENDS = ["accounts.backends.ThrottledModelBackend"]
+# Login throttle (POST /auth/token and the admin login; accounts/throttle.py): per client address
+# every attempt counts, per username every failure, in fixed windows; 0 turns a budget off.
+AUTH_THROTTLE_WINDOW_SECONDS = env_int("AUTH_THROTTLE_WINDOW_SECONDS", 300)
+AUTH_THROTTLE_IP_ATTEMPTS = env_int("AUTH_THROTTLE_IP_ATTEMPTS", 30)
+AUTH_THROTTLE_USERNAME_FAILURES = env_int("AUTH_THROTTLE_USERNAME_FAILURES", 5)
+if AUTH_THROTTLE_WINDOW_SECONDS < 1:
+    raise ImproperlyConfigured("AUTH_THROTTLE_WINDOW_SECONDS must be at least 1")
+# The counters are shared by every process: the ingest rate limit's Redis in production.
+CACHES["auth_throttle"] = (
+    {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _ratelimit_redis}
+    if _ratelimit_redis
+    else {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(VAR_DIR / "cache" / "auth-throttle"),
+        "OPTIONS": {"MAX_ENTRIES": 10_000},
+    }
+)
+CELERY_BEAT_SCHEDULE["accounts-token-sessions-prune"] = {
+    "task": "accounts.tasks.token_sessions_prune",
+    "schedule": crontab(minute=45, hour=0),
 }
 # Identical metric queries within this window are served from Django's cache (locmem by default,
 # per process; a shared cache configured in CACHES serves every process). 0 disables it.

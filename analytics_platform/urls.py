@@ -2,8 +2,8 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
-from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
+from accounts.apis import AuthLogoutApi, AuthTokenApi, AuthTokenRefreshApi
 from analytics_platform import health, sdk_assets
 from analytics_platform.api_docs import RedocView, SwaggerView
 from metrics.apis import MetricsQueryApi
@@ -18,8 +18,9 @@ urlpatterns = [
     path("sdk/<str:name>", sdk_assets.sdk_file, name="sdk-file"),
     path("", include("ingest.urls")),
     path("metrics", MetricsQueryApi.as_view(), name="metrics-query"),
-    path("auth/token", TokenObtainPairView.as_view(), name="auth-token"),
-    path("auth/token/refresh", TokenRefreshView.as_view(), name="auth-token-refresh"),
+    path("auth/token", AuthTokenApi.as_view(), name="auth-token"),
+    path("auth/token/refresh", AuthTokenRefreshApi.as_view(), name="auth-token-refresh"),
+    path("auth/logout", AuthLogoutApi.as_view(), name="auth-logout"),
     path("dashboards/", include("metrics.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SwaggerView.as_view(url_name="api-schema"), name="api-docs"),

@@ -8,6 +8,8 @@ import ipaddress
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from ingest.allowlist import network_normalize
+
 
 def cidr_validate(value: str) -> None:
     """Refuse anything ``ipaddress.ip_network`` would not parse strictly (host bits set included)."""
@@ -25,6 +27,7 @@ class AllowlistRule(models.Model):
     class Scope(models.TextChoices):
         INGEST = "ingest", "Event ingestion (POST /events)"
         ADMIN = "admin", "Django admin (/admin/)"
+        API = "api", "API and dashboards (GET /metrics, /auth/*, /dashboards/, /api/docs)"
 
     cidr = models.CharField(
         max_length=64,
@@ -46,6 +49,6 @@ class AllowlistRule(models.Model):
         return f"{self.scope}: {self.cidr}{state}"
 
     def clean(self) -> None:
-        # Store the canonical form, so "10.0.0.1" and "10.0.0.1/32" are one rule.
+        # Store the canonical form, so "10.0.0.1", "10.0.0.1/32" and "::ffff:10.0.0.1" are one rule.
         with contextlib.suppress(ValueError):  # the field validator reports a bad one
-            self.cidr = str(ipaddress.ip_network(self.cidr.strip(), strict=True))
+            self.cidr = str(network_normalize(ipaddress.ip_network(self.cidr.strip(), strict=True)))

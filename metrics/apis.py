@@ -1,7 +1,8 @@
 """``GET /metrics``: parse and check the query string, call the selector, return its body.
 
-Authentication is the project default (simplejwt bearer tokens); tokens come from
-``POST /auth/token`` and ``POST /auth/token/refresh`` (simplejwt's own views, wired in urls.py).
+Authentication is the project default (bearer tokens of a live token session, accounts/); tokens
+come from ``POST /auth/token`` and ``POST /auth/token/refresh``. Reading needs the
+``accounts.read_metrics`` permission (the "analysts" group), not just an account.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import orjson
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import renderers, serializers
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.permissions import CanReadMetrics
 from analytics_platform.errors import ApplicationError
 from metrics import bounds, query
 from metrics.selectors import metric_timeseries_get
@@ -59,6 +62,7 @@ class OrjsonRenderer(renderers.JSONRenderer):
 
 class MetricsQueryApi(APIView):
     renderer_classes = [OrjsonRenderer]
+    permission_classes = [IsAuthenticated, CanReadMetrics]
 
     class InputSerializer(serializers.Serializer):
         metric = serializers.ListField(child=serializers.CharField(max_length=64), min_length=1, max_length=20)
@@ -151,7 +155,14 @@ class MetricsQueryApi(APIView):
                 ErrorSerializer,
                 description="A parameter is invalid, unknown, repeated or out of bounds; `error.field` names it",
             ),
-            401: OpenApiResponse(ErrorSerializer, description="No, invalid or expired bearer token"),
+            401: OpenApiResponse(
+                ErrorSerializer,
+                description="`not_authenticated`, `token_not_valid` (bad or expired), `token_revoked` (session ended)",
+            ),
+            403: OpenApiResponse(
+                ErrorSerializer,
+                description="`permission_denied` (no accounts.read_metrics), `ip_not_allowed` (api allowlist)",
+            ),
             422: OpenApiResponse(
                 ErrorSerializer,
                 description="`query_too_expensive`: stopped by the time or memory limit; ask a narrower question",

@@ -13,16 +13,25 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET
 
+from accounts.models import READ_METRICS
 from analytics_platform.errors import ApplicationError
 from metrics import bounds, query, units
 from metrics.models import MetricDefinition
 from metrics.selectors import ingestion_lag_get, metric_timeseries_get
 from streams import error_search
+
+
+def metrics_reader_required(view: Any) -> Any:
+    """A staff login (the admin's login page is the dashboards' too) holding ``accounts.read_metrics``:
+    staff alone may manage allowlists or exports without reading every metric (403 otherwise)."""
+    return staff_member_required(permission_required(READ_METRICS, raise_exception=True)(view))
+
 
 #: The QoE charts of the overview and video pages, in reading order.
 QOE_METRICS = (
@@ -202,19 +211,19 @@ def _dashboard(request: HttpRequest, *, video_id: str | None) -> HttpResponse:
     return render(request, "metrics/overview.html", context)
 
 
-@staff_member_required
+@metrics_reader_required
 @require_GET
 def overview(request: HttpRequest) -> HttpResponse:
     return _dashboard(request, video_id=None)
 
 
-@staff_member_required
+@metrics_reader_required
 @require_GET
 def video(request: HttpRequest, video_id: str) -> HttpResponse:
     return _dashboard(request, video_id=video_id)
 
 
-@staff_member_required
+@metrics_reader_required
 @require_GET
 def live(request: HttpRequest) -> HttpResponse:
     """The last minutes per minute, re-rendered every ``refresh`` seconds, with ingestion lag."""
@@ -247,7 +256,7 @@ def live(request: HttpRequest) -> HttpResponse:
 ERROR_COUNT_FILTERS = {"video": "videoId", "country": "country", "device": "device"}
 
 
-@staff_member_required
+@metrics_reader_required
 @require_GET
 def errors(request: HttpRequest) -> HttpResponse:
     """Player errors searched in Elasticsearch (newest first), the ClickHouse error counts beside them."""

@@ -44,6 +44,14 @@ def _static_files_from_finders() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def _login_throttle_reset() -> None:
+    """Each test starts with the login budgets full: the suite logs in from 127.0.0.1 many times."""
+    from django.core.cache import caches
+
+    caches["auth_throttle"].clear()
+
+
 @pytest.fixture(scope="session")
 def collected_static(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One ``collectstatic`` per test run with the production storage, for processes started by tests.

@@ -22,6 +22,7 @@ from metrics import units
 from metrics.models import MetricDefinition
 from tests.metrics import data as gen
 from tests.metrics.conftest import PASSWORD
+from tests.support.auth import metrics_reader_grant
 
 pytestmark = [
     pytest.mark.browser,
@@ -82,6 +83,7 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
     analyst.user_permissions.add(
         *Permission.objects.filter(codename__in=["view_metricdefinition", "change_metricdefinition"])
     )
+    metrics_reader_grant(analyst)
     views_pk = MetricDefinition.objects.get(name="views").pk
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:

@@ -21,6 +21,7 @@ from tests.metrics.conftest import PASSWORD
 from tests.metrics.test_browser import CHROMIUM, SCREENSHOTS, _ensure_builtins
 from tests.streams.conftest import wait_until
 from tests.streams.errors_support import error_run, indexed, indexer_start, osmem  # noqa: F401
+from tests.support.auth import metrics_reader_grant
 
 pytestmark = [
     pytest.mark.browser,
@@ -55,7 +56,7 @@ def test_an_error_of_a_real_run_is_found_on_the_errors_page(stream_env, osmem, l
     settings.ELASTICSEARCH_ERRORS_NODE_CLASS = PlainJsonNode  # test double only (tests/logs/osmem.py)
     settings.METRICS_QUERY_CACHE_SECONDS = 0
     _ensure_builtins()
-    get_user_model().objects.create_user(username="analyst", password=PASSWORD, is_staff=True)
+    metrics_reader_grant(get_user_model().objects.create_user(username="analyst", password=PASSWORD, is_staff=True))
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(

@@ -1,0 +1,137 @@
+"""Token sessions: issue, rotate, revoke, prune (the rules are in accounts/models.py's docstring)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from django.contrib.auth import authenticate
+from django.db.models import Q
+from django.http import HttpRequest
+from django.utils import timezone
+from rest_framework import status
+from rest_framework_simplejwt.exceptions import TokenError
+from rest_framework_simplejwt.tokens import RefreshToken
+
+from accounts.models import TokenSession
+from accounts.throttle import LoginThrottled
+from analytics_platform.errors import ApplicationError
+
+_BEARER = {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
+def _unauthorized(message: str, code: str) -> ApplicationError:
+    return ApplicationError(message, code=code, status_code=status.HTTP_401_UNAUTHORIZED, headers=_BEARER)
+
+
+def _expiry(token: RefreshToken) -> datetime:
+    return datetime.fromtimestamp(int(token["exp"]), UTC)
+
+
+def _pair(refresh: RefreshToken) -> dict[str, str]:
+    # The access token copies the refresh token's claims, the session id included.
+    return {"access": str(refresh.access_token), "refresh": str(refresh)}
+
+
+def token_pair_obtain(*, request: HttpRequest, username: str, password: str, client_ip: str) -> dict[str, str]:
+    """Check the password (throttled, accounts.throttle) and open a new session: its first token pair."""
+    try:
+        user = authenticate(request, username=username, password=password)
+    except LoginThrottled as exc:
+        raise ApplicationError(
+            str(exc), code="login_throttled", status_code=429, headers={"Retry-After": str(exc.retry_after)}
+        ) from None
+    if user is None or not user.is_active:
+        raise _unauthorized("no active account with these credentials", "authentication_failed")
+    refresh = RefreshToken.for_user(user)
+    session = TokenSession.objects.create(
+        user=user, refresh_jti=refresh["jti"], expires_at=_expiry(refresh), client_ip=client_ip[:64]
+    )
+    refresh["sid"] = str(session.id)
+    return _pair(refresh)
+
+
+def _refresh_decode(raw: str) -> tuple[RefreshToken, uuid.UUID]:
+    try:
+        token = RefreshToken(raw)  # type: ignore[arg-type]  # stubs say Token; it takes the encoded string
+        sid = uuid.UUID(str(token["sid"]))
+    except (TokenError, KeyError, ValueError):
+        raise _unauthorized("refresh token is invalid or expired", "token_not_valid") from None
+    return token, sid
+
+
+def token_pair_refresh(*, raw_refresh: str) -> dict[str, str]:
+    """Exchange the session's current refresh token for a new pair; an older one revokes the session."""
+    token, sid = _refresh_decode(raw_refresh)
+    session = TokenSession.objects.select_related("user").filter(pk=sid).first()
+    if session is None:
+        raise _unauthorized("refresh token is invalid or expired", "token_not_valid")
+    if session.revoked_at is not None:
+        raise _unauthorized("this session was revoked", "token_revoked")
+    if not session.user.is_active:
+        raise _unauthorized("the account is disabled", "token_not_valid")
+    new = RefreshToken.for_user(session.user)
+    new["sid"] = str(sid)
+    now = timezone.now()
+    # Compare-and-swap on the current jti: of two concurrent refreshes with the same token exactly
+    # one wins, and the loser is treated as the reuse it is.
+    swapped = TokenSession.objects.filter(pk=sid, refresh_jti=token["jti"], revoked_at__isnull=True).update(
+        refresh_jti=new["jti"], refreshed_at=now, expires_at=_expiry(new)
+    )
+    if swapped == 1:
+        return _pair(new)
+    if session_revoke(session_id=sid, reason=TokenSession.Reason.REUSE):
+        raise _unauthorized("refresh token was already used: the session is revoked", "token_reused")
+    raise _unauthorized("this session was revoked", "token_revoked")
+
+
+def session_revoke(*, session_id: uuid.UUID | str, reason: str) -> bool:
+    """Revoke one session; False when it was already revoked (or never existed)."""
+    updated = TokenSession.objects.filter(pk=session_id, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), revoked_reason=reason
+    )
+    return updated == 1
+
+
+def sessions_revoke(*, session_ids: Any, reason: str) -> int:
+    return TokenSession.objects.filter(pk__in=session_ids, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), revoked_reason=reason
+    )
+
+
+def user_sessions_revoke(*, user_id: int, reason: str) -> int:
+    return TokenSession.objects.filter(user_id=user_id, revoked_at__isnull=True).update(
+        revoked_at=timezone.now(), revoked_reason=reason
+    )
+
+
+def token_logout(*, access_claims: Any | None, raw_refresh: str | None) -> None:
+    """Revoke the session named by the bearer access token, or else by the refresh token given."""
+    if access_claims is not None:
+        session_revoke(session_id=str(access_claims["sid"]), reason=TokenSession.Reason.LOGOUT)
+        return
+    if not raw_refresh:
+        raise _unauthorized("send the bearer access token or the refresh token", "not_authenticated")
+    _, sid = _refresh_decode(raw_refresh)
+    session_revoke(session_id=sid, reason=TokenSession.Reason.LOGOUT)
+
+
+def token_session_active(*, session_id: str, user_id: Any) -> bool:
+    """Whether an access token's session still stands: one primary-key lookup per request."""
+    try:
+        sid = uuid.UUID(session_id)
+    except ValueError:
+        return False
+    return TokenSession.objects.filter(pk=sid, user_id=user_id, revoked_at__isnull=True).exists()
+
+
+def token_sessions_prune(*, now: datetime | None = None) -> int:
+    """Delete sessions whose refresh token has expired: their tokens are refused by expiry anyway.
+
+    Revoked sessions are kept until then too, so a reused token of a revoked session still answers
+    ``token_revoked`` rather than ``token_not_valid`` while it could otherwise be valid.
+    """
+    now = now or timezone.now()
+    deleted, _ = TokenSession.objects.filter(Q(expires_at__lte=now)).delete()
+    return deleted
