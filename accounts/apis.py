@@ -13,14 +13,20 @@ from accounts import services
 from accounts.authentication import SessionJWTAuthentication
 from analytics_platform.errors import ApplicationError
 from ingest.allowlist import client_ip_get
+from metrics.apis import ErrorSerializer  # the one error body of the API documentation
 
 
-class ErrorSerializer(serializers.Serializer):
-    class ErrorBody(serializers.Serializer):
-        code = serializers.CharField()
-        message = serializers.CharField()
+class TokenObtainSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=150, trim_whitespace=False)
+    password = serializers.CharField(max_length=4096, trim_whitespace=False)
 
-    error = ErrorBody()
+
+class TokenRefreshSerializer(serializers.Serializer):
+    refresh = serializers.CharField(max_length=4096)
+
+
+class LogoutSerializer(serializers.Serializer):
+    refresh = serializers.CharField(max_length=4096, required=False)
 
 
 class TokenPairSerializer(serializers.Serializer):
@@ -39,9 +45,7 @@ class AuthTokenApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    class InputSerializer(serializers.Serializer):
-        username = serializers.CharField(max_length=150, trim_whitespace=False)
-        password = serializers.CharField(max_length=4096, trim_whitespace=False)
+    InputSerializer = TokenObtainSerializer
 
     @extend_schema(
         operation_id="auth_token",
@@ -65,8 +69,7 @@ class AuthTokenRefreshApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
 
-    class InputSerializer(serializers.Serializer):
-        refresh = serializers.CharField(max_length=4096)
+    InputSerializer = TokenRefreshSerializer
 
     @extend_schema(
         operation_id="auth_token_refresh",
@@ -90,8 +93,7 @@ class AuthLogoutApi(APIView):
     authentication_classes = [SessionJWTAuthentication]
     permission_classes = [AllowAny]
 
-    class InputSerializer(serializers.Serializer):
-        refresh = serializers.CharField(max_length=4096, required=False)
+    InputSerializer = LogoutSerializer
 
     @extend_schema(
         operation_id="auth_logout",

@@ -6,4 +6,7 @@ class AccountsConfig(AppConfig):
     verbose_name = "Accounts and API tokens"
 
     def ready(self) -> None:
-        from accounts import signals  # noqa: F401 - connects the password-change revocation
+        from accounts import (
+            schema,  # noqa: F401 - registers the bearer scheme with drf-spectacular
+            signals,  # noqa: F401 - connects the password-change revocation
+        )

@@ -329,6 +329,10 @@ SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", PRODUCTION)
 # Probes and the Prometheus scrape talk plain HTTP to the pod (TLS ends at the ingress).
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^prometheus/metrics$"]
 SECURE_HSTS_SECONDS = env_int("DJANGO_SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0)
+# Both bind every host of the parent domain (preload for good, in the browsers' lists): a decision
+# for whoever owns the domain, off unless they turn it on (README, "check --deploy").
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_SECURE_HSTS_PRELOAD", False)
 
 # --- Observability ---------------------------------------------------------------------------
 LOG_LEVEL = env("LOG_LEVEL", "INFO")
