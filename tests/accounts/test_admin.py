@@ -29,8 +29,8 @@ def test_admin_login_is_throttled_per_username(client: Client) -> None:
     assert response.json()["error"]["code"] == "login_throttled"
     assert int(response["Retry-After"]) >= 1
     # The budget is shared with POST /auth/token: one place, one rule.
-    response = APIClient().post("/auth/token", {"username": "ops", "password": PASSWORD}, format="json")
-    assert response.status_code == 429 and int(response["Retry-After"]) >= 1
+    token = APIClient().post("/auth/token", {"username": "ops", "password": PASSWORD}, format="json")
+    assert token.status_code == 429 and int(token["Retry-After"]) >= 1
 
 
 def test_admin_login_is_throttled_per_address(client: Client, settings: Any) -> None:
@@ -68,8 +68,8 @@ def test_admin_revokes_sessions(client: Client) -> None:
     )
     assert response.status_code == 200 and b"1 session(s) revoked" in response.content
     assert TokenSession.objects.get(pk=target.pk).revoked_reason == "admin"
-    response = api.get("/metrics", {"metric": "views"})
-    assert response.status_code == 401 and response.json()["error"]["code"] == "token_revoked"
+    refused = api.get("/metrics", {"metric": "views"})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "token_revoked"
     refreshed = APIClient().post("/auth/token/refresh", {"refresh": kept["refresh"]}, format="json")
     assert refreshed.status_code == 200  # the other session is untouched
     assert client.get("/admin/accounts/tokensession/add/").status_code == 403  # only /auth/token makes them
