@@ -81,7 +81,9 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
     analyst = get_user_model().objects.create_user(username="analyst", password=PASSWORD, is_staff=True)
     # Edits metric definitions in the admin (the live preview below).
     analyst.user_permissions.add(
-        *Permission.objects.filter(codename__in=["view_metricdefinition", "change_metricdefinition"])
+        *Permission.objects.filter(
+            codename__in=["view_metricdefinition", "change_metricdefinition", "view_allowlistrule", "add_allowlistrule"]
+        )
     )
     metrics_reader_grant(analyst)
     views_pk = MetricDefinition.objects.get(name="views").pk
@@ -202,6 +204,27 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
                 1 for v in in_day if v["has_view_start"] and v["started"]
             )
             page.screenshot(path=str(SCREENSHOTS / "admin-definition-preview.png"), full_page=True)
+
+            # An allowlist rule added in the admin, then an address tested against every scope.
+            page.goto(f"{live_server.url}/admin/ingest/allowlistrule/")
+            page.click("#test-address-link")
+            page.wait_for_url("**/test-address/")
+            page.goto(f"{live_server.url}/admin/ingest/allowlistrule/add/")
+            page.fill("#id_cidr", "::ffff:198.51.100.0/120")
+            page.select_option("#id_scope", "api")
+            page.fill("#id_note", "analysts' office")
+            page.click("input[name=_save]")
+            page.wait_for_url("**/admin/ingest/allowlistrule/")
+            assert "198.51.100.0/24" in page.inner_text("#result_list")  # stored as the IPv4 it means
+            page.click("#test-address-link")
+            page.fill("#id_address", "198.51.100.77")
+            page.click("#test-address-form input[type=submit]")
+            page.wait_for_selector("#decisions")
+            assert page.get_attribute("#decision-api", "data-allowed") == "1"
+            assert "analysts' office" in page.inner_text("#decision-api")
+            assert page.get_attribute("#decision-ingest", "data-allowed") == "0"
+            assert "198.51.100.0/24" in page.inner_text("#effective-api")
+            page.screenshot(path=str(SCREENSHOTS / "admin-allowlist-test-address.png"), full_page=True)
 
             page.goto(f"{live_server.url}/api/docs/")
             # Swagger UI (drf-spectacular-sidecar) renders both public endpoints from /api/schema/.
