@@ -53,7 +53,9 @@ class AuthTokenApi(APIView):
         request=InputSerializer,
         responses={
             200: TokenPairSerializer,
-            401: OpenApiResponse(ErrorSerializer, description="`authentication_failed`"),
+            401: OpenApiResponse(
+                ErrorSerializer, description="`no_active_account`: wrong username or password, or a disabled account"
+            ),
             429: OpenApiResponse(ErrorSerializer, description="`login_throttled`: retry after `Retry-After`"),
         },
     )

@@ -43,7 +43,8 @@ def token_pair_obtain(*, request: HttpRequest, username: str, password: str, cli
             str(exc), code="login_throttled", status_code=429, headers={"Retry-After": str(exc.retry_after)}
         ) from None
     if user is None or not user.is_active:
-        raise _unauthorized("no active account with these credentials", "authentication_failed")
+        # simplejwt's code for this, kept: clients of the earlier views may match on it.
+        raise _unauthorized("no active account found with the given credentials", "no_active_account")
     refresh = RefreshToken.for_user(user)
     session = TokenSession.objects.create(
         user=user, refresh_jti=refresh["jti"], expires_at=_expiry(refresh), client_ip=client_ip[:64]

@@ -174,7 +174,9 @@ def main() -> None:
             database_ensure()
             call_command("migrate", interactive=False, verbosity=0)
             call_command("migrate", database="clickhouse", interactive=False, verbosity=0)
-            get_user_model().objects.create_user(username="bench", password="bench-password-123", is_staff=True)
+            get_user_model().objects.create_user(
+                username="bench", password="bench-password-123", is_staff=True, is_superuser=True
+            )  # a superuser holds accounts.read_metrics
             client = client_get()
             started = time.perf_counter()
             end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
