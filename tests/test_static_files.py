@@ -37,7 +37,10 @@ def server(collected_static: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "PYTHONPATH": str(settings.BASE_DIR),
         "ANALYTICS_VAR_DIR": str(var),
         "DJANGO_STATIC_ROOT": str(collected_static),
-        "INGEST_ALLOWLIST_ENABLED": "false",  # no Django tables in this throwaway var dir
+        # No Django tables in this throwaway var dir: no allowlist rules to read.
+        "INGEST_ALLOWLIST_ENABLED": "false",
+        "ADMIN_ALLOWLIST_ENABLED": "false",
+        "API_ALLOWLIST_ENABLED": "false",
         "WEB_CONCURRENCY": "1",
         "WEB_THREADS": "4",
         "LOG_LEVEL": "WARNING",
