@@ -277,3 +277,64 @@ def test_expired_session_records_are_pruned(web: int) -> None:
     assert _code(client.metrics(pair["access"])[1]) == "token_revoked"
     status, _, body = client.call("POST", "/auth/token/refresh", {"refresh": pair["refresh"]})
     assert (status, _code(body)) == (401, "token_not_valid")
+
+
+def test_concurrent_refreshes_with_one_token_leave_one_winner_and_a_revoked_session(web: int) -> None:
+    """Two workers, eight threads, one refresh token: the compare-and-swap lets exactly one through;
+    every other use is reuse, which revokes the session (the winner's new tokens included)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _reader()
+    client = Http(web)
+    _, _, pair = client.login("reader")
+    with ThreadPoolExecutor(8) as pool:
+        results = list(
+            pool.map(lambda _: client.call("POST", "/auth/token/refresh", {"refresh": pair["refresh"]}), range(8))
+        )
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [200] + [401] * 7, results
+    assert {_code(body) for status, _, body in results if status == 401} <= {"token_reused", "token_revoked"}
+    [winner] = [body for status, _, body in results if status == 200]
+    assert _code(client.metrics(winner["access"])[1]) == "token_revoked"
+    assert TokenSession.objects.get(pk=_claims_of(pair["access"])["sid"]).revoked_reason == "reuse"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/auth/token", {"username": "u" * 10_000, "password": "x"}, "username"),
+        ("/auth/token", {"username": "reader", "password": "p" * 100_000}, "password"),
+        ("/auth/token", {"username": ["reader"], "password": PASSWORD}, "username"),
+        ("/auth/token", {"password": PASSWORD}, "username"),
+        ("/auth/token/refresh", {"refresh": "r" * 10_000}, "refresh"),
+        ("/auth/token/refresh", {}, "refresh"),
+    ],
+)
+def test_hostile_login_and_refresh_bodies_are_400_before_any_hashing(
+    web: int, path: str, body: dict, field: str
+) -> None:
+    started = time.monotonic()
+    status, _, answer = Http(web).call("POST", path, body)
+    assert (status, _code(answer), answer["error"]["field"]) == (400, "invalid_parameter", field)
+    assert time.monotonic() - started < 0.3  # no PBKDF2 of a 100 kB password
+
+
+def test_garbage_refresh_tokens_are_401(web: int) -> None:
+    client = Http(web)
+    for token in ("", "a.b.c", "not-a-jwt", "eyJhbGciOiJIUzI1NiJ9.e30.", _forge({"token_type": "refresh", "jti": "x"})):
+        status, _, body = client.call("POST", "/auth/token/refresh", {"refresh": token})
+        assert status in (400, 401), (token, body)
+        assert _code(body) in ("invalid_parameter", "token_not_valid"), (token, body)
+    # A well-signed refresh token naming a session id that is not a UUID, or none that exists.
+    now = int(time.time())
+    for sid in ("../../etc", str(uuid.uuid4()), 42):
+        claims = {
+            "token_type": "refresh",
+            "jti": uuid.uuid4().hex,
+            "sid": sid,
+            "user_id": "1",
+            "iat": now,
+            "exp": now + 60,
+        }
+        status, _, body = client.call("POST", "/auth/token/refresh", {"refresh": _forge(claims)})
+        assert (status, _code(body)) == (401, "token_not_valid"), sid
