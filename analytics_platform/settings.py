@@ -496,6 +496,9 @@ from datetime import timedelta  # noqa: E402 - kept inside this block so the blo
 JWT_SIGNING_KEY = env_secret("JWT_SIGNING_KEY", min_length=50, local_name="jwt_signing_key")
 JWT_ACCESS_TOKEN_LIFETIME = timedelta(minutes=5)
 JWT_REFRESH_TOKEN_LIFETIME = timedelta(hours=24)
+for _name in ("JWT_ACCESS_TOKEN_SECONDS", "JWT_REFRESH_TOKEN_SECONDS"):
+    if env_optional(_name):  # a deployment still setting one would believe it took effect
+        raise ImproperlyConfigured(f"{_name} is no longer read: token lifetimes are fixed (README, Security)")
 SIMPLE_JWT: dict[str, Any] = {
     "ACCESS_TOKEN_LIFETIME": JWT_ACCESS_TOKEN_LIFETIME,
     "REFRESH_TOKEN_LIFETIME": JWT_REFRESH_TOKEN_LIFETIME,

@@ -153,6 +153,7 @@ def test_production_refuses_to_start_without_each_secret_and_address(monkeypatch
         ("INGEST_ACK_TIMEOUT_SECONDS", "ten", "INGEST_ACK_TIMEOUT_SECONDS must be a number"),
         ("JWT_SIGNING_KEY", "a-short-signing-key-of-40-characters-xyz", "JWT_SIGNING_KEY is too weak"),
         ("AUTH_THROTTLE_WINDOW_SECONDS", "0", "AUTH_THROTTLE_WINDOW_SECONDS must be at least 1"),
+        ("JWT_ACCESS_TOKEN_SECONDS", "3600", "JWT_ACCESS_TOKEN_SECONDS is no longer read"),
     ],
 )
 def test_production_refuses_debug_weak_keys_and_malformed_numbers(

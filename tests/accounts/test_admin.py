@@ -75,6 +75,22 @@ def test_admin_revokes_sessions(client: Client) -> None:
     assert client.get("/admin/accounts/tokensession/add/").status_code == 403  # only /auth/token makes them
 
 
+def test_admin_revokes_every_session_of_a_user(client: Client) -> None:
+    ops = get_user_model().objects.create_superuser("ops", password=PASSWORD)
+    reader = get_user_model().objects.create_user("reader", password=PASSWORD)
+    pairs = [_session("reader") for _ in range(3)]
+    other = _session("ops")
+    client.force_login(ops)
+    response = client.post(
+        "/admin/auth/user/", {"action": "token_sessions_revoke", "_selected_action": [str(reader.pk)]}, follow=True
+    )
+    assert b"3 session(s) revoked" in response.content
+    for pair in pairs:
+        refreshed = APIClient().post("/auth/token/refresh", {"refresh": pair["refresh"]}, format="json")
+        assert refreshed.json()["error"]["code"] == "token_revoked"
+    assert APIClient().post("/auth/token/refresh", {"refresh": other["refresh"]}, format="json").status_code == 200
+
+
 def test_password_change_in_the_admin_revokes(client: Client) -> None:
     ops = get_user_model().objects.create_superuser("ops", password=PASSWORD)
     reader = get_user_model().objects.create_user("reader", password=PASSWORD)
