@@ -160,6 +160,10 @@ def test_a_view_played_on_the_demo_page_reaches_get_metrics(tmp_path: Path) -> N
                 ("metric", "events"),
                 ("metric", "watch_time_ms"),
                 ("metric", "video_startup_time_ms_p50"),
+                ("metric", "playback_success_score"),
+                ("metric", "startup_time_score"),
+                ("metric", "smoothness_score"),
+                ("metric", "viewer_experience_score"),
                 ("filter", f"videoId:{DEMO_VIDEO_ID}"),
             ]
         )
@@ -175,6 +179,13 @@ def test_a_view_played_on_the_demo_page_reaches_get_metrics(tmp_path: Path) -> N
         # Exactly the player's timeline, up to what the per-batch clock correction may move (a few ms).
         assert abs(totals["watch_time_ms"] - watched) <= bound, (totals, watched, bound)
         assert abs(totals["video_startup_time_ms_p50"] - startup) <= bound, (totals, startup, bound)
+        # The scores of README "QoE scores" for this one view: no error, no rebuffer.
+        startup_score = 100 * 8 / (8 + startup / 1000)
+        assert totals["playback_success_score"] == 100
+        assert totals["smoothness_score"] == 100
+        # d(score)/d(startup) is at most 100 * 8 / 8**2 per second: 0.0125 per millisecond.
+        assert abs(totals["startup_time_score"] - startup_score) <= 0.0125 * bound + 1e-9, (totals, startup)
+        assert abs(totals["viewer_experience_score"] - (startup_score + 100) / 2) <= 0.0125 * bound + 1e-9
         assert bound < 1000, bound  # the batches were answered within a second: the check stays tight
     finally:
         _stop(process, output)
