@@ -316,6 +316,10 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# /demo/ (analytics_platform/demo.py): a test clip played through the player SDK. Off in production:
+# anyone who loads it posts events.
+DEMO_ENABLED = env_bool("DEMO_ENABLED", not PRODUCTION)
+
 STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 LOGIN_URL = "admin:login"

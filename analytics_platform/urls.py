@@ -4,7 +4,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView
 
 from accounts.apis import AuthLogoutApi, AuthTokenApi, AuthTokenRefreshApi
-from analytics_platform import health, sdk_assets
+from analytics_platform import demo, health, sdk_assets
 from analytics_platform.api_docs import RedocView, SwaggerView
 from metrics.apis import MetricsQueryApi
 
@@ -16,6 +16,8 @@ urlpatterns = [
     path("prometheus/", include("django_prometheus.urls")),
     path("admin/", admin.site.urls),
     path("sdk/<str:name>", sdk_assets.sdk_file, name="sdk-file"),
+    path("demo/", demo.demo_page, name="demo"),
+    path("demo/clip.wav", demo.demo_clip, name="demo-clip"),
     path("", include("ingest.urls")),
     path("metrics", MetricsQueryApi.as_view(), name="metrics-query"),
     path("auth/token", AuthTokenApi.as_view(), name="auth-token"),

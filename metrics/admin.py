@@ -179,6 +179,7 @@ class MetricDefinitionAdmin(admin.ModelAdmin):
                 "y": [p["value"] for p in points],
                 "hover": [units.value_format(p["value"], unit) for p in points],
                 "ticks": units.axis_ticks(unit, [p["value"] for p in points]),
+                "tickformat": units.axis_tickformat(unit, [p["value"] for p in points]),
                 "total": series["total"],
                 "totalText": units.value_format(series["total"], unit),
             }

@@ -134,6 +134,27 @@ _EVENT_DIMENSIONS = {
 }
 _VIEW_DIMENSIONS = {k: v for k, v in _EVENT_DIMENSIONS.items() if k != "type"}
 
+# Per-view QoE scores from 0 to 100 in the manner of Mux Data's (README "QoE scores" gives each
+# formula and its source), as measures of the view summaries: the built-in definitions average
+# them over views. A startup or smoothness score means something only for a view that started.
+_PLAYBACK_SUCCESS = "if(playback_failure, 0, if(exit_before_start, 50, 100))"
+# Mux's published startup curve: 8 / (8 + seconds); 95 at 400 ms, 80 at 2 s, 50 at 8 s.
+_STARTUP = "100 * 8 / (8 + startup_time_ms / 1000)"
+# Halved by 10 % of the watch time rebuffering, and again by two rebuffers per watched minute.
+_SMOOTHNESS = (
+    "100 / (1 + 10 * rebuffer_duration_ms / greatest(watch_time_ms, 1))"
+    " / (1 + rebuffer_count * 30000 / greatest(watch_time_ms, 1))"
+)
+_VIEW_SCORES = {
+    "playback_success_score": _PLAYBACK_SUCCESS,
+    "startup_time_score": _STARTUP,
+    "smoothness_score": _SMOOTHNESS,
+    # Playback success weighs the mean of the others: a failed view scores 0 whatever its startup.
+    "viewer_experience_score": (
+        f"if(started, {_PLAYBACK_SUCCESS} * ({_STARTUP} + {_SMOOTHNESS}) / 200, {_PLAYBACK_SUCCESS})"
+    ),
+}
+
 # Tables and columns of the streams schema (streams/models.py and its migrations).
 SOURCES: dict[str, Source] = {
     "events": Source(
@@ -172,6 +193,8 @@ SOURCES: dict[str, Source] = {
             "max_position_ms": "max_position_ms",
             "completion": "completion",
             "event_count": "event_count",
+            "watch_time_minutes": "watch_time_ms / 60000",
+            **_VIEW_SCORES,
         },
         flags={
             "has_view_start": "has_view_start",

@@ -54,6 +54,15 @@ def axis_ticks(unit: str, values: list[float | int | None], *, most: int = 6) ->
     return {"values": positions, "labels": [duration_format(p) for p in positions]}
 
 
+def axis_tickformat(unit: str, values: list[float | int | None]) -> str:
+    """plotly's tick format for a value axis without ``axis_ticks``: ratios as %, large values
+    abbreviated (12k), small ones as decimals (SI would write 0.08 as "80m")."""
+    if unit == "ratio":
+        return ".1%"
+    top = max((abs(v) for v in values if v is not None and math.isfinite(v)), default=0)
+    return "~s" if top >= 1000 else ",.3~r"
+
+
 def count_format(value: float) -> str:
     if abs(value) < ABBREVIATE_FROM:
         return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
@@ -72,6 +81,8 @@ def value_format(value: float | None, unit: str) -> str:
         return duration_format(value)
     if unit == "ratio":
         return f"{value * 100:.2f} %"
+    if unit == "score":  # 0 to 100
+        return f"{value:.1f}"
     text = count_format(value)
     return text if unit in ("count", "") else f"{text} {unit}"
 

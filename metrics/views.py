@@ -35,6 +35,10 @@ def metrics_reader_required(view: Any) -> Any:
 
 #: The QoE charts of the overview and video pages, in reading order.
 QOE_METRICS = (
+    "viewer_experience_score",
+    "playback_success_score",
+    "startup_time_score",
+    "smoothness_score",
     "views",
     "unique_viewers",
     "watch_time_ms",
@@ -43,11 +47,24 @@ QOE_METRICS = (
     "video_start_failure_rate",
     "exits_before_video_start_rate",
     "rebuffer_ratio",
+    "rebuffer_count",
+    "rebuffer_frequency",
     "playback_failure_rate",
     "errors",
     "events",
 )
-BREAKDOWN_METRICS = ("views", "watch_time_ms", "video_startup_time_ms_p95", "rebuffer_ratio", "playback_failure_rate")
+BREAKDOWN_METRICS = (
+    "viewer_experience_score",
+    "views",
+    "watch_time_ms",
+    "video_startup_time_ms_p95",
+    "rebuffer_ratio",
+    "playback_failure_rate",
+)
+#: "Worst contributors": the score whose shortfall is shared out, and the view count it averages over.
+CONTRIBUTION_SCORE = "viewer_experience_score"
+CONTRIBUTORS_SHOWN = 5
+CONTRIBUTORS_GROUPS = 1000
 BREAKDOWN_DIMENSIONS = ("country", "device", "os", "browser", "cdn", "player", "videoId")
 LIVE_METRICS = ("events", "errors", "views")
 
@@ -117,6 +134,7 @@ def _definitions_attach(charts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         chart["formula"] = units.formula_describe(definition) if definition else ""
         # Axis and hover text in the units people read (h/min/s); the plotted values stay raw.
         chart["ticks"] = units.axis_ticks(chart["unit"], chart["y"])
+        chart["tickformat"] = units.axis_tickformat(chart["unit"], chart["y"])
         chart["hover"] = [units.value_format(v, chart["unit"]) for v in chart["y"]]
     return charts
 
@@ -158,6 +176,34 @@ def _bar_charts(body: dict[str, Any], dim: str) -> list[dict[str, Any]]:
     return charts
 
 
+def worst_contributors(body: dict[str, Any], dim: str, *, shown: int = CONTRIBUTORS_SHOWN) -> list[dict[str, Any]]:
+    """The values of ``dim`` that pull the score down most, from ``views`` and the score by ``dim``.
+
+    The overall score is the views-weighted mean of the groups' scores (both count the views with
+    a view_start), so its shortfall from 100 splits exactly into ``views_g * (100 - score_g) /
+    views``: the points each value costs. Sorted by that, worst first.
+    """
+    by_metric = {m["metric"]: m["series"] for m in body["metrics"]}
+    views = {tuple(sorted(s["group"].items())): s["total"] or 0 for s in by_metric.get("views", [])}
+    total = sum(views.values())
+    rows = []
+    for series in by_metric.get(CONTRIBUTION_SCORE, []):
+        key = tuple(sorted(series["group"].items()))
+        count, score = views.get(key, 0), series["total"]
+        if not count or score is None or not total:
+            continue
+        rows.append(
+            {
+                "value": series["group"][dim] or "(none)",
+                "views": count,
+                "score": score,
+                "points_lost": count * (100 - score) / total,
+            }
+        )
+    rows.sort(key=lambda r: (-r["points_lost"], r["value"]))
+    return rows[:shown]
+
+
 def _dashboard(request: HttpRequest, *, video_id: str | None) -> HttpResponse:
     try:
         window = _window(request)
@@ -174,6 +220,14 @@ def _dashboard(request: HttpRequest, *, video_id: str | None) -> HttpResponse:
         )
         by_dim = metric_timeseries_get(
             metrics=_available(BREAKDOWN_METRICS), start=start, end=end, filters=filters, group_by=[breakdown], limit=10
+        )
+        contributions = metric_timeseries_get(
+            metrics=_available(("views", CONTRIBUTION_SCORE)),
+            start=start,
+            end=end,
+            filters=filters,
+            group_by=[breakdown],
+            limit=CONTRIBUTORS_GROUPS,
         )
         top_videos = (
             None
@@ -207,6 +261,7 @@ def _dashboard(request: HttpRequest, *, video_id: str | None) -> HttpResponse:
         "charts": charts,
         "videos": videos,
         "video_id": video_id,
+        "contributors": worst_contributors(contributions, breakdown),
     }
     return render(request, "metrics/overview.html", context)
 

@@ -4,6 +4,9 @@ Bounds (an attacker reaching the port gets no further than these): ``MAX_CONNECT
 served at once (more are closed at accept), ``IDLE_TIMEOUT_SECONDS`` to send each request on a
 connection (slow senders are dropped), request bodies of at most ``MAX_BODY_BYTES`` with a
 ``Content-Length`` (chunked bodies are refused with 411), paths of at most ``MAX_PATH_CHARS``.
+A refusal sent before the body was read is followed by a bounded lingering close (``LINGER_BYTES``
+within ``LINGER_SECONDS``, as nginx does): closing with unread data sends a reset, and the client,
+still writing its body, would see a broken pipe instead of the 413 or 401.
 Credentials, when configured, are required on every route and compared in constant time.
 """
 
@@ -17,6 +20,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,8 @@ MAX_CONNECTIONS = 64
 IDLE_TIMEOUT_SECONDS = 30.0
 MAX_BODY_BYTES = 1 << 20  # a schema is a few KB; Confluent's own limit is the Kafka message (1 MB)
 MAX_PATH_CHARS = 4096
+LINGER_BYTES = 4 * MAX_BODY_BYTES
+LINGER_SECONDS = 5.0
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
 
@@ -86,6 +92,22 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, error: RegistryError, *, close: bool = False, headers: dict[str, str] | None = None) -> None:
         self._send(error.status, error.body(), close=close, headers=headers)
 
+    def _refuse_unread(self, error: RegistryError, *, headers: dict[str, str] | None = None) -> None:
+        """Answer before reading the body, then drop what the client still sends (bounded) and close."""
+        self._error(error, close=True, headers=headers)
+        self.wfile.flush()
+        deadline = time.monotonic() + LINGER_SECONDS
+        remaining = LINGER_BYTES
+        try:
+            while remaining > 0 and (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                chunk = self.rfile.read1(min(remaining, 1 << 16))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+        except OSError:  # timed out or reset: the close below is all that is left to do
+            return
+
     def _authorized(self) -> bool:
         expected = self.server.user_info
         if expected is None:
@@ -103,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> bytes | None:
         """The request body, or None after answering a refusal (the connection is then closed)."""
         if self.headers.get("Transfer-Encoding"):
-            self._error(RegistryError(411, 411, "A Content-Length is required"), close=True)
+            self._refuse_unread(RegistryError(411, 411, "A Content-Length is required"))
             return None
         raw = self.headers.get("Content-Length", "0")
         try:
@@ -114,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(RegistryError(400, 400, "Invalid Content-Length"), close=True)
             return None
         if length > MAX_BODY_BYTES:
-            self._error(RegistryError(413, 413, f"Request body larger than {MAX_BODY_BYTES} bytes"), close=True)
+            self._refuse_unread(RegistryError(413, 413, f"Request body larger than {MAX_BODY_BYTES} bytes"))
             return None
         return self.rfile.read(length) if length else b""
 
@@ -124,9 +146,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if not self._authorized():
             # The body is not read: close, so that it is not taken for the next request.
-            self._error(
+            self._refuse_unread(
                 RegistryError(401, 401, "Unauthorized"),
-                close=True,
                 headers={"WWW-Authenticate": 'Basic realm="schema-registry"'},
             )
             return

@@ -35,6 +35,7 @@ ACTIONLINT = shutil.which("actionlint", path=str(Path(sys.executable).parent)) o
 APP_WORKLOADS = {
     "analytics-web",
     "analytics-streams",
+    "analytics-error-indexer",
     "analytics-celery-worker",
     "analytics-celery-beat",
     "analytics-migrate",
@@ -287,8 +288,8 @@ CHECKOV_ACCEPTED = {
     "CKV_K8S_43": "images are pinned by digest at release time (kustomize edit set image ...@sha256), not in git",
     "CKV_K8S_15": "imagePullPolicy: the default IfNotPresent is right for immutable digests",
     "CKV_K8S_35": "secrets as environment variables: the application reads them from its environment by design",
-    "CKV_K8S_8": "liveness probe: Celery worker and beat have none (a broker-dependent ping would restart them "
-    "during a broker outage)",
+    "CKV_K8S_8": "liveness probe: Celery worker and beat and the error indexer have none (a broker-dependent "
+    "ping would restart them during a broker outage; the indexer exits when it gives up and is restarted)",
     "CKV_K8S_9": "readiness probe: only Service-backed pods need one (web, schema registry); workers serve no traffic",
     "CKV_DOCKER_7": "the base image comes from an ARG pinned by digest (checked by test_the_image_is_..._pinned)",
 }

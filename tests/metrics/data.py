@@ -164,6 +164,32 @@ def _count(flag: str | None = None) -> Callable[[list[dict]], float]:
     return lambda rows: sum(1 for r in rows if flag is None or r[flag])
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+# The per-view QoE scores of README "QoE scores", written out again from their definitions (a
+# second implementation to hold the SQL in metrics/query.py to).
+def _success_score(r: dict) -> float:
+    return 0.0 if r["playback_failure"] else 50.0 if r["exit_before_start"] else 100.0
+
+
+def _startup_score(r: dict) -> float:
+    return 100 * 8 / (8 + r["startup_time_ms"] / 1000)
+
+
+def _smoothness_score(r: dict) -> float:
+    watched = max(r["watch_time_ms"], 1)
+    per_minute = r["rebuffer_count"] / (watched / 60_000)
+    return 100 / (1 + 10 * r["rebuffer_duration_ms"] / watched) / (1 + per_minute / 2)
+
+
+def _experience_score(r: dict) -> float:
+    if not r["started"]:
+        return _success_score(r)
+    return _success_score(r) * (_startup_score(r) + _smoothness_score(r)) / 200
+
+
 #: name -> (rows: "views" or "events", aggregate over the rows of one bucket/group, zero-filled?)
 TRUTH: dict[str, tuple[str, Callable[[list[dict]], Any], bool]] = {
     "events": ("events", len, True),
@@ -199,6 +225,24 @@ TRUTH: dict[str, tuple[str, Callable[[list[dict]], Any], bool]] = {
     "playback_failure_rate": (
         "views",
         lambda rows: _ratio(_count("playback_failure")(rows), _count("has_view_start")(rows)),
+        False,
+    ),
+    "playback_success_score": (
+        "views",
+        lambda rows: _mean([_success_score(r) for r in rows if r["has_view_start"]]),
+        False,
+    ),
+    "startup_time_score": ("views", lambda rows: _mean([_startup_score(r) for r in rows if r["started"]]), False),
+    "smoothness_score": ("views", lambda rows: _mean([_smoothness_score(r) for r in rows if r["started"]]), False),
+    "viewer_experience_score": (
+        "views",
+        lambda rows: _mean([_experience_score(r) for r in rows if r["has_view_start"]]),
+        False,
+    ),
+    "rebuffer_count": ("views", lambda rows: sum(r["rebuffer_count"] for r in rows), True),
+    "rebuffer_frequency": (
+        "views",
+        lambda rows: _ratio(sum(r["rebuffer_count"] for r in rows), sum(r["watch_time_ms"] for r in rows) / 60_000),
         False,
     ),
 }

@@ -39,8 +39,8 @@ def _ensure_builtins() -> None:
     if not MetricDefinition.objects.filter(builtin=True).exists():
         import importlib
 
-        migration = importlib.import_module("metrics.migrations.0002_builtin_metrics")
-        migration.create_builtins(django_apps, None)
+        for name in ("0002_builtin_metrics", "0005_qoe_scores"):
+            importlib.import_module(f"metrics.migrations.{name}").create_builtins(django_apps, None)
 
 
 def _window(span: timedelta, step: int) -> tuple[datetime, datetime]:

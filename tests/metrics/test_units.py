@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from metrics.units import axis_ticks, count_format, duration_format, value_format
+from metrics.units import axis_tickformat, axis_ticks, count_format, duration_format, value_format
 
 
 @pytest.mark.parametrize(
@@ -58,3 +58,15 @@ def test_duration_axes_tick_at_whole_units(values: list[float | None], labels: l
 def test_other_units_keep_plotlys_ticks() -> None:
     assert axis_ticks("count", [10, 20]) is None
     assert axis_ticks("ms", [None, 0]) is None
+
+
+def test_axis_formats_abbreviate_large_values_only() -> None:
+    assert axis_tickformat("ratio", [0.1]) == ".1%"
+    assert axis_tickformat("per min", [0.08, None, float("nan")]) == ",.3~r"  # not "80m"
+    assert axis_tickformat("count", [12_000]) == "~s"  # 12k
+    assert axis_tickformat("score", []) == ",.3~r"
+
+
+def test_scores_read_as_points_out_of_100() -> None:
+    assert value_format(67.849, "score") == "67.8"
+    assert value_format(0.0812, "per min") == "0.08 per min"

@@ -106,6 +106,18 @@ def test_huge_deep_and_malformed_bodies_are_refused_cleanly(registry: RegistryPr
     assert request(registry, "POST", path, json.dumps({"schema": SCHEMA}).encode()) == (200, {"id": 1, "version": 1})
 
 
+def test_a_refusal_before_the_body_is_read_reaches_the_client(registry: RegistryProcess) -> None:
+    """413 and 401 are answered before the body is read; the client, still writing, must read them.
+
+    Without the server's lingering close about half of these ended in a broken pipe or a reset.
+    """
+    huge = json.dumps({"schema": "x" * (2 << 20)}).encode()
+    for _ in range(10):
+        assert request(registry, "POST", "/subjects/x-value/versions", huge)[0] == 413
+        assert request(registry, "POST", "/subjects/x-value/versions", huge, auth=None)[0] == 401
+    assert request(registry, "GET", "/subjects") == (200, [])
+
+
 def test_a_chunked_body_and_a_bad_length_close_the_connection(registry: RegistryProcess) -> None:
     auth = "Basic " + base64.b64encode(USER_INFO.encode()).decode()
     with socket.create_connection((registry.host, registry.port), timeout=10) as sock:

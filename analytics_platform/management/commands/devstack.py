@@ -43,7 +43,9 @@ class Command(BaseCommand):
                 sup.start(spec.name, spec.argv, env, restart=spec.restart)
             processes.wait_for_port("127.0.0.1", port, timeout=60)
             sup.say(
-                "devstack", f"ready in {time.monotonic() - started:.1f}s: http://127.0.0.1:{port}/ (admin at /admin/)"
+                "devstack",
+                f"ready in {time.monotonic() - started:.1f}s: http://127.0.0.1:{port}/"
+                " (admin at /admin/, a demo player at /demo/)",
             )
         except BaseException as exc:
             sup.say("devstack", f"start failed: {exc!r}")

@@ -18,11 +18,9 @@
       type: "scatter", mode: "lines+markers", x: body.x, y: body.y, text: body.hover,
       hovertemplate: "%{x}<br>%{text}<extra></extra>", line: { color: "#3b7dd8" }, marker: { size: 4 },
     };
-    var yaxis = body.unit === "ratio"
-      ? { tickformat: ".1%", rangemode: "tozero" }
-      : body.ticks
-        ? { tickmode: "array", tickvals: body.ticks.values, ticktext: body.ticks.labels, rangemode: "tozero" }
-        : { tickformat: "~s", rangemode: "tozero" };
+    var yaxis = body.ticks
+      ? { tickmode: "array", tickvals: body.ticks.values, ticktext: body.ticks.labels, rangemode: "tozero" }
+      : { tickformat: body.tickformat, rangemode: "tozero" };
     var layout = { margin: { l: 70, r: 10, t: 10, b: 40 }, xaxis: { type: "date", title: { text: "hour (UTC)" } }, yaxis: yaxis };
     Plotly.react(chart, [trace], layout, { displayModeBar: false }).then(function () {
       draws += 1;
