@@ -436,14 +436,7 @@ def statements(cluster: str | None, database: str | None = None) -> list[str]:
     on_cluster = f" ON CLUSTER {_quote(cluster)}"
     out = []
     for t in tables():
-        out.append(_create_table(t, name=qualified(t.local), engine=_engine(t, True), on_cluster=on_cluster))
-        distributed_args = [_quote(cluster), _quote(db) if db else "currentDatabase()", _quote(t.local)]
-        if t.sharding_key:
-            distributed_args.append(t.sharding_key)
-        out.append(
-            f"CREATE TABLE IF NOT EXISTS {qualified(t.name)}{on_cluster} AS {qualified(t.local)}"
-            f" ENGINE = Distributed({', '.join(distributed_args)})"
-        )
+        out += cluster_table_statements(t, cluster, db)
     for v in MATERIALIZED_VIEWS:
         out.append(
             _create_view(
@@ -455,6 +448,23 @@ def statements(cluster: str | None, database: str | None = None) -> list[str]:
             )
         )
     return out
+
+
+def cluster_table_statements(table: Table, cluster: str, database: str) -> list[str]:
+    """One table in cluster mode: its Replicated ``<t>_local`` table, then the Distributed ``<t>``."""
+
+    def qualified(name: str) -> str:
+        return f"{_ident(database)}.{_ident(name)}" if database else _ident(name)
+
+    on_cluster = f" ON CLUSTER {_quote(cluster)}"
+    distributed_args = [_quote(cluster), _quote(database) if database else "currentDatabase()", _quote(table.local)]
+    if table.sharding_key:
+        distributed_args.append(table.sharding_key)
+    return [
+        _create_table(table, name=qualified(table.local), engine=_engine(table, True), on_cluster=on_cluster),
+        f"CREATE TABLE IF NOT EXISTS {qualified(table.name)}{on_cluster} AS {qualified(table.local)}"
+        f" ENGINE = Distributed({', '.join(distributed_args)})",
+    ]
 
 
 def without_on_cluster(statement: str) -> str:
