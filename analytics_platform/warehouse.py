@@ -509,3 +509,24 @@ def drop_statements(cluster: str | None, database: str | None = None) -> list[st
         if cluster:
             out.append(f"DROP TABLE IF EXISTS {prefix}{_ident(t.local)}{on_cluster}")
     return out
+
+
+class SingleNodeSchemaError(RuntimeError):
+    """The database holds the single-node tables; cluster DDL would silently skip them."""
+
+
+def cluster_schema_check(existing: Iterable[tuple[str, str]]) -> None:
+    """Refuse cluster DDL on a database that has the single-node schema.
+
+    ``existing``: (name, engine) of the tables already there under the application's names. The
+    DDL is ``IF NOT EXISTS``: over a plain ``events`` MergeTree it would create ``events_local``
+    and views on it, skip the Distributed ``events``, and the sink would keep writing the plain
+    table while every rollup on the local tables stayed empty. Converting a single-node database
+    is not done by this module (README, "ClickHouse schema").
+    """
+    plain = sorted(name for name, engine in existing if engine != "Distributed")
+    if plain:
+        raise SingleNodeSchemaError(
+            f"CLICKHOUSE_CLUSTER is set but {', '.join(plain)} are single-node tables ({len(plain)}):"
+            " unset CLICKHOUSE_CLUSTER for this database, or migrate into a new database on the cluster"
+        )

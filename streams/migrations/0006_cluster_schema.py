@@ -18,6 +18,13 @@ from analytics_platform import warehouse
 
 def cluster_schema_create(apps: Any, schema_editor: Any) -> None:
     database = schema_editor.connection.settings_dict["NAME"]
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT name, engine FROM system.tables WHERE database = %s AND name IN %s",
+            [database, tuple(warehouse.names())],
+        )
+        existing = cursor.fetchall()
+    warehouse.cluster_schema_check(existing)
     for statement in warehouse.statements(warehouse.cluster_name(), database):
         schema_editor.execute(statement)
 

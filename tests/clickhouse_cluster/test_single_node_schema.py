@@ -3,12 +3,14 @@ router runs the same migration operations as before (the cluster ones only in cl
 
 from __future__ import annotations
 
+import importlib
 import re
 from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import connections
 from django.test import override_settings
 
 from analytics_platform import warehouse
@@ -111,3 +113,23 @@ def test_a_cluster_name_cannot_break_out_of_its_literal() -> None:
     statement = warehouse.statements("a' ; DROP TABLE events; --", "analytics")[1]
     assert "ON CLUSTER 'a\\' ; DROP TABLE events; --' AS" in statement
     assert warehouse.without_on_cluster(statement).startswith("CREATE TABLE IF NOT EXISTS `analytics`.`events` AS ")
+
+
+def test_cluster_ddl_refuses_a_database_with_the_single_node_schema() -> None:
+    with pytest.raises(warehouse.SingleNodeSchemaError, match="events, view_summaries"):
+        warehouse.cluster_schema_check([("events", "MergeTree"), ("view_summaries", "ReplacingMergeTree")])
+    # A rerun over a partly built cluster schema is fine: Distributed tables under the names.
+    warehouse.cluster_schema_check([("events", "Distributed")])
+    warehouse.cluster_schema_check([])
+
+
+@pytest.mark.clickhouse
+@pytest.mark.django_db(databases=["default", "clickhouse"])
+def test_the_cluster_migration_refuses_the_migrated_single_node_database() -> None:
+    migration = importlib.import_module("streams.migrations.0006_cluster_schema")
+    with (
+        override_settings(CLICKHOUSE_CLUSTER="analytics"),
+        connections[CLICKHOUSE_DB].schema_editor() as editor,
+        pytest.raises(warehouse.SingleNodeSchemaError, match="events"),
+    ):
+        migration.cluster_schema_create(None, editor)
