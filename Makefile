@@ -7,7 +7,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # Tests run Django on the machine's PostgreSQL, the production engine (override to taste).
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/analytics
 
-.PHONY: run test lint typecheck pytest bench clean chromium deploy-tools
+.PHONY: run test lint typecheck pytest bench clean chromium zookeeper deploy-tools
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ chromium:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "browser tests need Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; fi; }
 
+# The cluster DDL test (tests/clickhouse_cluster) runs Debian's ZooKeeper (Java 17 is on the
+# machines); installed from Debian's packages when missing and we are root, like chromium.
+zookeeper:
+	@test -x /usr/share/zookeeper/bin/zkServer.sh || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zookeeper >/dev/null; \
+	  else echo "cluster DDL tests need Debian's zookeeper: sudo apt-get install -y zookeeper" >&2; exit 1; fi; }
+
 # Deployment checks (tests/deploy): kubectl (kustomize) and promtool from Debian; checkov in a
 # virtualenv of its own (its pins would downgrade packaging and cachetools in the project's).
 CHECKOV_VENV ?= .venv-tools
@@ -54,7 +61,7 @@ deploy-tools: $(CHECKOV_VENV)/.checkov-$(CHECKOV_VERSION)
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $${tool##*:} >/dev/null; \
 	  else echo "deployment tests need Debian's $${tool##*:}: sudo apt-get install -y $${tool##*:}" >&2; exit 1; fi; done
 
-pytest: $(DEV_STAMP) chromium deploy-tools
+pytest: $(DEV_STAMP) chromium zookeeper deploy-tools
 	DATABASE_URL=$(TEST_DATABASE_URL) $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

@@ -1,4 +1,10 @@
-"""Send ClickHouse models (and migrations hinted ``clickhouse=True``) to the ClickHouse database."""
+"""Send ClickHouse models (and migrations hinted ``clickhouse=True``) to the ClickHouse database.
+
+Cluster mode (``CLICKHOUSE_CLUSTER`` set): the single-node schema operations of the migrations
+(plain MergeTree tables, RunSQL without ``ON CLUSTER``) are not run; the operations hinted
+``cluster_schema=True`` (the ON CLUSTER DDL of analytics_platform/warehouse.py) run instead, and
+only there. Single-node mode runs exactly what it always ran.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ from typing import Any
 
 from clickhouse_backend.models import ClickhouseModel
 from django.apps import apps
+from django.conf import settings
 from django.db.models import Model
 
 CLICKHOUSE_DB = "clickhouse"
@@ -45,8 +52,10 @@ class ClickHouseRouter:
         return None
 
     def allow_migrate(self, db: str, app_label: str, model_name: str | None = None, **hints: Any) -> bool | None:
+        if hints.get("cluster_schema"):
+            return db == CLICKHOUSE_DB and bool(settings.CLICKHOUSE_CLUSTER)
         if hints.get("clickhouse") or f"{app_label}.{model_name}" in self.labels:
-            return db == CLICKHOUSE_DB
+            return db == CLICKHOUSE_DB and not settings.CLICKHOUSE_CLUSTER
         if db == CLICKHOUSE_DB:
             return False
         return None

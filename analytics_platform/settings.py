@@ -199,6 +199,14 @@ CLICKHOUSE_OPTIONS: dict[str, Any] = {
     "send_receive_timeout": env_int("CLICKHOUSE_SEND_RECEIVE_TIMEOUT", 300),
     "secure": CLICKHOUSE_SECURE,
 }
+# Cluster mode (analytics_platform/warehouse.py): the name of the ClickHouse cluster (its
+# remote_servers entry, whose nodes set the {shard} and {replica} macros). Empty = one server.
+# Set, migrations create Replicated tables and Distributed tables ON CLUSTER, and Django's
+# migration records live in a Distributed table too, so one `migrate` serves every node.
+CLICKHOUSE_CLUSTER = env_optional("CLICKHOUSE_CLUSTER")
+if CLICKHOUSE_CLUSTER:
+    CLICKHOUSE_OPTIONS["migration_cluster"] = CLICKHOUSE_CLUSTER
+    CLICKHOUSE_OPTIONS["distributed_migrations"] = True
 if CLICKHOUSE_SECURE:
     CLICKHOUSE_OPTIONS["verify"] = env_bool("CLICKHOUSE_VERIFY", True)
     if env_optional("CLICKHOUSE_CA_CERTS"):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+from analytics_platform import warehouse
+
 
 @dataclass(frozen=True)
 class ExportTable:
@@ -37,13 +39,13 @@ EXPORT_TABLES: dict[str, ExportTable] = {
     for table in (
         ExportTable(
             name="events",
-            clickhouse_table="events",
+            clickhouse_table=warehouse.EVENTS,
             time_column="ts",
             description="Every accepted player event, partitioned by event time (UTC).",
         ),
         ExportTable(
             name="view_summaries",
-            clickhouse_table="view_summaries",
+            clickhouse_table=warehouse.VIEW_SUMMARIES,
             time_column="start_ts",
             final=True,  # ReplacingMergeTree
             description="One row per closed view with its QoE figures, partitioned by view start (UTC).",

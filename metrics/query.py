@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from analytics_platform import warehouse
+
 # --- Vocabulary of the API -------------------------------------------------------------------
 
 #: Interval name -> (seconds, ClickHouse interval unit). The unit is a keyword from this table.
@@ -160,7 +162,7 @@ SOURCES: dict[str, Source] = {
     "events": Source(
         key="events",
         label="Raw events",
-        table="events",
+        table=warehouse.EVENTS,
         time_column="ts",
         dimensions=_EVENT_DIMENSIONS,
         measures={
@@ -177,7 +179,7 @@ SOURCES: dict[str, Source] = {
     "views": Source(
         key="views",
         label="View summaries (one row per closed view, bucketed at the view's start)",
-        table="view_summaries",
+        table=warehouse.VIEW_SUMMARIES,
         time_column="start_ts",
         dimensions=_VIEW_DIMENSIONS,
         measures={
@@ -221,7 +223,22 @@ _VIEW_SUMS: dict[tuple[str, tuple[str, ...]], str] = {
     ("rebuffer_count", ()): "rebuffer_count",
     ("startup_time_ms", ("started",)): "startup_time_ms_sum",
 }
-_GRAINS = {"minute": (60, 30), "hour": (3600, 400)}  # seconds, TTL days (the tables' TTLs)
+_GRAINS = {"minute": (60, warehouse.MINUTE_TTL_DAYS), "hour": (3600, warehouse.LONG_TTL_DAYS)}  # seconds, TTL days
+# The rollup tables of each grain (analytics_platform/warehouse.py owns the names).
+_GRAIN_TABLES = {
+    "minute": (
+        warehouse.EVENT_ROLLUP_MINUTE,
+        warehouse.VIEW_ROLLUP_MINUTE,
+        warehouse.METRICS_EVENT_TYPE_MINUTE,
+        warehouse.METRICS_VIEW_MINUTE,
+    ),
+    "hour": (
+        warehouse.EVENT_ROLLUP_HOUR,
+        warehouse.VIEW_ROLLUP_HOUR,
+        warehouse.METRICS_EVENT_TYPE_HOUR,
+        warehouse.METRICS_VIEW_HOUR,
+    ),
+}
 # Planner hints, in the units of Source.rows_per_second (1000 events/s, 30 views/s): rows per bucket
 # of the rollups keyed by every dimension, which barely collapse the rows they aggregate.
 _FULL_KEY_ROWS = {("events", 60): 20_000, ("events", 3600): 300_000, ("views", 60): 1_500, ("views", 3600): 60_000}
@@ -230,12 +247,13 @@ _FULL_KEY_ROWS = {("events", 60): 20_000, ("events", 3600): 300_000, ("views", 6
 def _rollups() -> list[Rollup]:
     rollups = []
     for grain, (seconds, ttl) in _GRAINS.items():
+        event_table, view_table, event_type_table, view_total_table = _GRAIN_TABLES[grain]
         rollups += [
             # streams: every dimension in the key (streams/migrations/0002_ttl_and_rollup_views.py)
             Rollup(
                 key=f"event_rollup_{grain}",
                 label=f"Event counts per {grain} and every dimension",
-                table=f"event_rollup_{grain}",
+                table=event_table,
                 base="events",
                 granularity=seconds,
                 time_column="bucket",
@@ -247,7 +265,7 @@ def _rollups() -> list[Rollup]:
             Rollup(
                 key=f"view_rollup_{grain}",
                 label=f"View QoE sums per {grain} of view start and every dimension",
-                table=f"view_rollup_{grain}",
+                table=view_table,
                 base="views",
                 granularity=seconds,
                 time_column="bucket",
@@ -261,7 +279,7 @@ def _rollups() -> list[Rollup]:
             Rollup(
                 key=f"metrics_event_type_{grain}",
                 label=f"Event counts per {grain} and type",
-                table=f"metrics_event_type_{grain}",
+                table=event_type_table,
                 base="events",
                 granularity=seconds,
                 time_column="bucket",
@@ -273,7 +291,7 @@ def _rollups() -> list[Rollup]:
             Rollup(
                 key=f"metrics_view_{grain}",
                 label=f"View QoE sums per {grain} of view start",
-                table=f"metrics_view_{grain}",
+                table=view_total_table,
                 base="views",
                 granularity=seconds,
                 time_column="bucket",
@@ -288,7 +306,7 @@ def _rollups() -> list[Rollup]:
         Rollup(
             key="metrics_view_video_day",
             label="View QoE sums per day of view start and video",
-            table="metrics_view_video_day",
+            table=warehouse.METRICS_VIEW_VIDEO_DAY,
             base="views",
             granularity=86400,
             time_column="bucket",

@@ -41,7 +41,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Producer
 from django.conf import settings
 
-from analytics_platform import event_format, kafka
+from analytics_platform import event_format, kafka, warehouse
 from analytics_platform.clickhouse import client_get
 from streams.dead_letter_selectors import DeadLetterEntry, DeadLetterFilter, dead_letters_read
 from streams.ledger.models import DeadLetterReplay
@@ -329,7 +329,7 @@ def _stored_event_ids(events: dict[str, int | None]) -> set[str]:
         for start in range(0, len(ids), CLICKHOUSE_IDS_PER_QUERY):
             chunk = ids[start : start + CLICKHOUSE_IDS_PER_QUERY]
             params: dict[str, Any] = {"ids": [uuid.UUID(i) for _, i in chunk]}
-            query = "SELECT DISTINCT toString(event_id) FROM events WHERE event_id IN %(ids)s"
+            query = f"SELECT DISTINCT toString(event_id) FROM {warehouse.EVENTS} WHERE event_id IN %(ids)s"  # noqa: S608 -- a code constant
             if chunk[0][0] >= 0:  # every time known (-1 sorts first)
                 params["lo"], params["hi"] = chunk[0][0], chunk[-1][0]
                 query += " AND ts BETWEEN fromUnixTimestamp64Milli(%(lo)s) AND fromUnixTimestamp64Milli(%(hi)s)"

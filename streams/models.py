@@ -1,5 +1,8 @@
 """ClickHouse tables written by the stream workers and read by metrics and the batch export.
 
+analytics_platform/warehouse.py owns the schema (names, engines, keys, TTLs, views, cluster mode);
+these models are the migrations' single-node history.
+
 Tables (all ``MergeTree`` family, event times ``DateTime64(3, 'UTC')``):
 
 ``events`` -- every accepted event, once (deduplicated by ``event_id`` in the stream, see below).

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from analytics_platform import warehouse
 from streams import dead_letters
 from streams.clickhouse_errors import DeadLetterDeliveryError
 
@@ -103,7 +104,7 @@ def rejected_row_dead_letter(
     values = dict(zip(columns, row, strict=True))
     user_id = values.get("user_id")
     event_id = values.get("event_id")
-    payload = values if table != "events" else event_from_row(values)
+    payload = values if table != warehouse.EVENTS else event_from_row(values)
     record = dead_letters.dead_letter(
         dead_letters.CLICKHOUSE_REJECTED,
         f"{table}: {_ATTEMPT_DETAILS.sub('', str(error))}",

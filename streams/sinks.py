@@ -82,6 +82,7 @@ from clickhouse_driver import Client
 from prometheus_client import Counter, Gauge
 from quixstreams.sinks.base import BatchingSink, SinkBackpressureError
 
+from analytics_platform import warehouse
 from streams.clickhouse_errors import FailureClass, RowEncodingError, error_code, failure_classify
 from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, Output
 from streams.sink_dead_letters import RejectedRows, rejected_row_dead_letter
@@ -134,8 +135,8 @@ class _Table:
 # 2106 the rollups' DateTime buckets saturate to one day), so bounding the distinct days of a block
 # bounds the partitions of every table it reaches.
 _TABLES: tuple[_Table, ...] = (
-    _Table("events", "events", EVENT_COLUMNS, "event_id", "ts"),
-    _Table("view_summaries", "views", VIEW_COLUMNS, "session_id", "start_ts"),
+    _Table(warehouse.EVENTS, "events", EVENT_COLUMNS, "event_id", "ts"),
+    _Table(warehouse.VIEW_SUMMARIES, "views", VIEW_COLUMNS, "session_id", "start_ts"),
 )
 # Isolation and the splitter read a row's source from its last two values.
 assert all(table.columns[-2:] == ("kafka_partition", "kafka_offset") for table in _TABLES)
@@ -153,6 +154,15 @@ _ERROR_TEXT_LIMIT = 2000  # a server error may quote the query, which holds the 
 # the embedded server spends 27% less CPU per event on an INSERT with all views (bench_sink.py);
 # the sums are the same, since queries aggregate over parts anyway.
 INSERT_SETTINGS = "SETTINGS optimize_on_insert = 0"
+# Cluster mode: the INSERT reaches a Distributed table (analytics_platform/warehouse.py). Forwarded
+# in the foreground, it returns only once every shard holds its rows, so the offsets the sink
+# reads back after a failure are rows really stored, not rows waiting in a node's send queue.
+CLUSTER_INSERT_SETTINGS = ", insert_distributed_sync = 1"
+
+
+def insert_settings() -> str:
+    """The SETTINGS clause of the sink's INSERTs in the configured mode."""
+    return INSERT_SETTINGS + (CLUSTER_INSERT_SETTINGS if warehouse.cluster_name() else "")
 
 
 def json_columns_insert(table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], topic_id: str) -> str:
@@ -183,7 +193,7 @@ def json_columns_insert(table: str, columns: Sequence[str], rows: Sequence[Seque
     for name, column in zip(columns, gathered, strict=True):
         encoded.append(orjson.dumps([ms / 1000 for ms in column] if name in DATETIME64_COLUMNS else column))
     encoded.append(orjson.dumps([topic_id] * len(rows)))
-    head = f"INSERT INTO {table} ({', '.join(columns)}, kafka_topic_id) {INSERT_SETTINGS} FORMAT JSONCompactColumns\n"
+    head = f"INSERT INTO {table} ({', '.join(columns)}, kafka_topic_id) {insert_settings()} FORMAT JSONCompactColumns\n"
     return head + "[" + ",".join(part.decode() for part in encoded) + "]"
 
 

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from analytics_platform import warehouse
+
 
 def truncate_all(client: Any) -> list[str]:
-    """Empty every table of the current database: raw tables and every rollup fed from them.
+    """Empty every table of the schema (analytics_platform/warehouse.py): raw tables and every
+    rollup fed from them.
 
     Emptying only the raw tables would leave the rollups (materialized-view targets) holding
     another test's rows, and metrics read those rollups.
     """
-    tables = [
-        name
-        for (name,) in client.execute(
-            "SELECT name FROM system.tables WHERE database = currentDatabase() AND engine LIKE '%MergeTree'"
-        )
-    ]
+    tables = list(warehouse.names())
     for table in tables:
-        client.execute(f"TRUNCATE TABLE `{table}`")  # names from system.tables, not from input
+        client.execute(f"TRUNCATE TABLE IF EXISTS `{table}`")  # names from the schema module, not from input
     return tables
