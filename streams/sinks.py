@@ -80,6 +80,7 @@ from typing import Any
 
 import orjson
 from clickhouse_driver import Client
+from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import SpanContext, SpanKind
 from prometheus_client import Counter, Gauge
@@ -420,31 +421,33 @@ class ClickHouseSink(BatchingSink):
             side.result()  # never leave a write running into the next chunk; re-raises its failure
 
     def _table_write(self, table: _Table, chunk: _Chunk, topic_id: str) -> None:
-        rows: list[Any] = []
-        progress: list[tuple[tuple[str, int], int]] = []
-        for partition, outputs in chunk.outputs.items():
-            first, last = outputs[0].offset, outputs[-1].offset
-            key = (table.name, partition)
-            stored = self._stored.get(key)
-            if stored is None or first != stored + 1:
-                stored = self._stored_offset(table.name, topic_id, partition)
-            part_rows = [row for output in outputs for row in getattr(output, table.attr)]
-            if part_rows and part_rows[0][-1] <= stored:
-                part_rows = self._replayed_drop(table, topic_id, partition, stored, part_rows)
-            rows += part_rows
-            progress.append((key, max(last, stored)))
-        if rows:
-            with self._write_span(table.name, chunk, len(rows)):
+        with self._write_span(table.name, chunk) as span:
+            rows: list[Any] = []
+            progress: list[tuple[tuple[str, int], int]] = []
+            for partition, outputs in chunk.outputs.items():
+                first, last = outputs[0].offset, outputs[-1].offset
+                key = (table.name, partition)
+                stored = self._stored.get(key)
+                if stored is None or first != stored + 1:
+                    stored = self._stored_offset(table.name, topic_id, partition)
+                part_rows = [row for output in outputs for row in getattr(output, table.attr)]
+                if part_rows and part_rows[0][-1] <= stored:
+                    part_rows = self._replayed_drop(table, topic_id, partition, stored, part_rows)
+                rows += part_rows
+                progress.append((key, max(last, stored)))
+            if span is not None:
+                span.set_attribute("analytics.rows", len(rows))
+            if rows:
                 # Blocks in order, each written (or its bad rows isolated) before the next: a
                 # partition's later rows never land before its earlier ones.
                 for block in partition_limit_split(rows, table.day_index, self._partitions_per_insert):
                     self._insert_isolating(table, block, topic_id, chunk.topic)
-            # The chunk's progress is about to be trusted (and its offsets committed): its dead
-            # letters must be acknowledged first.
-            self._dead_letters_flush(table.name)
-        self._stored.update(progress)
+                # The chunk's progress is about to be trusted (and its offsets committed): its dead
+                # letters must be acknowledged first.
+                self._dead_letters_flush(table.name)
+            self._stored.update(progress)
 
-    def _write_span(self, table: str, chunk: _Chunk, rows: int) -> AbstractContextManager[Any]:
+    def _write_span(self, table: str, chunk: _Chunk) -> AbstractContextManager[trace.Span | None]:
         """A chunk's write of one table, linked to the process spans of its messages (tracing on).
 
         A root span: one INSERT stores the rows of many messages, each in a trace of its own.
@@ -456,7 +459,7 @@ class ClickHouseSink(BatchingSink):
             context=Context(),
             kind=SpanKind.INTERNAL,
             links=tracing.links_of(chunk.links),
-            attributes={"db.system.name": "clickhouse", "db.collection.name": table, "analytics.rows": rows},
+            attributes={"db.system.name": "clickhouse", "db.collection.name": table},
         )
 
     def _replayed_drop(self, table: _Table, topic_id: str, partition: int, stored: int, rows: list[Any]) -> list[Any]:

@@ -97,7 +97,7 @@ def test_one_post_is_traced_from_the_request_to_the_clickhouse_insert(
     _tracing_env(stream_env, port)
     web, web_port = web_start(stream_env, tmp_path)
     try:
-        stream_env.worker_start()
+        stream_env.worker_start(LOG_LEVEL="INFO")
         event_id = str(uuid.uuid4())
         now = datetime.now(UTC)
         event = {
@@ -156,6 +156,12 @@ def test_one_post_is_traced_from_the_request_to_the_clickhouse_insert(
         assert query.startswith("INSERT INTO events (") and query.endswith("FORMAT JSONCompactColumns")
         assert event_id not in query  # the statement's shape, never the rows
         assert insert.attributes["analytics.rows"] >= 1
+
+        # A log line written inside a span carries its ids (what logs_search --trace-id looks up).
+        lines = [orjson.loads(line) for line in (tmp_path / "worker-0.log").read_bytes().splitlines() if line[:1] == b"{"]
+        progress = [line for line in lines if line.get("event") == "clickhouse progress read"]
+        assert progress, lines[-5:]
+        assert {(line.get("trace_id"), line.get("span_id")) for line in progress} >= {(write.trace_id, write.span_id)}
 
         # Nothing at all was recorded in the client's trace.
         assert store.spans(HOSTILE_TRACE_ID) == []
