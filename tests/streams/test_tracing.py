@@ -158,7 +158,8 @@ def test_one_post_is_traced_from_the_request_to_the_clickhouse_insert(
         assert insert.attributes["analytics.rows"] >= 1
 
         # A log line written inside a span carries its ids (what logs_search --trace-id looks up).
-        lines = [orjson.loads(line) for line in (tmp_path / "worker-0.log").read_bytes().splitlines() if line[:1] == b"{"]
+        raw = (tmp_path / "worker-0.log").read_bytes().splitlines()
+        lines = [orjson.loads(line) for line in raw if line[:1] == b"{"]
         progress = [line for line in lines if line.get("event") == "clickhouse progress read"]
         assert progress, lines[-5:]
         assert {(line.get("trace_id"), line.get("span_id")) for line in progress} >= {(write.trace_id, write.span_id)}
