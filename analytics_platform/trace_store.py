@@ -17,6 +17,7 @@ import hmac
 import io
 import json
 import sqlite3
+import sys
 import threading
 import zlib
 from collections.abc import Iterable, Iterator
@@ -303,3 +304,8 @@ class ReceiverServer(ThreadingHTTPServer):
         self.store = store
         self.token = token
         super().__init__(("127.0.0.1", port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exporter that went away mid-request (its process stopped) is no error worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
