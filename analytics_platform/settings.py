@@ -662,8 +662,15 @@ SPECTACULAR_SETTINGS["REDOC_DIST"] = "SIDECAR"
 # BatchSpanProcessor, sampled parent-based at OTEL_TRACES_SAMPLER_RATIO. Locally the endpoint
 # defaults to the devstack's receiver (``manage.py otlp_receiver``) on loopback.
 OTEL_TRACING_ENABLED = env_bool("OTEL_TRACING_ENABLED", False)
-OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = env_optional("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
-    "" if PRODUCTION else "http://127.0.0.1:4318/v1/traces"
+# The OpenTelemetry variables' meaning: the traces URL itself, or the collector's base URL.
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = (
+    env_optional("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    or (
+        env_optional("OTEL_EXPORTER_OTLP_ENDPOINT").rstrip("/") + "/v1/traces"
+        if env_optional("OTEL_EXPORTER_OTLP_ENDPOINT")
+        else ""
+    )
+    or ("" if PRODUCTION else "http://127.0.0.1:4318/v1/traces")
 )
 # Sent as "Authorization: Bearer <token>" to the endpoint (the local receiver requires it when set).
 OTEL_EXPORTER_OTLP_TOKEN = env_optional("OTEL_EXPORTER_OTLP_TOKEN")

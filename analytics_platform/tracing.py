@@ -13,9 +13,10 @@ events of several requests, with a link to each request's span and its context i
 ``traceparent`` header; the worker's ``process`` span, a child of that context; the sink's
 ``INSERT`` spans, which write many messages at once and so link to their process spans.
 
-Inbound ``traceparent`` headers are dropped (:class:`InboundTraceContextDrop`): every caller of
-this service is a player or a browser on the internet, and a trace id the client picks would let
-it join its requests to someone else's trace or force sampling; each request starts a new trace.
+Inbound ``traceparent`` headers are ignored (:class:`ServerSpanMiddleware` starts every request's
+trace afresh): every caller of this service is a player or a browser on the internet, and a trace
+id or sampled flag the client picks would let it join its requests to someone else's trace or
+force sampling (and export cost) at will.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanContext, SpanKind
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes
 
 # True once this process exports spans; read by the hot paths before doing any tracing work.
@@ -48,8 +49,8 @@ ENABLED = False
 # A span keeps at most this many links (the SDK's default limit): a chunk of the sink or a
 # coalesced message may hold thousands of messages or requests.
 MAX_LINKS = 128
-# The W3C trace-context headers a client might send; ignored (see the module docstring).
-_INBOUND_HEADERS = ("HTTP_TRACEPARENT", "HTTP_TRACESTATE", "HTTP_BAGGAGE")
+_MIDDLEWARE = "analytics_platform.tracing.ServerSpanMiddleware"
+_UNTRACED_PREFIXES = ("/healthz", "/readyz", "/prometheus")
 
 tracer = trace.get_tracer("analytics_platform")
 
@@ -104,7 +105,6 @@ def configure_tracing(*, force: bool = False) -> None:
         return
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
-    from opentelemetry.instrumentation.django import DjangoInstrumentor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
@@ -120,28 +120,63 @@ def configure_tracing(*, force: bool = False) -> None:
         BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, headers=headers))
     )
     trace.set_tracer_provider(provider)
-    # /healthz, /readyz and Prometheus scrapes would otherwise drown real traffic in traces.
-    DjangoInstrumentor().instrument(excluded_urls="healthz,readyz,prometheus")
-    # Ahead of the instrumentor's middleware (which it put first): it must not see a client's context.
+    # First: the span covers every other middleware, as the request's server span should.
     middleware = list(settings.MIDDLEWARE)
-    if "analytics_platform.tracing.InboundTraceContextDrop" not in middleware:
-        settings.MIDDLEWARE = ["analytics_platform.tracing.InboundTraceContextDrop", *middleware]
+    if _MIDDLEWARE not in middleware:
+        settings.MIDDLEWARE = [_MIDDLEWARE, *middleware]
     # Publish spans for enqueued tasks and run spans in the worker, parented through the message headers.
     CeleryInstrumentor().instrument()
     ENABLED = True
 
 
-class InboundTraceContextDrop:
-    """Remove a client's W3C trace-context headers before the Django instrumentation reads them."""
+class ServerSpanMiddleware:
+    """The server span of a request: a new trace, named ``METHOD route``.
+
+    Ours rather than opentelemetry-instrumentation-django's, by measured cost: that middleware
+    added about 190 us of CPU to every request even unsampled (its span name resolves the URL a
+    second time, it collects some twenty attributes and records metrics), as much as half of what
+    the request costs without tracing; this one costs a sampling decision when the request is
+    not sampled. It never extracts a client's ``traceparent`` (see the module docstring).
+    """
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        meta = request.META
-        for name in _INBOUND_HEADERS:
-            meta.pop(name, None)
-        return self.get_response(request)
+        path = request.path_info
+        # Probes and Prometheus scrapes would otherwise drown real traffic in traces.
+        if path.startswith(_UNTRACED_PREFIXES):
+            return self.get_response(request)
+        method = request.method or "GET"
+        span = tracer.start_span(method, context=Context(), kind=SpanKind.SERVER)
+        token = otel_context.attach(trace.set_span_in_context(span, Context()))
+        try:
+            response = self.get_response(request)
+        except BaseException as exc:  # Django turns view errors into responses; this is what escaped it
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.end()
+            raise
+        finally:
+            otel_context.detach(token)
+        if span.is_recording():
+            match = request.resolver_match
+            route = match.route if match is not None else ""
+            if route:
+                span.update_name(f"{method} {route}")
+            status = response.status_code
+            span.set_attributes(
+                {
+                    "http.request.method": method,
+                    "url.path": path,
+                    "http.route": route,
+                    "http.response.status_code": status,
+                }
+            )
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+        span.end()
+        return response
 
 
 def current_link() -> SpanContext | None:
