@@ -230,6 +230,20 @@ def headers_extract(headers: Any) -> Context:
     return extract(headers, context=Context(), getter=_headers_getter)
 
 
+def headers_sampled(headers: Any) -> bool:
+    """Whether a message carries a ``traceparent`` whose sampled flag is set (a cheap look, no parsing).
+
+    The worker spends a span only on such messages: a parent-based sampler would drop the child
+    of an unsampled send span anyway, and a message with no context (a tick, a producer with
+    tracing off) has no trace to continue.
+    """
+    for name, value in headers or ():
+        if name == "traceparent":
+            # 00-<32 hex trace id>-<16 hex span id>-<2 hex flags>: bit 0 of the flags is "sampled".
+            return isinstance(value, bytes) and len(value) == 55 and value[54] in b"13579bdfBDF"
+    return False
+
+
 @contextmanager
 def context_attached(ctx: Context) -> Iterator[None]:
     """Run a block under ``ctx``: a pool thread does not inherit the submitting thread's context."""

@@ -501,8 +501,8 @@ def worker_build(
     no_derived: tuple[dict[str, Any], ...] = ()
 
     def process(value: bytes, key: bytes | None, timestamp: int, headers: Any, state: Any) -> Any:
-        """``process_message``, in a span (when tracing is on) that continues the producer's trace."""
-        if not tracing.ENABLED:
+        """``process_message``, in a span that continues the producer's trace when it was sampled."""
+        if not tracing.ENABLED or not tracing.headers_sampled(headers):
             return process_message(value, key, timestamp, headers, state)
         context = message_context()
         with tracing.tracer.start_as_current_span(
