@@ -11,8 +11,10 @@ import http.client
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -138,3 +140,65 @@ def test_only_a_sampled_traceparent_gets_a_worker_span() -> None:
     assert (
         not trace.get_current_span(tracing.headers_extract([("traceparent", b"\xff" * 55)])).get_span_context().is_valid
     )
+
+
+def test_a_celery_task_runs_in_the_trace_that_enqueued_it(receiver: tuple[int, Path], tmp_path: Path) -> None:
+    """A real worker (threads pool, filesystem broker) and a real enqueuing process, both exporting."""
+    port, store_path = receiver
+    var = tmp_path / "celery-var"
+    for sub in ("celery/queue", "celery/processed", "celery/control"):
+        (var / sub).mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env.update(
+        {
+            "ANALYTICS_VAR_DIR": str(var),
+            "DJANGO_SECRET_KEY": "celery-tracing-not-secret",
+            "OTEL_TRACING_ENABLED": "true",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces",
+            "OTEL_EXPORTER_OTLP_TOKEN": TOKEN,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "ELASTICSEARCH_ERRORS_URL": "",  # the task then returns at once
+            "PYTHONPATH": str(settings.BASE_DIR),
+        }
+    )
+    celery = str(Path(sys.executable).parent / "celery")
+    worker = subprocess.Popen(
+        [celery, "-A", "analytics_platform", "--quiet", "worker", "-l", "WARNING", "-c", "1", "--pool", "threads"],
+        env=env,
+        cwd=settings.BASE_DIR,
+        stdout=open(tmp_path / "celery.log", "wb"),  # noqa: SIM115 -- lives with the process
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        enqueue = "from streams.tasks import player_error_indices_prune_task as t; t.delay()"
+        subprocess.run(
+            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "shell", "-c", enqueue],
+            env=env,
+            cwd=settings.BASE_DIR,
+            check=True,
+            timeout=60,
+        )
+        store = SpanStore(store_path)
+        try:
+            name = "streams.tasks.player_error_indices_prune"
+            found: dict[str, list[Any]] = {}
+
+            def both() -> bool:
+                spans = store.spans()
+                found["publish"] = [s for s in spans if s.kind == "producer" and name in s.name]
+                found["run"] = [s for s in spans if s.kind == "consumer" and name in s.name]
+                return bool(found["publish"] and found["run"])
+
+            deadline = time.monotonic() + 60
+            while not both() and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert found.get("publish") and found.get("run"), (tmp_path / "celery.log").read_text()[-2000:]
+            publish, run = found["publish"][0], found["run"][0]
+            assert publish.service == "analytics-web"  # manage.py shell
+            assert run.service == "analytics-celery"
+            assert run.trace_id == publish.trace_id and run.parent_span_id == publish.span_id
+        finally:
+            store.close()
+    finally:
+        worker.terminate()
+        worker.wait(30)
