@@ -709,3 +709,30 @@ STORAGES: dict[str, dict[str, Any]] = {
 SPECTACULAR_SETTINGS["SWAGGER_UI_DIST"] = "SIDECAR"
 SPECTACULAR_SETTINGS["SWAGGER_UI_FAVICON_HREF"] = "SIDECAR"
 SPECTACULAR_SETTINGS["REDOC_DIST"] = "SIDECAR"
+# --- Tracing (OpenTelemetry; analytics_platform/tracing.py) ----------------------------------
+# Off by default: no tracer provider is installed, so every span is the API's no-op and the hot
+# paths skip their tracing code altogether. On: spans go over OTLP/HTTP (protobuf) through a
+# BatchSpanProcessor, sampled parent-based at OTEL_TRACES_SAMPLER_RATIO. Locally the endpoint
+# defaults to the devstack's receiver (``manage.py otlp_receiver``) on loopback.
+OTEL_TRACING_ENABLED = env_bool("OTEL_TRACING_ENABLED", False)
+# The OpenTelemetry variables' meaning: the traces URL itself, or the collector's base URL.
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = (
+    env_optional("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    or (
+        env_optional("OTEL_EXPORTER_OTLP_ENDPOINT").rstrip("/") + "/v1/traces"
+        if env_optional("OTEL_EXPORTER_OTLP_ENDPOINT")
+        else ""
+    )
+    or ("" if PRODUCTION else "http://127.0.0.1:4318/v1/traces")
+)
+# Sent as "Authorization: Bearer <token>" to the endpoint (the local receiver requires it when set).
+OTEL_EXPORTER_OTLP_TOKEN = env_optional("OTEL_EXPORTER_OTLP_TOKEN")
+OTEL_TRACES_SAMPLER_RATIO = env_float("OTEL_TRACES_SAMPLER_RATIO", 1.0)
+# Empty: named after the process (analytics-web, analytics-stream-worker, analytics-celery).
+OTEL_SERVICE_NAME = env_optional("OTEL_SERVICE_NAME")
+OTLP_RECEIVER_PORT = env_int("OTLP_RECEIVER_PORT", 4318)
+OTLP_RECEIVER_STORE = Path(env("OTLP_RECEIVER_STORE", str(VAR_DIR / "traces.sqlite3")))
+if not 0.0 <= OTEL_TRACES_SAMPLER_RATIO <= 1.0:
+    raise ImproperlyConfigured("OTEL_TRACES_SAMPLER_RATIO must be between 0 and 1")
+if OTEL_TRACING_ENABLED and not OTEL_EXPORTER_OTLP_TRACES_ENDPOINT.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT must be an http(s) URL when tracing is on")

@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Message
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
-from analytics_platform import event_format
+from analytics_platform import event_format, tracing
 from ingest import instrumentation
 
 if TYPE_CHECKING:
@@ -44,9 +47,11 @@ Part = tuple[bytes, int]
 class Ticket:
     """One request's wait for the acknowledgement of every message holding its events."""
 
-    __slots__ = ("_lock", "_remaining", "detail", "done", "reason")
+    __slots__ = ("_lock", "_remaining", "detail", "done", "link", "reason")
 
-    def __init__(self) -> None:
+    def __init__(self, link: SpanContext | None = None) -> None:
+        """``link``: the request's span, which the span of every message holding its events links to."""
+        self.link = link
         self._lock = threading.Lock()
         self._remaining = 1  # the submission: nothing is released before all events are buffered
         self.done = threading.Event()
@@ -89,15 +94,19 @@ class _Buffer:
 class _Delivery:
     """The delivery report callback of one message: settles every ticket it holds."""
 
-    __slots__ = ("events", "on_error", "tickets")
+    __slots__ = ("events", "on_error", "span", "tickets")
 
     def __init__(self, tickets: list[Ticket], events: int, on_error: Callable[[KafkaError], None]) -> None:
         self.tickets = tickets
         self.events = events
         self.on_error = on_error
+        self.span: trace.Span | None = None  # the message's send span, ended by the broker's answer
 
     def __call__(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
+            if self.span is not None:
+                self.span.set_attribute("messaging.kafka.offset", msg.offset() or 0)
+                self.span.end()
             for ticket in self.tickets:
                 ticket.release()
             return
@@ -106,19 +115,26 @@ class _Delivery:
 
     def fail(self, reason: str, detail: str) -> None:
         instrumentation.delivery_failures.labels(reason=reason).inc()
+        if self.span is not None:
+            self.span.set_status(Status(StatusCode.ERROR, detail))
+            self.span.set_attribute("error.type", reason)
+            self.span.end()
         for ticket in self.tickets:
             ticket.fail(reason, detail)
 
 
 class Produce(Protocol):
-    def __call__(self, partition: int, value: bytes, on_delivery: _Delivery) -> None: ...
+    def __call__(
+        self, partition: int, value: bytes, on_delivery: _Delivery, headers: list[tuple[str, bytes]] | None
+    ) -> None: ...
 
 
 class Coalescer:
     """Per-partition buffers of one process, flushed by age (a background thread) or by size."""
 
-    def __init__(self, produce: Produce, on_error: Callable[[KafkaError], None]) -> None:
+    def __init__(self, produce: Produce, on_error: Callable[[KafkaError], None], *, topic: str = "") -> None:
         self._produce = produce
+        self._topic = topic
         self._on_error = on_error
         self._cond = threading.Condition(threading.Lock())
         self._buffers: dict[int, _Buffer] = {}
@@ -177,8 +193,9 @@ class Coalescer:
     def _seal(self, buffer: _Buffer) -> None:
         """Produce a buffer as one message; called with the lock held, so a partition's order holds."""
         delivery = _Delivery(buffer.tickets, buffer.events, self._on_error)
+        headers = self._send_span(buffer, delivery) if tracing.ENABLED else None
         try:
-            self._produce(buffer.partition, BATCH_HEAD + b",".join(buffer.parts) + BATCH_TAIL, delivery)
+            self._produce(buffer.partition, BATCH_HEAD + b",".join(buffer.parts) + BATCH_TAIL, delivery, headers)
         except BufferError:
             delivery.fail("queue_full", "the Kafka producer queue is full")
             return
@@ -188,6 +205,29 @@ class Coalescer:
             self._on_error(err)
             return
         instrumentation.events_per_message.observe(buffer.events)
+
+    def _send_span(self, buffer: _Buffer, delivery: _Delivery) -> list[tuple[str, bytes]]:
+        """Start the message's send span and return the headers carrying its context.
+
+        A root span, not the child of whichever request's thread happens to seal the buffer: the
+        message holds the events of every request linked to (the messaging conventions' batch).
+        """
+        span = tracing.tracer.start_span(
+            f"send {self._topic}",
+            context=Context(),
+            kind=SpanKind.PRODUCER,
+            links=tracing.links_of(ticket.link for ticket in buffer.tickets),
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": self._topic,
+                "messaging.destination.partition.id": str(buffer.partition),
+                "messaging.batch.message_count": buffer.events,
+                "analytics.requests": len(buffer.tickets),
+            },
+        )
+        delivery.span = span
+        return tracing.headers_inject(span)
 
     def _seal_due(self, now: float) -> None:
         """Produce every buffer due by ``now`` (lock held) and note when the next one is."""

@@ -28,7 +28,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 from django.conf import settings
 
-from analytics_platform import event_format, kafka
+from analytics_platform import event_format, kafka, tracing
 from ingest import instrumentation
 from ingest.coalescer import Coalescer, Part, Ticket
 
@@ -84,7 +84,7 @@ class EventProducer:
         self._partitions = 0  # 0: not known yet
         self._partitions_expire = 0.0
         self._metadata_lock = threading.Lock()
-        self._coalescer = Coalescer(self._produce, self._on_delivery_error)
+        self._coalescer = Coalescer(self._produce, self._on_delivery_error, topic=topic)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll_loop, name="ingest-kafka-poll", daemon=True)
         self._thread.start()
@@ -100,8 +100,11 @@ class EventProducer:
         if err.code() in (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART):
             self._partitions_expire = 0.0  # the partition count may have changed: ask the broker again
 
-    def _produce(self, partition: int, value: bytes, on_delivery: Any) -> None:
-        self._producer.produce(self.topic, value, partition=partition, on_delivery=on_delivery)
+    def _produce(self, partition: int, value: bytes, on_delivery: Any, headers: list[tuple[str, bytes]] | None) -> None:
+        if headers:
+            self._producer.produce(self.topic, value, partition=partition, on_delivery=on_delivery, headers=headers)
+        else:
+            self._producer.produce(self.topic, value, partition=partition, on_delivery=on_delivery)
 
     def _poll_loop(self) -> None:
         next_gauge = 0.0
@@ -176,7 +179,7 @@ class EventProducer:
                 pending.extend(parts)
         if not by_partition:
             return
-        ticket = Ticket()
+        ticket = Ticket(tracing.current_link() if tracing.ENABLED else None)
         self._coalescer.submit(
             ticket,
             by_partition,

@@ -7,7 +7,6 @@ share, so they all see the same numbers, the same validation and the same cache.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -24,7 +23,10 @@ from clickhouse_driver.errors import NetworkError, ServerException, SocketTimeou
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from analytics_platform import tracing
 from analytics_platform.clickhouse import client_get
 from analytics_platform.errors import ApplicationError
 from metrics import bounds, query
@@ -119,6 +121,32 @@ def query_execute(built: query.BuiltQuery, *, deadline: float | None = None) -> 
     would cost the same again, so a client retrying it (as it may on a 503) only adds load; the
     fix is a narrower question. An unreachable ClickHouse is a 503 with ``Retry-After``.
     """
+    if not tracing.ENABLED:
+        return _query_run(built, deadline=deadline)
+    with tracing.tracer.start_as_current_span(
+        f"SELECT {built.table}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "db.system.name": "clickhouse",
+            "db.operation.name": "SELECT",
+            "db.collection.name": built.table,
+            # The statement with its %(name)s placeholders: its shape, never the bound values.
+            "db.query.text": built.sql,
+            "analytics.from_rollup": built.from_rollup,
+        },
+        record_exception=False,
+    ) as span:
+        try:
+            rows = _query_run(built, deadline=deadline)
+        except ApplicationError as exc:
+            span.set_status(Status(StatusCode.ERROR, exc.code))
+            span.set_attribute("error.type", exc.code)
+            raise
+        span.set_attribute("db.response.returned_rows", len(rows))
+        return rows
+
+
+def _query_run(built: query.BuiltQuery, *, deadline: float | None) -> list[tuple[Any, ...]]:
     limits = query_limits(deadline=deadline)
     if limits["max_execution_time"] <= 0 and settings.METRICS_QUERY_MAX_EXECUTION_SECONDS > 0:
         raise _too_expensive("time")  # the request's earlier queries spent its budget
@@ -257,7 +285,14 @@ def metric_timeseries_get(
     if len(built) == 1:
         results = [query_execute(built[0], deadline=deadline)]
     else:
-        results = list(_pool.map(functools.partial(query_execute, deadline=deadline), built))
+        # The pool's threads do not inherit this thread's context: each query span joins the request's trace.
+        ctx = otel_context.get_current()
+
+        def run(one: query.BuiltQuery) -> list[tuple[Any, ...]]:
+            with tracing.context_attached(ctx):
+                return query_execute(one, deadline=deadline)
+
+        results = list(_pool.map(run, built))
     for metric, rows in zip(compiled, results, strict=True):
         body["metrics"].append(
             {

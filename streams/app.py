@@ -41,6 +41,7 @@ import orjson
 from confluent_kafka import KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
 from django.conf import settings
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge, start_http_server
 from quixstreams import Application, message_context
 from quixstreams.exceptions import QuixException
@@ -48,7 +49,7 @@ from quixstreams.kafka.configuration import ConnectionConfig
 from quixstreams.models.serializers import Serializer
 from quixstreams.sinks.base import BaseSink
 
-from analytics_platform import event_format, kafka
+from analytics_platform import event_format, kafka, tracing
 from analytics_platform.clickhouse import client_get
 from streams import dead_letters, topic_schemas
 from streams.processors import Output, PartitionProcessor, ProcessorConfig, StateStore, state_encode, tick_message
@@ -500,6 +501,26 @@ def worker_build(
     no_derived: tuple[dict[str, Any], ...] = ()
 
     def process(value: bytes, key: bytes | None, timestamp: int, headers: Any, state: Any) -> Any:
+        """``process_message``, in a span that continues the producer's trace when it was sampled."""
+        if not tracing.ENABLED or not tracing.headers_sampled(headers):
+            return process_message(value, key, timestamp, headers, state)
+        context = message_context()
+        with tracing.tracer.start_as_current_span(
+            f"process {events_topic}",
+            context=tracing.headers_extract(headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "process",
+                "messaging.destination.name": events_topic,
+                "messaging.destination.partition.id": str(context.partition),
+                "messaging.kafka.offset": context.offset,
+                "messaging.consumer.group.name": group,
+            },
+        ):
+            return process_message(value, key, timestamp, headers, state)
+
+    def process_message(value: bytes, key: bytes | None, timestamp: int, headers: Any, state: Any) -> Any:
         """Process one message, hand its rows to the sink, return its derived events (expanded).
 
         One step of the dataframe does it all: each further step costs per message, and Quix

@@ -72,6 +72,7 @@ import time
 from collections import Counter as Multiset
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import groupby
 from operator import itemgetter
@@ -79,10 +80,13 @@ from typing import Any
 
 import orjson
 from clickhouse_driver import Client
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanContext, SpanKind
 from prometheus_client import Counter, Gauge
 from quixstreams.sinks.base import BatchingSink, SinkBackpressureError
 
-from analytics_platform import warehouse
+from analytics_platform import tracing, warehouse
 from streams.clickhouse_errors import FailureClass, RowEncodingError, error_code, failure_classify
 from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, Output
 from streams.sink_dead_letters import RejectedRows, rejected_row_dead_letter
@@ -245,10 +249,11 @@ class _Chunk:
     several partitions, so per-partition inserts multiplied the parts and the server's work.
     """
 
-    __slots__ = ("outputs", "rows", "started", "topic")
+    __slots__ = ("links", "outputs", "rows", "started", "topic")
 
     def __init__(self, topic: str) -> None:
         self.topic = topic
+        self.links: list[SpanContext] = []  # the sampled process spans of its messages (tracing on)
         self.outputs: dict[int, list[Output]] = {}
         self.rows = 0
         self.started = time.monotonic()
@@ -334,6 +339,10 @@ class ClickHouseSink(BatchingSink):
         else:
             outputs.append(value)
         chunk.rows += len(value.events) + len(value.views)
+        if tracing.ENABLED and len(chunk.links) < tracing.MAX_LINKS:
+            link = tracing.current_link()
+            if link is not None:
+                chunk.links.append(link)
         # A chunk goes to the writer when it is full; or, when the writer is idle, once it is
         # ``chunk_seconds`` old or the next checkpoint is closer than the last write took: INSERTs
         # stay large (each costs the server a part per table and view), yet the checkpoint, which
@@ -421,28 +430,46 @@ class ClickHouseSink(BatchingSink):
             side.result()  # never leave a write running into the next chunk; re-raises its failure
 
     def _table_write(self, table: _Table, chunk: _Chunk, topic_id: str) -> None:
-        rows: list[Any] = []
-        progress: list[tuple[tuple[str, int], int]] = []
-        for partition, outputs in chunk.outputs.items():
-            first, last = outputs[0].offset, outputs[-1].offset
-            key = (table.name, partition)
-            stored = self._stored.get(key)
-            if stored is None or first != stored + 1:
-                stored = self._stored_offset(table.name, topic_id, partition)
-            part_rows = [row for output in outputs for row in getattr(output, table.attr)]
-            if part_rows and part_rows[0][-1] <= stored:
-                part_rows = self._replayed_drop(table, topic_id, partition, stored, part_rows)
-            rows += part_rows
-            progress.append((key, max(last, stored)))
-        if rows:
-            # Blocks in order, each written (or its bad rows isolated) before the next: a partition's
-            # later rows never land before its earlier ones.
-            for block in partition_limit_split(rows, table.day_index, self._partitions_per_insert):
-                self._insert_isolating(table, block, topic_id, chunk.topic)
-            # The chunk's progress is about to be trusted (and its offsets committed): its dead
-            # letters must be acknowledged first.
-            self._dead_letters_flush(table.name)
-        self._stored.update(progress)
+        with self._write_span(table.name, chunk) as span:
+            rows: list[Any] = []
+            progress: list[tuple[tuple[str, int], int]] = []
+            for partition, outputs in chunk.outputs.items():
+                first, last = outputs[0].offset, outputs[-1].offset
+                key = (table.name, partition)
+                stored = self._stored.get(key)
+                if stored is None or first != stored + 1:
+                    stored = self._stored_offset(table.name, topic_id, partition)
+                part_rows = [row for output in outputs for row in getattr(output, table.attr)]
+                if part_rows and part_rows[0][-1] <= stored:
+                    part_rows = self._replayed_drop(table, topic_id, partition, stored, part_rows)
+                rows += part_rows
+                progress.append((key, max(last, stored)))
+            if span is not None:
+                span.set_attribute("analytics.rows", len(rows))
+            if rows:
+                # Blocks in order, each written (or its bad rows isolated) before the next: a
+                # partition's later rows never land before its earlier ones.
+                for block in partition_limit_split(rows, table.day_index, self._partitions_per_insert):
+                    self._insert_isolating(table, block, topic_id, chunk.topic)
+                # The chunk's progress is about to be trusted (and its offsets committed): its dead
+                # letters must be acknowledged first.
+                self._dead_letters_flush(table.name)
+            self._stored.update(progress)
+
+    def _write_span(self, table: str, chunk: _Chunk) -> AbstractContextManager[trace.Span | None]:
+        """A chunk's write of one table, linked to the process spans of its messages (tracing on).
+
+        A root span: one INSERT stores the rows of many messages, each in a trace of its own.
+        """
+        if not tracing.ENABLED:
+            return nullcontext()
+        return tracing.tracer.start_as_current_span(
+            f"clickhouse write {table}",
+            context=Context(),
+            kind=SpanKind.INTERNAL,
+            links=tracing.links_of(chunk.links),
+            attributes={"db.system.name": "clickhouse", "db.collection.name": table},
+        )
 
     def _replayed_drop(self, table: _Table, topic_id: str, partition: int, stored: int, rows: list[Any]) -> list[Any]:
         """``rows`` (one partition, offset order) less those ClickHouse already has.
@@ -575,7 +602,22 @@ class ClickHouseSink(BatchingSink):
         except orjson.JSONEncodeError as exc:  # a value orjson refuses: the rows' fault, isolated like a parse error
             raise RowEncodingError(f"{table}: row not encodable: {exc}") from exc
         # No parameters: clickhouse-driver sends the text as is (nothing to substitute or escape).
-        self._client_get(table).execute(query)
+        if not tracing.ENABLED:
+            self._client_get(table).execute(query)
+            return
+        with tracing.tracer.start_as_current_span(
+            f"INSERT {table}",
+            kind=SpanKind.CLIENT,
+            attributes={
+                "db.system.name": "clickhouse",
+                "db.operation.name": "INSERT",
+                "db.collection.name": table,
+                # The statement's shape: the rows are data, never recorded.
+                "db.query.text": query[: query.index("\n")],
+                "analytics.rows": len(rows),
+            },
+        ):
+            self._client_get(table).execute(query)
 
     def _disconnect(self) -> None:
         clients, self._clients = self._clients, {}

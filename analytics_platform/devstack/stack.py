@@ -6,8 +6,8 @@ processes. Each later capability adds its processes to ``application_processes``
 
 Which children are restarted when they exit on their own (with backoff, the others serving on):
 
-* ``clickhouse``, ``registry``, ``web``, ``streams``, ``worker``, ``beat``, ``errors-indexer``: yes. Their state is on
-  disk under var/ (ClickHouse parts, the schema log, SQLite, the Celery queue folders) or in the
+* ``clickhouse``, ``registry``, ``traces``, ``web``, ``streams``, ``worker``, ``beat``, ``errors-indexer``: yes.
+  Their state is on disk under var/ (ClickHouse parts, the schema log, SQLite, the Celery queue folders) or in the
   broker (the worker's offsets and state changelogs), and their clients retry: ingest answers 503
   while the broker is out of reach, the ClickHouse sink backs off and replays from the last commit, whose rows it skips.
 * ``broker``: no. Tansu here keeps every topic, offset and consumer group in memory, so a new
@@ -55,6 +55,18 @@ def manage(*args: str) -> list[str]:
     return [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), *args]
 
 
+def traces_receiver_wanted() -> bool:
+    """Tracing on and exporting to this machine's receiver port: run ``otlp_receiver`` (``traces_show`` reads it).
+
+    An operator then sees a trace with ``manage.py traces_show`` and nothing else to install; with
+    the endpoint pointed at a real collector the stack starts no receiver.
+    """
+    if not settings.OTEL_TRACING_ENABLED:
+        return False
+    endpoint = urlsplit(settings.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)
+    return endpoint.hostname in {"127.0.0.1", "localhost"} and endpoint.port == settings.OTLP_RECEIVER_PORT
+
+
 def application_processes(*, port: int) -> list[ProcessSpec]:
     bin_dir = Path(sys.executable).parent
     specs = [
@@ -95,6 +107,9 @@ def application_processes(*, port: int) -> list[ProcessSpec]:
             ],
         ),
     ]
+    if traces_receiver_wanted():
+        # First, so the others' first spans find it listening (their exporters retry meanwhile).
+        specs.insert(0, ("traces", manage("otlp_receiver")))
     if settings.ELASTICSEARCH_ERRORS_URL:
         # Player-error search (streams/error_indexer.py): a consumer of its own, so a slow or
         # absent Elasticsearch never holds back the stream worker; off unless a URL is configured.
