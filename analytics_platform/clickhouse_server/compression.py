@@ -34,6 +34,9 @@ METHOD_ZSTD = 0x90
 MAX_FRAME = 1 << 20
 # Refuse absurd frames instead of allocating them (ClickHouse limit: 1 GiB).
 MAX_FRAME_SIZE = 1 << 30
+# Clients split what they send at max_compress_block_size (1 MiB; clickhouse-driver the same), so a
+# frame claiming more than this is a decompression bomb, refused before anything is inflated.
+MAX_UNCOMPRESSED = 8 << 20
 
 _HEADER = struct.Struct("<BII")
 _CHECKSUM = struct.Struct("<QQ")
@@ -69,7 +72,7 @@ def read_frame(raw: ByteReader) -> tuple[int, bytes]:
     checksum = raw.read(16)
     raw.ensure(9)
     method, size_with_header, uncompressed = _HEADER.unpack_from(raw.buf, raw.pos)
-    if size_with_header < 9 or size_with_header > MAX_FRAME_SIZE or uncompressed > MAX_FRAME_SIZE:
+    if size_with_header < 9 or size_with_header > MAX_FRAME_SIZE or uncompressed > MAX_UNCOMPRESSED:
         raise ServerError.make(CODE_TOO_LARGE_SIZE_COMPRESSED, "Too large size of compressed frame")
     body = raw.read(size_with_header)
     if _checksum(body) != checksum:
@@ -78,7 +81,10 @@ def read_frame(raw: ByteReader) -> tuple[int, bytes]:
     if method == METHOD_LZ4:
         return method, lz4.block.decompress(payload, uncompressed_size=uncompressed)
     if method == METHOD_ZSTD and zstd is not None:
-        return method, bytes(zstd.decompress(payload))
+        data = bytes(zstd.decompress(payload))
+        if len(data) != uncompressed:  # the frame lied about its size: refuse what it inflated to
+            raise ServerError.make(CODE_TOO_LARGE_SIZE_COMPRESSED, "Decompressed size differs from the frame header")
+        return method, data
     if method == METHOD_NONE:
         return method, payload
     raise ProtocolError(f"Unknown compression method {method:#x} (UNKNOWN_COMPRESSION_METHOD)")

@@ -132,3 +132,16 @@ def test_routing_an_insert_does_not_lex_its_inline_data() -> None:
     inline = inline_insert(sql)
     assert inline is not None and inline.target.columns == ["a", "s"]
     assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize("method", [METHOD_LZ4, METHOD_NONE])
+def test_a_frame_claiming_a_huge_size_is_refused_before_inflating(method: int) -> None:
+    import struct
+
+    from analytics_platform.clickhouse_server.compression import MAX_UNCOMPRESSED, _checksum, read_frame
+    from analytics_platform.clickhouse_server.protocol import ServerError
+
+    body = struct.pack("<BII", method, 9 + 4, MAX_UNCOMPRESSED + 1) + b"\x00\x00\x00\x00"
+    with pytest.raises(ServerError) as caught:
+        read_frame(ByteReader(initial=_checksum(body) + body))
+    assert caught.value.code == 246
