@@ -418,6 +418,11 @@ ADMIN_ALLOWLIST_ENABLED = env_bool("ADMIN_ALLOWLIST_ENABLED", True)
 API_ALLOWLIST_ENABLED = env_bool("API_ALLOWLIST_ENABLED", True)
 INGEST_ALLOWLIST_BUILTIN_CIDRS = env_list("INGEST_ALLOWLIST_BUILTIN_CIDRS", "" if PRODUCTION else "127.0.0.0/8,::1/128")
 INGEST_ALLOWLIST_CACHE_SECONDS = env_float("INGEST_ALLOWLIST_CACHE_SECONDS", 5)
+# Write keys (admin: Ingest > Write keys) admit browsers instead of the allowlist; looked up once
+# per key and process within this time (ingest/write_keys.py).
+INGEST_WRITE_KEY_CACHE_SECONDS = env_float("INGEST_WRITE_KEY_CACHE_SECONDS", 5)
+# The address sites post to, as the admin's SDK snippet writes it.
+INGEST_PUBLIC_URL = env("INGEST_PUBLIC_URL", "http://127.0.0.1:8000")
 # Proxies in front of the service that append to X-Forwarded-For (0: use the socket's address).
 INGEST_TRUSTED_PROXY_COUNT = env_int("INGEST_TRUSTED_PROXY_COUNT", 0)
 # Per client address; 0 disables. The counter cache is shared by all processes.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
+import secrets
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -52,3 +54,63 @@ class AllowlistRule(models.Model):
         # Store the canonical form, so "10.0.0.1", "10.0.0.1/32" and "::ffff:10.0.0.1" are one rule.
         with contextlib.suppress(ValueError):  # the field validator reports a bad one
             self.cidr = str(network_normalize(ipaddress.ip_network(self.cidr.strip(), strict=True)))
+
+
+def write_key_generate() -> str:
+    """A public key: not a secret (it sits in the site's pages), but unguessable, so that keys
+    cannot be enumerated; ``wk_`` says what it is when one turns up in a log or a ticket."""
+    return "wk_" + secrets.token_urlsafe(18)
+
+
+def origins_validate(value: str) -> None:
+    for origin in origins_parse(value):
+        if not ORIGIN_RE.fullmatch(origin):
+            raise ValidationError(
+                "%(origin)s is not an origin: scheme://host[:port], e.g. https://www.example.com "
+                "(no path; https://*.example.com for every subdomain)",
+                code="invalid_origin",
+                params={"origin": origin},
+            )
+
+
+def origins_parse(value: str) -> list[str]:
+    """One origin per line (or comma separated), lower-cased, without a trailing slash."""
+    return [part.strip().rstrip("/").lower() for part in value.replace(",", "\n").splitlines() if part.strip()]
+
+
+# scheme://host[:port], the host optionally starting with "*." (every subdomain of it).
+ORIGIN_RE = re.compile(r"https?://(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*(:[0-9]{1,5})?")
+
+
+class WriteKey(models.Model):
+    """A site's public key for browser ingest (the player SDK's ``writeKey``).
+
+    Browsers post from anywhere, so the IP allowlist cannot guard them: a request carrying a write
+    key is admitted by the key instead (known, not revoked, from one of its origins, within its
+    own rate limit). Server-to-server ingest without a key keeps the IP allowlist.
+    """
+
+    name = models.CharField(max_length=100, help_text="The site or app, e.g. 'www.example.com web player'.")
+    key = models.CharField(max_length=64, unique=True, default=write_key_generate, editable=False)
+    allowed_origins = models.TextField(
+        validators=[origins_validate],
+        help_text="One origin per line, e.g. https://www.example.com; https://*.example.com admits every "
+        "subdomain. Requests from other origins are refused (and get no CORS headers).",
+    )
+    rate_limit_requests = models.PositiveIntegerField(
+        default=100,
+        help_text="Requests per window (INGEST_RATE_LIMIT_WINDOW_SECONDS) for all clients of this key together; "
+        "0: no limit of its own.",
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key}{', revoked' if self.revoked_at else ''})"
+
+    def clean(self) -> None:
+        self.allowed_origins = "\n".join(origins_parse(self.allowed_origins))

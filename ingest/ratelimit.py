@@ -53,9 +53,11 @@ def _shared_add(key: str, delta: int, timeout: int) -> int:
         return delta
 
 
-def rate_limit_check(*, client: str) -> None:
+def rate_limit_check(*, client: str, limit: int | None = None) -> None:
+    """Count one request of ``client`` (an address, or ``key:<id>`` for a write key's clients)
+    against ``limit`` per window (default ``INGEST_RATE_LIMIT_REQUESTS``; 0: no limit)."""
     global _window
-    limit = settings.INGEST_RATE_LIMIT_REQUESTS
+    limit = settings.INGEST_RATE_LIMIT_REQUESTS if limit is None else limit
     if limit <= 0:
         return
     window = settings.INGEST_RATE_LIMIT_WINDOW_SECONDS

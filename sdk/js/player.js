@@ -328,9 +328,15 @@
     } catch (e) { return uuid(); } // storage refused (private mode): one id per page
   }
 
+  /** The endpoint with the site's write key in its query string, where a CORS preflight sees it. */
+  function keyedEndpoint(endpoint, writeKey) {
+    if (!writeKey) return endpoint;
+    return endpoint + (endpoint.indexOf("?") < 0 ? "?" : "&") + "writeKey=" + encodeURIComponent(writeKey);
+  }
+
   /**
-   * createTracker({endpoint, userId?, consent?, dimensions?, properties?, heartbeatMs?, batchSize?,
-   * flushMs?, cmcd?}) -> {attach, setConsent, flush, ...}. With `consent: false` nothing is
+   * createTracker({endpoint, writeKey?, userId?, consent?, dimensions?, properties?, heartbeatMs?,
+   * batchSize?, flushMs?, cmcd?}) -> {attach, setConsent, flush, ...}. With `consent: false` nothing is
    * recorded, sent or stored until setConsent(true); setConsent(false) drops what is queued.
    */
   function createTracker(o) {
@@ -342,7 +348,7 @@
     var userId = o.userId || null;
     var heartbeatMs = o.heartbeatMs || 10000;
     var sender = createSender({
-      endpoint: o.endpoint || "/events", clock: clock, fetch: o.fetch, sendBeacon: o.sendBeacon, batchSize: o.batchSize,
+      endpoint: keyedEndpoint(o.endpoint || "/events", o.writeKey), clock: clock, fetch: o.fetch, sendBeacon: o.sendBeacon, batchSize: o.batchSize,
       flushMs: o.flushMs, maxBatchBytes: o.maxBatchBytes, retryBaseMs: o.retryBaseMs, retryMaxMs: o.retryMaxMs,
       maxAttempts: o.maxAttempts, maxQueue: o.maxQueue, keepalive: o.keepalive, onError: o.onError,
     });

@@ -312,3 +312,22 @@ test("the SDK stays small: under 8 kB gzipped", () => {
   const gz = zlib.gzipSync(source, { level: 9 }).length;
   assert.ok(gz < 8000, `player.js is ${gz} bytes gzipped`);
 });
+
+test("a write key goes in the endpoint's query string, escaped, beside any query already there", async () => {
+  const { clock, fetch, tracker, media } = setup({ writeKey: "wk_a b&c" });
+  tracker.attach(media, { videoId: "video-1" });
+  media.play();
+  await clock.advance(1000);
+  assert.ok(fetch.calls.length > 0);
+  for (const call of fetch.calls) assert.equal(call.url, "/events?writeKey=wk_a%20b%26c");
+  const other = setup({ endpoint: "https://a.example/events?v=1", writeKey: "wk_x" });
+  other.tracker.attach(other.media, { videoId: "video-1" });
+  other.media.play();
+  await other.clock.advance(1000);
+  assert.equal(other.fetch.calls[0].url, "https://a.example/events?v=1&writeKey=wk_x");
+  const none = setup();
+  none.tracker.attach(none.media, { videoId: "video-1" });
+  none.media.play();
+  await none.clock.advance(1000);
+  assert.equal(none.fetch.calls[0].url, "/events");
+});
