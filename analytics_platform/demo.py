@@ -9,7 +9,8 @@ time), and ffmpeg is not part of ``make run``. The player events are the SDK's, 
 exactly as on a real video.
 
 On by default locally, off in production (``DEMO_ENABLED``): it is a page anyone can load that posts
-events as an anonymous viewer.
+events as an anonymous viewer. The page posts with the local stack's demo write key (made by
+``manage.py devstack`` for the page's own origins), as a site embedding the SDK would.
 """
 
 from __future__ import annotations
@@ -29,6 +30,28 @@ CLIP_SECONDS = 30
 _RANGE = re.compile(r"bytes=(\d{0,12})-(\d{0,12})")
 CLIP_RATE = 8000
 DEMO_VIDEO_ID = "demo-test-card"
+DEMO_KEY_NAME = "demo page (created by manage.py devstack)"
+
+
+def demo_write_key_ensure(*, port: int) -> str:
+    """The demo page's write key for the local stack's origins, made once and kept (not revoked)."""
+    from ingest.models import WriteKey
+
+    origins = f"http://127.0.0.1:{port}\nhttp://localhost:{port}"
+    key = WriteKey.objects.filter(name=DEMO_KEY_NAME, revoked_at__isnull=True).first()
+    if key is None:
+        key = WriteKey.objects.create(name=DEMO_KEY_NAME, allowed_origins=origins, rate_limit_requests=100)
+    elif key.allowed_origins != origins:  # started on another PORT
+        key.allowed_origins = origins
+        key.save(update_fields=["allowed_origins", "updated_at"])
+    return key.key
+
+
+def _demo_write_key() -> str:
+    from ingest.models import WriteKey
+
+    key = WriteKey.objects.filter(name=DEMO_KEY_NAME, revoked_at__isnull=True).values_list("key", flat=True).first()
+    return key or ""
 
 
 @lru_cache(maxsize=4)
@@ -60,7 +83,7 @@ def demo_page(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "demo/index.html",
-        {"video_id": DEMO_VIDEO_ID, "clip_seconds": CLIP_SECONDS},
+        {"video_id": DEMO_VIDEO_ID, "clip_seconds": CLIP_SECONDS, "write_key": _demo_write_key()},
     )
 
 

@@ -24,6 +24,7 @@ from tests.test_devstack import _start, _stop, _wait_ready
 CHROMIUM = "/usr/bin/chromium"
 
 
+@pytest.mark.django_db  # the page shows the demo's write key
 def test_the_page_loads_the_sdk_and_the_local_clip(client: Client) -> None:
     response = client.get("/demo/")
     assert response.status_code == 200
@@ -148,6 +149,8 @@ def test_a_view_played_on_the_demo_page_reaches_get_metrics(tmp_path: Path) -> N
                 browser.close()
         assert outside == [], outside
         assert {entry["status"] for entry in log} == {202}, log
+        # Posted with the demo write key the local stack made for the page's origin.
+        assert all("?writeKey=wk_" in entry["url"] for entry in log), log[0]["url"]
         events = {e["eventId"]: e for entry in log for e in entry["events"]}
         kinds = [e["type"] for e in sorted(events.values(), key=lambda e: e["timestamp"]) if e["type"] != "heartbeat"]
         assert kinds == ["view_start", "playing", "pause", "playing", "seek", "playing", "ended"], kinds

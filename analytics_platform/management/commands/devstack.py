@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from analytics_platform import kafka
 from analytics_platform.clickhouse import database_ensure
+from analytics_platform.demo import demo_write_key_ensure
 from analytics_platform.devstack import processes, stack
 from analytics_platform.devstack.supervisor import Supervisor
 from analytics_platform.services import admin_user_ensure, static_files_collect
@@ -115,6 +116,9 @@ class Command(BaseCommand):
         started = time.monotonic()
         if static_files_collect():
             sup.say("devstack", f"static files collected in {time.monotonic() - started:.1f}s")
+        if settings.DEMO_ENABLED:
+            demo_write_key_ensure(port=stack.env_port())
+            sup.say("devstack", "demo page write key ready (admin: Ingest > Write keys)")
         username = os.environ.get("ANALYTICS_ADMIN_USER", "admin")
         generated = admin_user_ensure(username=username, password=os.environ.get("ANALYTICS_ADMIN_PASSWORD"))
         if generated:
