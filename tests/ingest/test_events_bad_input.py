@@ -135,5 +135,6 @@ def test_unknown_content_encoding_is_415(client: Client) -> None:
 def test_get_is_405_json(client: Client) -> None:
     response = client.get("/events")
     assert response.status_code == 405
-    assert response["Allow"] == "POST"
+    # OPTIONS answers browsers' CORS preflight for write keys.
+    assert response["Allow"] == "POST, OPTIONS"
     assert response.json()["error"]["code"] == "method_not_allowed"

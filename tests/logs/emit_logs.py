@@ -39,6 +39,10 @@ def main() -> None:
 
     import structlog
     from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
+    # A process with tracing on (spans recorded, exported nowhere): its lines carry trace ids.
+    trace.set_tracer_provider(TracerProvider())
 
     structlog.contextvars.bind_contextvars(request_id=args.request_id)
     log = structlog.get_logger("tests.emit")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 
 from analytics_platform import log_shipping
 from analytics_platform.devstack.processes import free_port
@@ -189,8 +189,12 @@ def test_shipping_creates_no_traces(osmem: Osmem, index_prefix: str, make_logger
     # elasticsearch-py traces its requests itself; a bulk request every second per process
     # would otherwise be exported as traces of their own.
     recorder = _Recorder()
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        # Tracing is off in tests (no provider installed): record as a process with it on would.
+        trace.set_tracer_provider(TracerProvider())
     provider = trace.get_tracer_provider()
-    provider.add_span_processor(recorder)  # type: ignore[attr-defined]
+    assert isinstance(provider, TracerProvider)
+    provider.add_span_processor(recorder)
     try:
         config = LogStoreConfig(url=osmem.url, index_prefix=index_prefix, node_class=PlainJsonNode)
         handler = ElasticsearchLogHandler(config=config, flush_interval=0.05)

@@ -201,7 +201,10 @@ def test_a_metrics_query_gives_one_span_per_clickhouse_query(
     env = {**os.environ, **stream_env.env, "OTEL_TRACING_ENABLED": "false"}
     env.pop("DATABASE_URL", None)
     assert _manage("migrate", "-v0", env=env).wait(120) == 0
-    create = "from django.contrib.auth.models import User; User.objects.create_user('tracer', password='tracer-pw-9x')"
+    create = (
+        "from django.contrib.auth.models import User; from tests.support.auth import metrics_reader_grant; "
+        "metrics_reader_grant(User.objects.create_user('tracer', password='tracer-pw-9x'))"
+    )
     assert _manage("shell", "-c", create, env=env).wait(60) == 0
     web, web_port = web_start(stream_env, tmp_path)
     try:
