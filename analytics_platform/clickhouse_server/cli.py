@@ -7,6 +7,7 @@ finish for ``--shutdown-grace`` seconds, aborts the rest, closes chdb and exits 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -38,18 +39,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to any interface
+        return False
+
+
 def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -> int:
     """Run the server until SIGTERM/SIGINT; return the process exit code.
 
     ``configure_logging=False`` leaves logging to the caller (the Django management command).
     """
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if configure_logging:
         logging.basicConfig(
             level=args.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
             stream=sys.stderr,
         )
+    if not args.password and not _loopback(args.host):
+        # Reachable from other machines: a server that lets anyone in would hand them the data.
+        parser.error(f"--host {args.host} is not loopback: a password is required ($CLICKHOUSE_SERVER_PASSWORD)")
     args.data_dir.mkdir(parents=True, exist_ok=True)
 
     from .server import ClickHouseServer  # imports chdb: slow, so after argument errors
