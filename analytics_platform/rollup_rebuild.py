@@ -48,7 +48,8 @@ from analytics_platform.models import RollupPartitionRebuild
 ATTEMPTS = 5  # reads of one partition before giving up while rows keep arriving
 DEFAULT_SETTLE = dt.timedelta(hours=6)  # like ETL_SETTLE_SECONDS: views closing late, retries
 # How long the raw partitions of a rollup partition must go unwritten before it is read (_Quiet):
-# far above the time the views take to follow an INSERT (about 0.1 s for a 50k-row sink chunk).
+# far above the time the views take to follow an INSERT (a sink INSERT with all its views costs the
+# embedded server 50-80 ms, settings STREAMS_SINK_CHUNK_ROWS).
 DEFAULT_QUIET_SECONDS = 10.0
 STAGING_SUFFIX = "__rebuild"
 
