@@ -440,9 +440,13 @@ def _table_rebuild(
                 on_partition(result)
         return
     key = f"clickhouse_rollups_rebuild/{database}/{name}"
-    with partition_lease(key, ttl_seconds=settings.ETL_LOCK_TTL_SECONDS) as lease:
+    ttl = int(settings.CLICKHOUSE_REBUILD_LEASE_SECONDS)
+    with partition_lease(key, ttl_seconds=ttl) as lease:
         if not lease.acquired:
-            raise RebuildError(f"another rebuild of {name} is running (lease {key}); wait for it")
+            raise RebuildError(
+                f"another rebuild of {name} is running (lease {key}); wait for it to finish,"
+                f" or, if it was killed, {ttl} s for its lease to expire"
+            )
         for statement in staging_statements(database, name):
             client.execute(statement)
         try:

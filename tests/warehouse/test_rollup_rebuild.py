@@ -8,6 +8,10 @@ restore exactly those contents.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,13 +20,17 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connections
 from django.test import override_settings
+from django.utils import timezone
 
 from analytics_platform import rollup_rebuild, warehouse
 from analytics_platform.clickhouse import client_get
 from analytics_platform.models import RollupPartitionRebuild
+from etl.models import PartitionLease
 from tests.clickhouse_tables import truncate_all
 from tests.metrics import data as gen
 
@@ -128,7 +136,19 @@ def test_a_rerun_skips_done_partitions_and_force_gives_the_same_rollups(client: 
     # The stray partition was dropped: nothing holds rows for it any more, so it is not listed.
     assert "0 partition(s) to rebuild" in again and f"skipped: {len(first) - 1} done before" in again
     assert {(r.table, r.partition): r.rebuilt_at for r in RollupPartitionRebuild.objects.all()} == first
-    _run("--include-live", "--force")
+    progress = StringIO()  # not a terminal: one line per partition instead of a bar
+    call_command(
+        "clickhouse_rollups_rebuild",
+        "--include-live",
+        "--force",
+        "--quiet-seconds",
+        "0",
+        stdout=StringIO(),
+        stderr=progress,
+    )
+    lines = progress.getvalue().splitlines()
+    assert len(lines) == len(first) - 1 and "\r" not in progress.getvalue()
+    assert all(" rows in " in line and line.endswith("attempts 1") for line in lines), lines[:3]
     assert _all(client) == fed
     again_at = {(r.table, r.partition): r.rebuilt_at for r in RollupPartitionRebuild.objects.all()}
     assert again_at[stray] == first[stray]
@@ -163,6 +183,54 @@ def test_an_interrupted_rebuild_resumes_where_it_stopped(client: Any, fed: Conte
     for row in RollupPartitionRebuild.objects.filter(table__in=[t for t, _ in done]):
         if (row.table, row.partition) in done:
             assert row.rebuilt_at == done[(row.table, row.partition)]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(databases=["default", "clickhouse"], transaction=True)
+def test_a_killed_command_resumes_where_it_stopped(client: Any, fed: Contents, tmp_path: Any) -> None:
+    """The real command in its own process, killed with SIGKILL in the middle of the run."""
+    default = connections["default"].settings_dict
+    if default["ENGINE"] != "django.db.backends.postgresql":
+        pytest.fail("the command process shares the test database: PostgreSQL only (DATABASE_URL)")
+    ch = connections["clickhouse"].settings_dict
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(settings.BASE_DIR),
+        "ANALYTICS_VAR_DIR": str(tmp_path),
+        "DATABASE_URL": f"postgres://{default['USER']}:{default['PASSWORD'] or ''}@{default['HOST'] or '127.0.0.1'}:"
+        f"{default['PORT'] or 5432}/{default['NAME']}",
+        "DATABASE_CONN_MAX_AGE": "0",
+        "CLICKHOUSE_HOST": str(ch["HOST"]),
+        "CLICKHOUSE_PORT": str(ch["PORT"]),
+        "CLICKHOUSE_DATABASE": str(ch["NAME"]),
+        "LOG_LEVEL": "WARNING",
+        "CLICKHOUSE_REBUILD_LEASE_SECONDS": "3",  # the killed run's lease blocks the rerun that long
+    }
+    _damage(client)
+    command = [sys.executable, "manage.py", "clickhouse_rollups_rebuild", "--include-live", "--quiet-seconds", "0"]
+    process = subprocess.Popen(command, env=env, cwd=settings.BASE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while RollupPartitionRebuild.objects.count() < 3:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    done = {(r.table, r.partition): r.rebuilt_at for r in RollupPartitionRebuild.objects.all()}
+    assert _all(client) != fed, "killed after the last partition: the run was too short to interrupt"
+    with pytest.raises(CommandError, match="if it was killed, 60 s for its lease to expire"):
+        _run("--include-live")
+    leases = PartitionLease.objects.filter(key__startswith="clickhouse_rollups_rebuild/").exclude(owner="")
+    expiry = max(lease.expires_at for lease in leases if lease.expires_at is not None)
+    time.sleep(max(0.0, (expiry - timezone.now()).total_seconds()) + 0.2)
+    out = _run("--include-live")
+    assert f"skipped: {len(done)} done before" in out
+    assert _all(client) == fed
+    assert _staging_tables(client) == []  # the killed run's staging table was replaced, then dropped
+    for row in RollupPartitionRebuild.objects.all():
+        assert done.get((row.table, row.partition), row.rebuilt_at) == row.rebuilt_at
 
 
 def test_live_partitions_are_left_alone_by_default(client: Any, fed: Contents) -> None:
