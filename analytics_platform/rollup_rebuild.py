@@ -210,7 +210,7 @@ def rollups_plan(
         # --to cannot make this loop over millennia.
         low = max(_day_start(first), kept_from) if first else kept_from
         horizon = now + dt.timedelta(days=32)
-        high = min(_day_start(last) + dt.timedelta(days=1), horizon) if last else horizon
+        high = min(_day_start(last), horizon) + dt.timedelta(days=1) if last else horizon
         seen: set[str] = set()
         for day in _days(low, high):
             partition = grain.partition_id(day)

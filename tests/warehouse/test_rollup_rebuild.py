@@ -356,3 +356,24 @@ def test_partition_spans() -> None:
     assert (events.column, events.daily) == ("ts", True)
     with pytest.raises(ValueError, match="not the UTC day or month"):
         warehouse.partitioning(warehouse.Table("t", (), "MergeTree", (), "toStartOfWeek(ts)", "", ""))
+
+
+def test_a_partition_rebuilt_under_another_definition_is_rebuilt_again(client: Any, fed: Contents) -> None:
+    _run("--include-live", "--table", warehouse.VIEW_ROLLUP_HOUR)
+    assert RollupPartitionRebuild.objects.filter(table=warehouse.VIEW_ROLLUP_HOUR).count() >= 1
+    stale = RollupPartitionRebuild.objects.filter(table=warehouse.VIEW_ROLLUP_HOUR).first()
+    assert stale is not None
+    RollupPartitionRebuild.objects.filter(pk=stale.pk).update(definition="0" * 64)  # as after a schema change
+    out = _run("--include-live", "--table", warehouse.VIEW_ROLLUP_HOUR)
+    assert out.startswith("1 partition(s) to rebuild")
+    refreshed = RollupPartitionRebuild.objects.get(pk=stale.pk)
+    assert refreshed.definition == warehouse.rollup_definition(warehouse.VIEW_ROLLUP_HOUR)
+    assert _all(client) == fed
+
+
+def test_wild_date_bounds_are_clamped_to_what_can_hold_rows(client: Any, fed: Contents) -> None:
+    began = time.monotonic()
+    wide = _run("--include-live", "--dry-run", "--from", "0001-01-01", "--to", "9999-12-31")
+    assert time.monotonic() - began < 30
+    assert wide == _run("--include-live", "--dry-run")
+    assert RollupPartitionRebuild.objects.count() == 0
