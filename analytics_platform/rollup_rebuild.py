@@ -17,14 +17,16 @@ its view and then be wiped by the swap. So:
 * by default only partitions whose time span ended more than ``settle`` ago are rebuilt (almost
   all rows of a time range arrive while it is current; a view's summary when the view closes);
 * late rows still arrive for older partitions (ingest accepts event times back to the raw
-  retention). Each attempt therefore notes the highest block number of the raw partitions read
-  and of the rollup partition before reading, refuses to swap if a view wrote the rollup
-  partition during the read, and after the swap re-reads the raw block numbers: if rows arrived,
-  the partition is rebuilt again (up to ``ATTEMPTS`` times, then the run stops with an error and
-  the partition is left unrecorded, so the next run redoes it).
+  retention). A partition is read only once its raw partitions went unwritten for
+  ``quiet_seconds`` (``_Quiet``: a view's output lands a moment after its INSERT's raw part, and
+  a row read but whose rollup rows land after the swap would count twice); each attempt notes
+  the highest block number of the raw partitions and of the rollup partition before reading,
+  refuses to swap if a view wrote the rollup partition during the read, and after the swap
+  re-reads the raw block numbers: if rows arrived, the partition is rebuilt again (up to
+  ``ATTEMPTS`` times, then the run stops with an error and the partition is left unrecorded, so
+  the next run redoes it).
 
-Left open: an INSERT whose raw part was committed before the read but whose view output lands in
-the rollup only after the swap (a view lagging its source by the whole read) would count twice.
+Left open: a view lagging its INSERT's raw part by more than the quiet period.
 
 Cluster mode is refused: the rollups there are per-shard ``*_local`` tables fed from each shard's
 own raw rows, and a rebuild would have to run on every shard against its local tables (README).
