@@ -11,6 +11,8 @@ import os
 import resource
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -330,3 +332,22 @@ def test_accept_survives_running_out_of_descriptors(tmp_path: Path) -> None:
         log = _log(server)
     assert log.count("pausing accepts until resources are freed") == 1  # once per burst
     assert "accepting again after" in log
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        ([], {"CLICKHOUSE_SERVER_MAX_CONNECTIONS": "0"}, "must be positive"),
+        (["--idle-timeout", "soon"], {}, "not a number"),
+        (["--handshake-timeout", "-1"], {}, "must be positive"),
+    ],
+)
+def test_bad_limit_settings_are_refused_at_start(
+    tmp_path: Path, args: list[str], env: dict[str, str], message: str
+) -> None:
+    command = [sys.executable, "-m", "analytics_platform.clickhouse_server", "--data-dir", str(tmp_path / "ch"), *args]
+    result = subprocess.run(
+        command, check=False, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", **env}
+    )
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "ch").exists()
