@@ -41,6 +41,8 @@ class ServerLimits:
     """Per-server bounds; the defaults are the ones documented in the README."""
 
     max_connections: int = 256
+    # 0: none. Behind a proxy or NAT many clients share an address, so it is off unless asked for.
+    max_connections_per_ip: int = 0
     handshake_timeout: float = 10.0
     idle_timeout: float = 600.0
     receive_timeout: float = 300.0
@@ -56,6 +58,7 @@ DEFAULT_LIMITS = ServerLimits()
 # flag, environment variable, help (the field name is the flag without dashes).
 _ARGUMENTS = {
     "max_connections": "open client connections; over it a new one gets TCP_CONNECTION_LIMIT_REACHED",
+    "max_connections_per_ip": "open connections from one client address; 0 for no such cap",
     "handshake_timeout": "seconds for the TLS handshake and the Hello packet, together",
     "idle_timeout": "seconds a connection may wait between queries before it is closed",
     "receive_timeout": "seconds to wait for the next packet while a query runs",
@@ -65,13 +68,13 @@ _ARGUMENTS = {
 }
 
 
-def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+def _number(kind: type[int] | type[float], *, zero: bool) -> Callable[[str], int | float]:
     def parse(text: str) -> int | float:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
+        if value < 0 or (value == 0 and not zero):
             raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
         return value
 
@@ -88,7 +91,7 @@ def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(
             f"--{item.name.replace('_', '-')}",
             dest=item.name,
-            type=_positive(type(default)),
+            type=_number(type(default), zero=item.name == "max_connections_per_ip"),
             # A string default goes through ``type``: a bad environment value is an argparse error.
             default=os.environ.get(env_name, str(default)),
             help=f"{_ARGUMENTS[item.name]} (default: ${env_name} or {default})",

@@ -75,6 +75,7 @@ class ClickHouseServer:
         self._sessions_lock = threading.Lock()
         self._refusing = threading.BoundedSemaphore(_MAX_REFUSING)
         self._refused = 0  # connections refused in the current burst over the cap
+        self._per_host: dict[str, int] = {}  # open sessions per client address
 
     def request_stop(self) -> None:
         """Safe to call from a signal handler: only sets a flag the accept loop polls."""
@@ -99,38 +100,48 @@ class ClickHouseServer:
                     self._stop.wait(delay)
                     continue
                 backoff.succeeded()
-                self._admit(sock, f"{peer[0]}:{peer[1]}")
+                self._admit(sock, peer[0], f"{peer[0]}:{peer[1]}")
         finally:
             self._shutdown()
 
-    def _admit(self, sock: socket.socket, peer: str) -> None:
+    def _admit(self, sock: socket.socket, host: str, peer: str) -> None:
+        limits = self.limits
         with self._sessions_lock:
-            full = len(self._sessions) >= self.limits.max_connections
-        if not full:
+            if len(self._sessions) >= limits.max_connections:
+                reason = f"The server has reached its limit of {limits.max_connections} connections"
+            elif limits.max_connections_per_ip and self._per_host.get(host, 0) >= limits.max_connections_per_ip:
+                reason = f"{host} has reached its limit of {limits.max_connections_per_ip} connections"
+            else:
+                reason = ""
+                self._per_host[host] = self._per_host.get(host, 0) + 1
+        if not reason:
             if self._refused:
                 logger.warning("connection limit: %d connection(s) refused, accepting again", self._refused)
                 self._refused = 0
-            self._start_session(sock, peer)
+            self._start_session(sock, host, peer)
             return
         if not self._refused:
-            logger.warning("connection limit of %d reached: refusing new connections", self.limits.max_connections)
+            logger.warning("connection limit reached, refusing new connections: %s", reason)
         self._refused += 1
-        if self._refusing.acquire(blocking=False):
-            threading.Thread(target=self._refuse, args=(sock, peer), name=f"ch-refuse-{peer}", daemon=True).start()
-        else:
+        if not self._refusing.acquire(blocking=False):
+            sock.close()
+            return
+        try:
+            threading.Thread(
+                target=self._refuse, args=(sock, peer, reason), name=f"ch-refuse-{peer}", daemon=True
+            ).start()
+        except RuntimeError:  # no thread to be had: close without a word
+            self._refusing.release()
             sock.close()
 
-    def _refuse(self, sock: socket.socket, peer: str) -> None:
+    def _refuse(self, sock: socket.socket, peer: str, reason: str) -> None:
         """Send the refusal as an Exception packet, which clickhouse-driver raises as ServerException.
 
         It goes before the client's Hello is read (the driver reads it in place of the server's
         Hello); the Hello is then drained until the client closes, because closing with unread
         bytes would reset the connection and could destroy the refusal before it is read.
         """
-        error = ServerError.make(
-            ErrorCode.TCP_CONNECTION_LIMIT_REACHED,
-            f"The server has reached its limit of {self.limits.max_connections} connections",
-        )
+        error = ServerError.make(ErrorCode.TCP_CONNECTION_LIMIT_REACHED, reason)
         deadline = time.monotonic() + _REFUSAL_WAIT
         try:
             sock.settimeout(_REFUSAL_WAIT)
@@ -148,27 +159,33 @@ class ClickHouseServer:
             sock.close()
             self._refusing.release()
 
-    def _start_session(self, sock: socket.socket, peer: str) -> None:
+    def _start_session(self, sock: socket.socket, host: str, peer: str) -> None:
+        """Serve ``sock`` on a new thread; ``host`` was already counted by :meth:`_admit`."""
         with contextlib.suppress(OSError):  # the peer may already be gone
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         session = Session(sock, peer, self._config)
-        thread = threading.Thread(target=self._run_session, args=(session,), name=f"ch-{peer}", daemon=True)
+        thread = threading.Thread(target=self._run_session, args=(session, host), name=f"ch-{peer}", daemon=True)
         with self._sessions_lock:
             self._sessions[session] = thread
         try:
             thread.start()
         except RuntimeError as exc:  # "can't start new thread": out of memory or a tasks limit
             logger.warning("dropping connection from %s: %s", peer, exc)
-            with self._sessions_lock:
-                self._sessions.pop(session, None)
+            self._forget(session, host)
             sock.close()
 
-    def _run_session(self, session: Session) -> None:
+    def _run_session(self, session: Session, host: str) -> None:
         try:
             session.run()
         finally:
-            with self._sessions_lock:
-                self._sessions.pop(session, None)
+            self._forget(session, host)
+
+    def _forget(self, session: Session, host: str) -> None:
+        with self._sessions_lock:
+            self._sessions.pop(session, None)
+            left = self._per_host.pop(host, 1) - 1
+            if left:
+                self._per_host[host] = left
 
     def _shutdown(self) -> None:
         """Stop accepting, let running queries finish for ``shutdown_grace`` s, then abort them."""

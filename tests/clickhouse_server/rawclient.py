@@ -53,8 +53,16 @@ EMPTY_DATA = encode_varint(ClientPacket.DATA) + encode_str("") + BLOCK_INFO + en
 
 
 class RawClient:
-    def __init__(self, host: str, port: int, *, tls: ssl.SSLContext | None = None, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        timeout: float = 10.0,
+        source_address: tuple[str, int] | None = None,
+    ) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=source_address)
         if tls is not None:
             self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.reader = ByteReader(self._recv)

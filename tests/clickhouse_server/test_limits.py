@@ -153,7 +153,7 @@ def test_over_the_cap_a_client_is_told_and_the_slots_free_at_the_handshake_timeo
                 sock.close()
         log = _log(server)
     assert held == 0  # every silent socket was dropped: refused over the cap or timed out
-    assert "connection limit of 64 reached" in log
+    assert "The server has reached its limit of 64 connections" in log
     print(f"cap 64, {IDLE_SOCKETS} idle sockets: refused with 749, then served in {elapsed:.3f}s")
 
 
@@ -351,3 +351,25 @@ def test_bad_limit_settings_are_refused_at_start(
     )
     assert result.returncode == 2 and message in result.stderr
     assert not (tmp_path / "ch").exists()
+
+
+def test_the_per_address_cap_refuses_one_address_and_serves_another(tmp_path: Path) -> None:
+    flags = ("--max-connections-per-ip", "5", "--handshake-timeout", "30")
+    with _server(tmp_path, *flags) as server:
+        # The same loopback server, reached from another loopback source address.
+        held = [socket.create_connection((server.host, server.port), source_address=("127.0.0.2", 0)) for _ in range(5)]
+        try:
+            time.sleep(0.3)
+            sixth = RawClient(server.host, server.port, source_address=("127.0.0.2", 0))
+            sixth.send(hello_packet())
+            code, message = sixth.read_exception()
+            assert code == 749 and "127.0.0.2 has reached its limit of 5 connections" in message
+            sixth.close()
+            assert _timed_query(server) < 5  # 127.0.0.1 is not affected
+        finally:
+            for sock in held:
+                sock.close()
+        time.sleep(0.5)  # the five sessions end; the address may connect again
+        again = RawClient(server.host, server.port, source_address=("127.0.0.2", 0))
+        again.handshake()
+        again.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from clickhouse_driver import Client
 from clickhouse_driver.errors import Error as DriverError
+from clickhouse_driver.errors import ServerException
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -150,6 +151,26 @@ def test_clickhouse_driver_with_secure_and_the_ca_works(tls_server: ServerProces
         assert client.execute("SELECT 2") == [(2,)]
     finally:
         client.disconnect()
+
+
+def test_over_the_cap_a_tls_client_is_told_so_over_tls(tmp_path: Path, pki: Pki) -> None:
+    server = start_server_process(
+        data_dir=tmp_path / "data",
+        log_file=tmp_path / "server.log",
+        tls_cert=pki.cert,
+        tls_key=pki.key,
+        ca_certs=pki.ca,
+        extra_args=["--max-connections", "1"],
+    )
+    try:
+        first = Client(**server.client_kwargs())
+        assert first.execute("SELECT 1") == [(1,)]  # holds the only slot
+        with pytest.raises(ServerException) as refused:
+            Client(**server.client_kwargs()).execute("SELECT 1")
+        assert refused.value.code == 749
+        first.disconnect()
+    finally:
+        assert server.stop() == 0
 
 
 def test_a_plain_client_is_refused(tls_server: ServerProcess) -> None:
