@@ -108,20 +108,22 @@ def test_2000_idle_sockets_are_all_held_while_another_client_is_served(tmp_path:
     with _server(tmp_path, "--max-connections", "2100", "--handshake-timeout", "60") as server:
         baseline = _timed_query(server)
         time.sleep(0.5)  # the session of that query has closed its socket
-        before = _sockets(server.pid)
+        before, rss_before = _sockets(server.pid), _rss_mib(server.pid)
         sockets = _open_idle(server, IDLE_SOCKETS)
         try:
             deadline = time.monotonic() + 30
             while _sockets(server.pid) < before + IDLE_SOCKETS and time.monotonic() < deadline:
                 time.sleep(0.1)
             held = _sockets(server.pid) - before
+            rss = _rss_mib(server.pid)
             elapsed = _timed_query(server)
             assert held == IDLE_SOCKETS  # all accepted and kept, each by its session
             assert all(_still_open(sock) for sock in sockets)
         finally:
             for sock in sockets:
                 sock.close()
-    print(f"{IDLE_SOCKETS} idle sockets held: query took {elapsed:.3f}s (baseline {baseline:.3f}s)")
+    print(f"{IDLE_SOCKETS} idle sockets held, RSS {rss_before:.0f} -> {rss:.0f} MiB")
+    print(f"query while held: {elapsed:.3f}s (first query: {baseline:.3f}s)")
     assert elapsed < 5
 
 
@@ -181,8 +183,8 @@ def test_a_client_trickling_its_hello_is_dropped_at_the_handshake_deadline(short
             time.sleep(0.2)
             if time.monotonic() - started > 5:
                 break
-    assert 0.8 < slow.seconds_until_closed(10) + (time.monotonic() - started) < 3.5
-    assert time.monotonic() - started < 3.5
+    slow.seconds_until_closed(10)
+    assert 0.8 < time.monotonic() - started < 3  # 1 s after connecting, though bytes kept coming
 
 
 def test_an_idle_connection_is_closed_and_the_driver_reconnects(short_timeouts: ServerProcess) -> None:
