@@ -4,11 +4,13 @@ There is no installable modern ClickHouse server here, so this package lets clic
 django-clickhouse-backend talk to chdb exactly as to a ClickHouse cluster. Modules, in the order
 bytes flow: :mod:`.protocol` (packets), :mod:`.compression` (LZ4/ZSTD frames), :mod:`.native`
 (block boundaries), :mod:`.sql` (INSERT routing), :mod:`.engine` (chdb), :mod:`.session` (one
-connection), :mod:`.server` (socket and threads), :mod:`.cli` (entry point) and :mod:`.testing`
-(subprocess helper for tests and the dev stack).
+connection), :mod:`.server` (socket and threads), :mod:`.limits` (connection cap, timeouts,
+accept() errors), :mod:`.tls`, :mod:`.cli` (entry point) and :mod:`.testing` (subprocess helper
+for tests and the dev stack).
 
 Run it: ``python -m analytics_platform.clickhouse_server --data-dir DIR [--host 127.0.0.1]
-[--port 9000] [--user U --password P]`` (SIGTERM/SIGINT stop it gracefully); from Python tests:
+[--port 9000] [--user U --password P] [--tls-cert C --tls-key K] [--max-connections N ...]``
+(SIGTERM/SIGINT stop it gracefully); from Python tests:
 ``testing.start_server_process(data_dir=...)``.
 
 Known differences from a ClickHouse server: external tables, ``WITH TOTALS``/extremes packets and

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from .limits import add_limit_arguments, limits_from_args
+from .tls import add_tls_arguments, server_context_from_args
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port-file", type=Path, default=None, help="write the bound port here once listening")
     parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds running queries get on shutdown")
     parser.add_argument("--log-level", default=os.environ.get("CLICKHOUSE_SERVER_LOG_LEVEL", "INFO"))
+    # Connection limits, timeouts and TLS (limits.py, tls.py).
+    add_limit_arguments(parser)
+    add_tls_arguments(parser)
     return parser
 
 
@@ -65,6 +71,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
     if not args.password and not _loopback(args.host):
         # Reachable from other machines: a server that lets anyone in would hand them the data.
         parser.error(f"--host {args.host} is not loopback: a password is required ($CLICKHOUSE_SERVER_PASSWORD)")
+    tls = server_context_from_args(parser, args)
     args.data_dir.mkdir(parents=True, exist_ok=True)
 
     from .server import ClickHouseServer  # imports chdb: slow, so after argument errors
@@ -76,6 +83,8 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
         user=args.user,
         password=args.password,
         shutdown_grace=args.shutdown_grace,
+        limits=limits_from_args(args),
+        tls=tls,
     )
 
     def stop(signum: int, _frame: FrameType | None) -> None:
