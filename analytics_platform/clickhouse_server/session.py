@@ -68,6 +68,8 @@ logger = logging.getLogger(__name__)
 _DATA_HEADER = encode_varint(ServerPacket.DATA) + encode_str("")  # packet type, no temp table
 _STREAMED = {"SELECT", "WITH", "("}
 _MAX_RECV = 4 << 20
+# How long a refused client may go on sending (its rest of a packet) before the socket is closed.
+_LINGER_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +221,7 @@ class Session:
         except LimitExceeded as error:
             logger.warning("closing connection from %s: %s", self.peer, error.message)
             self._report_quietly(error)
+            self._linger()
         except ProtocolError as exc:
             logger.warning("protocol error from %s: %s", self.peer, exc)
         except OSError as exc:
@@ -228,6 +231,23 @@ class Session:
                 self.engine.close()
             with contextlib.suppress(OSError):
                 self.sock.close()
+
+    def _linger(self) -> None:
+        """Drop what the client is still sending, for a moment, before the socket is closed.
+
+        Closing with unread bytes in the receive buffer sends a reset, and the client's kernel
+        then discards the exception packet before the client reads it: the sink would see a
+        connection reset (retryable, forever) instead of the error that says its chunk is too
+        big (deterministic: split it). Bounded in time, so a client that keeps sending cannot
+        hold the thread.
+        """
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + _LINGER_SECONDS
+            while (left := end - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                if not self.sock.recv(_MAX_RECV):
+                    break
 
     def _report_quietly(self, error: ServerError) -> None:
         """Tell the client why it is being dropped, if it still listens (a short wait, no raise)."""
@@ -338,10 +358,12 @@ class Session:
         except LimitExceeded as error:  # the rest of the packet is unread: the stream is lost
             logger.warning("query %s refused, closing connection: %s", query_id, error.message)
             self._send_error(error)
+            self._linger()
             return False
         except _Fatal as fatal:
             logger.warning("query %s failed, closing connection: %s", query_id, fatal.error.message)
             self._send_error(fatal.error)
+            self._linger()
             return False
         except ServerError as error:
             logger.info("query %s failed: Code %s: %s", query_id, error.code, error.message)
