@@ -6,15 +6,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from django.contrib.auth import authenticate
-from django.db.models import Q
+from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.models import Permission
+from django.db.models import Exists, OuterRef, Q
 from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework import status
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from accounts.models import TokenSession
+from accounts.models import READ_METRICS, TokenSession
 from accounts.throttle import LoginThrottled
 from analytics_platform.errors import ApplicationError
 
@@ -118,13 +119,32 @@ def token_logout(*, access_claims: Any | None, raw_refresh: str | None) -> None:
     session_revoke(session_id=sid, reason=TokenSession.Reason.LOGOUT)
 
 
-def token_session_active(*, session_id: str, user_id: Any) -> bool:
-    """Whether an access token's session still stands: one primary-key lookup per request."""
+def token_user_get(*, session_id: str, user_id: Any) -> Any | None:
+    """The user of an access token whose session still stands, in one query; None otherwise.
+
+    Every bearer request needs three facts: the user, that the token's session is not revoked, and
+    whether the user may read metrics. Asked separately that was two queries (simplejwt's user
+    lookup, the session check) plus two for an analyst's permissions (``has_perm`` loads the user's
+    and the groups' permissions on a fresh user object, i.e. on every request). One query with a
+    join and two ``EXISTS`` answers all three; the result carries ``can_read_metrics``, which
+    ``accounts.permissions.CanReadMetrics`` reads instead of asking again. Revocation still takes
+    effect at the next request: nothing here is cached.
+    """
     try:
         sid = uuid.UUID(session_id)
     except ValueError:
-        return False
-    return TokenSession.objects.filter(pk=sid, user_id=user_id, revoked_at__isnull=True).exists()
+        return None
+    user_model = get_user_model()
+    app_label, codename = READ_METRICS.split(".")
+    permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename)
+    granted = Exists(
+        user_model.user_permissions.through.objects.filter(user_id=OuterRef("pk"), permission__in=permission)
+    ) | Exists(user_model.groups.through.objects.filter(user_id=OuterRef("pk"), group__permissions__in=permission))
+    return (
+        user_model.objects.filter(pk=user_id, token_sessions__pk=sid, token_sessions__revoked_at__isnull=True)
+        .annotate(can_read_metrics=Q(is_superuser=True) | granted)
+        .first()
+    )
 
 
 def token_sessions_prune(*, now: datetime | None = None) -> int:
