@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from analytics_platform import warehouse
 
@@ -837,6 +837,17 @@ def _render(
 # --- Results ----------------------------------------------------------------------------------
 
 
+class Point(TypedDict):
+    t: str  # bucket start, RFC 3339 UTC
+    value: float | int | None
+
+
+class Series(TypedDict):
+    group: dict[str, str]
+    points: list[Point]
+    total: float | int | None
+
+
 def bucket_starts(request: MetricRequest) -> list[int]:
     """Epoch seconds of every bucket that [start, end) touches, aligned on the UTC interval.
 
@@ -873,7 +884,7 @@ def _json_number(value: Any) -> float | int | None:
     return int(value)
 
 
-def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequence[Sequence[Any]]) -> list[dict]:
+def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequence[Sequence[Any]]) -> list[Series]:
     """Rows of :func:`query_build`'s SQL -> API series, empty buckets filled per the metric."""
     n = len(request.group_by)
     empty: float | int | None = 0 if metric.zero_filled else None
@@ -893,24 +904,27 @@ def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequen
     if not groups and n == 0:
         groups[()] = {"points": {}, "total": empty}
         order.append(())
+    if n:
+        # Largest total first, then by group values; ranked before any point is built, so groups
+        # past ``limit`` cost nothing.
+        order.sort(key=lambda k: (groups[k]["total"] is None, -(groups[k]["total"] or 0), tuple(str(v) for v in k)))
+        del order[request.limit :]
     buckets = (
         _bucket_labels(request.start.timestamp(), request.end.timestamp(), request.interval) if request.interval else ()
     )
-    series = []
+    series: list[Series] = []
     for key in order:
         entry = groups[key]
-        values = entry["points"]
+        points: list[Point]
         if request.interval:
-            points = [{"t": label, "value": values.get(t, empty)} for t, label in buckets]
+            get = entry["points"].get
+            points = [{"t": label, "value": get(t, empty)} for t, label in buckets]
         else:
             # No interval: the whole range is one bucket, labelled with its start (API.md's shape).
             points = [{"t": request.start.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": entry["total"]}]
         series.append(
             {"group": dict(zip(request.group_by, key, strict=True)), "points": points, "total": entry["total"]}
         )
-    if n:
-        series.sort(key=lambda s: (s["total"] is None, -(s["total"] or 0), tuple(str(v) for v in s["group"].values())))
-        series = series[: request.limit]
     return series
 
 
