@@ -178,20 +178,28 @@ class Web:
         self.headers = {"Authorization": f"Bearer {token}"}
         self._local = threading.local()
 
-    def get(self, params: dict[str, Any]) -> bytes:
+    def get(self, params: dict[str, Any], *, path: str = "/metrics", status: int = 200) -> bytes:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
-            conn.request("GET", "/metrics?" + urllib.parse.urlencode(params, doseq=True), headers=self.headers)
+            conn.request("GET", f"{path}?" + urllib.parse.urlencode(params, doseq=True), headers=self.headers)
             response = conn.getresponse()
             body = response.read()
         except (http.client.HTTPException, OSError):
             self._local.conn = None  # gunicorn closed an idle keep-alive connection: once more
             raise
-        if response.status != 200:
+        if response.status != status:
             raise RuntimeError(f"{self.name} {response.status}: {body[:300]!r}")
         return body
+
+
+#: Requests that stop early, timed beside the mix: what the layers before ClickHouse cost over HTTP.
+FLOORS: list[tuple[str, str, dict[str, Any], int]] = [
+    ("GET /healthz (gunicorn, middleware)", "/healthz", {}, 200),
+    # Refused by the input serializer (limit >= 1): after authentication, before any definition or query.
+    ("GET /metrics 400 (+ auth, validation)", "/metrics", {"metric": "events", "limit": "0"}, 400),
+]
 
 
 class Driver:
@@ -234,6 +242,9 @@ def mix_sequential(mix: list[dict[str, Any]], webs: list[Web], driver: Driver) -
     """Every question once per target, targets in a rotating order so drift hits them alike."""
     targets: list[tuple[str, Any]] = [(w.name, w.get) for w in webs] + [("driver", None)]
     samples: dict[str, list[float]] = {name: [] for name, _ in targets}
+    for label, _, _, _ in FLOORS:
+        for web in webs:
+            samples[f"{web.name} {label}"] = []
     for i, params in enumerate(mix):
         k = i % len(targets)
         for name, get in targets[k:] + targets[:k]:
@@ -241,6 +252,11 @@ def mix_sequential(mix: list[dict[str, Any]], webs: list[Web], driver: Driver) -
                 samples[name].append(timed(lambda i=i: driver.run(i)))
             else:
                 samples[name].append(timed(lambda g=get, p=params: g(p)))
+        for web in webs:
+            for label, path, floor, status in FLOORS:
+                samples[f"{web.name} {label}"].append(
+                    timed(lambda w=web, a=path, f=floor, s=status: w.get(f, path=a, status=s))
+                )
     return samples
 
 
@@ -451,16 +467,17 @@ def main() -> None:
             driver.run(i)
         queries = sum(len(b) for b in built)
         print(f"\ndashboard mix: {len(mix)} questions, {queries} ClickHouse queries; cache off; milliseconds")
-        print(f"{'sequential (one connection)':34} {'p50':>7} {'p95':>7} {'p99':>7}   overhead over driver p50 / p95")
+        print(f"{'sequential (one connection)':42} {'p50':>7} {'p95':>7} {'p99':>7}   overhead over driver p50 / p95")
         seq = mix_sequential(mix, targets, driver)
         for name, samples in seq.items():
-            line = f"  {'HTTP ' + name if name != 'driver' else 'driver (same SQL)':32} {summary(samples)}"
-            if name != "driver":
+            label = "driver (same SQL)" if name == "driver" else f"HTTP {name}"
+            line = f"  {label:40} {summary(samples)}"
+            if name in {t.name for t in targets}:
                 diff = sorted(h - d for h, d in zip(samples, seq["driver"], strict=True))
                 line += f"   {statistics.median(diff):6.1f} / {percentiles(diff)[1]:6.1f}"
             print(line, flush=True)
 
-        print(f"{f'{args.clients} concurrent clients':34} {'p50':>7} {'p95':>7} {'p99':>7}   requests/s")
+        print(f"{f'{args.clients} concurrent clients':42} {'p50':>7} {'p95':>7} {'p99':>7}   requests/s")
         conc: dict[str, list[float]] = {}
         rates: dict[str, list[float]] = {}
         runners: list[tuple[str, Any]] = [(f"HTTP {t.name}", lambda i, t=t: t.get(mix[i])) for t in targets] + [
@@ -473,7 +490,7 @@ def main() -> None:
                 conc.setdefault(name, []).extend(samples)
                 rates.setdefault(name, []).append(rate)
         for name, _ in runners:
-            print(f"  {name:32} {summary(conc[name])}   {statistics.mean(rates[name]):8.1f}", flush=True)
+            print(f"  {name:40} {summary(conc[name])}   {statistics.mean(rates[name]):8.1f}", flush=True)
 
         if args.shapes:
             shapes_table(targets[0], end=end, n=args.requests, definitions=definitions, query=query)
