@@ -179,19 +179,30 @@ class Web:
         self._local = threading.local()
 
     def get(self, params: dict[str, Any], *, path: str = "/metrics", status: int = 200) -> bytes:
+        url = f"{path}?" + urllib.parse.urlencode(params, doseq=True)
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         try:
-            conn.request("GET", f"{path}?" + urllib.parse.urlencode(params, doseq=True), headers=self.headers)
-            response = conn.getresponse()
-            body = response.read()
+            response, body = self._send(conn, url)
         except (http.client.HTTPException, OSError):
-            self._local.conn = None  # gunicorn closed an idle keep-alive connection: once more
-            raise
+            if conn is None:
+                raise
+            # gunicorn closes keep-alive connections idle for 30 s (a phase's threads idle meanwhile).
+            response, body = self._send(None, url)
         if response.status != status:
             raise RuntimeError(f"{self.name} {response.status}: {body[:300]!r}")
         return body
+
+    def _send(self, conn: http.client.HTTPConnection | None, url: str) -> tuple[http.client.HTTPResponse, bytes]:
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request("GET", url, headers=self.headers)
+            response = conn.getresponse()
+            return response, response.read()
+        except (http.client.HTTPException, OSError):
+            self._local.conn = None
+            conn.close()
+            raise
 
 
 #: Requests that stop early, timed beside the mix: what the layers before ClickHouse cost over HTTP.
