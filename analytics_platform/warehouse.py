@@ -137,6 +137,21 @@ def _events_columns() -> tuple[tuple[str, str], ...]:
     )
 
 
+# Seek latency and picture quality of a view (streams 0007; README "QoE scores"), added after the
+# table was built: sums over the view, so averages over views and time-weighted figures are sums.
+VIEW_QUALITY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("seek_count", "UInt32"),  # seeks from playback that reached playing again
+    ("seek_latency_ms", "UInt64"),  # their total wait, seek to playing
+    ("bitrate_time_ms", "UInt64"),  # playing time with a known bitrate
+    ("bitrate_kbps_ms", "Float64"),  # bitrate x that time
+    ("max_bitrate_kbps", "UInt64"),
+    ("scale_time_ms", "UInt64"),  # playing time with known rendition and player sizes
+    ("upscale_ms", "Float64"),  # upscale fraction x that time
+    ("downscale_ms", "Float64"),  # downscale fraction x that time
+    ("max_upscale", "Float64"),  # fractions: 1.0 = 100 %
+    ("max_downscale", "Float64"),
+)
+
 _VIEW_SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("session_id", "String"),
     ("user_id", "String"),
@@ -163,6 +178,7 @@ _VIEW_SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("kafka_partition", "UInt16"),
     ("kafka_offset", "UInt64"),
     ("kafka_topic_id", _LC),
+    *VIEW_QUALITY_COLUMNS,
 )
 
 _EVENT_COUNTS = tuple((name, "UInt64") for name in ("events", "errors", "fatal_errors", "late_events"))
@@ -476,6 +492,27 @@ def cluster_table_statements(table: Table, cluster: str, database: str) -> list[
         f"CREATE TABLE IF NOT EXISTS {qualified(table.name)}{on_cluster} AS {qualified(table.local)}"
         f" ENGINE = Distributed({', '.join(distributed_args)})",
     ]
+
+
+def add_columns_statements(
+    table: Table, columns: Iterable[tuple[str, str]], cluster: str, database: str | None = None
+) -> list[str]:
+    """``ADD COLUMN IF NOT EXISTS`` for columns added to ``table`` after it was built.
+
+    Cluster mode: the local table on every node, then the Distributed table (it does not follow
+    its local table's columns by itself). Idempotent: a cluster whose schema streams 0006 built
+    after the columns were declared here already has them, and a rerun completes a partial run.
+    """
+    db = database if database is not None else str(settings.DATABASES["clickhouse"]["NAME"])
+
+    def qualified(name: str) -> str:
+        return f"{_ident(db)}.{_ident(name)}" if db else _ident(name)
+
+    adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {_ident(name)} {kind}" for name, kind in columns)
+    if not cluster:
+        return [f"ALTER TABLE {qualified(table.name)} {adds}"]
+    on_cluster = f" ON CLUSTER {_quote(cluster)}"
+    return [f"ALTER TABLE {qualified(name)}{on_cluster} {adds}" for name in (table.local, table.name)]
 
 
 def without_on_cluster(statement: str) -> str:

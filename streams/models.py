@@ -132,6 +132,17 @@ class ViewSummary(models.ClickhouseModel):
     kafka_partition = models.UInt16Field()
     kafka_offset = models.UInt64Field()
     kafka_topic_id = models.StringField(low_cardinality=True, default="")  # migration 0003
+    # Migration 0007 (analytics_platform.warehouse.VIEW_QUALITY_COLUMNS says what each holds).
+    seek_count = models.UInt32Field(default=0)
+    seek_latency_ms = models.UInt64Field(default=0)
+    bitrate_time_ms = models.UInt64Field(default=0)
+    bitrate_kbps_ms = models.Float64Field(default=0)
+    max_bitrate_kbps = models.UInt64Field(default=0)
+    scale_time_ms = models.UInt64Field(default=0)
+    upscale_ms = models.Float64Field(default=0)
+    downscale_ms = models.Float64Field(default=0)
+    max_upscale = models.Float64Field(default=0)
+    max_downscale = models.Float64Field(default=0)
 
     class Meta:
         db_table = "view_summaries"

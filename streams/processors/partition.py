@@ -227,7 +227,7 @@ class PartitionProcessor:
             closed: dict[str, int] = {}
             seen_buckets: dict[int, set[int]] = {}
             received = [0]
-            for valid_row, properties in rows:
+            for valid_row, properties, picture in rows:
                 row = valid_row
                 if user_state is None:
                     # Loaded at the first valid event: a group of only bad events touches no state.
@@ -269,7 +269,7 @@ class PartitionProcessor:
                     out.late += 1
                 out.events.append(row)
                 if view is not None:
-                    view_event_add(view, row, properties)
+                    view_event_add(view, row, properties, picture)
                     if row[_TYPE] in VIEW_ENDS:
                         earlier.add(user)
                     stored = len(view["e"])

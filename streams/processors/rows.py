@@ -62,6 +62,17 @@ VIEW_COLUMNS: tuple[str, ...] = (
     "event_count",
     "close_reason",
     "video_watched_id",
+    # Seek latency and picture quality (streams 0007, after kafka_topic_id in the table).
+    "seek_count",
+    "seek_latency_ms",
+    "bitrate_time_ms",
+    "bitrate_kbps_ms",
+    "max_bitrate_kbps",
+    "scale_time_ms",
+    "upscale_ms",
+    "downscale_ms",
+    "max_upscale",
+    "max_downscale",
     "kafka_partition",
     "kafka_offset",
 )
@@ -77,6 +88,7 @@ VIDEO = EVENT_COLUMNS.index("video_id")
 CLIENT_TS = EVENT_COLUMNS.index("client_ts")
 RECEIVED_AT = EVENT_COLUMNS.index("received_at")
 POSITION = EVENT_COLUMNS.index("position_ms")
+BITRATE = EVENT_COLUMNS.index("bitrate_kbps")
 ERROR_CODE = EVENT_COLUMNS.index("error_code")
 ERROR_MESSAGE = EVENT_COLUMNS.index("error_message")
 FATAL = EVENT_COLUMNS.index("fatal")
