@@ -46,6 +46,7 @@ from django.conf import settings
 # --- Table names (single node: the tables; cluster: the Distributed tables) --------------------
 EVENTS = "events"
 VIEW_SUMMARIES = "view_summaries"
+VIEW_MINUTES = "view_minutes"
 EVENT_ROLLUP_MINUTE = "event_rollup_minute"
 EVENT_ROLLUP_HOUR = "event_rollup_hour"
 VIEW_ROLLUP_MINUTE = "view_rollup_minute"
@@ -181,6 +182,19 @@ _VIEW_SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     *VIEW_QUALITY_COLUMNS,
 )
 
+# Written by the stream worker as minutes settle (streams/processors/views.py), not by a view: a
+# playing view is counted while it lasts, not when it closes.
+_VIEW_MINUTE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("minute_ts", "DateTime64(3, 'UTC')"),
+    ("session_id", "String"),
+    ("user_id", "String"),
+    ("video_id", "String"),
+    *((dim, _LC) for dim in _DIMS),
+    ("kafka_partition", "UInt16"),
+    ("kafka_offset", "UInt64"),
+    ("kafka_topic_id", _LC),
+)
+
 _EVENT_COUNTS = tuple((name, "UInt64") for name in ("events", "errors", "fatal_errors", "late_events"))
 _VIEW_SUMS_COLUMNS = tuple(
     (name, "UInt64")
@@ -229,6 +243,16 @@ def tables() -> tuple[Table, ...]:
             "toYYYYMM(start_ts)",
             f"toDateTime(start_ts) + INTERVAL {LONG_TTL_DAYS} DAY",
             "unique viewers (uniqExact), startup-time quantiles, per-view metrics, the batch export",
+            sharding_key="kafka_partition",
+        ),
+        Table(
+            VIEW_MINUTES,
+            _VIEW_MINUTE_COLUMNS,
+            "MergeTree",
+            ("minute_ts", "video_id", "session_id"),
+            "toYYYYMMDD(minute_ts)",
+            f"toDateTime(minute_ts) + INTERVAL {MINUTE_TTL_DAYS} DAY",
+            "concurrent viewers: one row per view and minute it spent playing or rebuffering (streams 0008)",
             sharding_key="kafka_partition",
         ),
         Table(

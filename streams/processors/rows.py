@@ -77,6 +77,23 @@ VIEW_COLUMNS: tuple[str, ...] = (
     "kafka_offset",
 )
 
+# One row per view per minute in which it was playing or rebuffering (concurrent viewers).
+VIEW_MINUTE_COLUMNS: tuple[str, ...] = (
+    "minute_ts",
+    "session_id",
+    "user_id",
+    "video_id",
+    "device",
+    "os",
+    "browser",
+    "country",
+    "cdn",
+    "player",
+    "kafka_partition",
+    "kafka_offset",
+)
+MINUTE_MS = 60_000
+
 
 # Indexes into an ``events`` row, for the hot paths.
 ID = EVENT_COLUMNS.index("event_id")
@@ -99,4 +116,6 @@ OFFSET = EVENT_COLUMNS.index("kafka_offset")
 DIMENSION_NAMES: tuple[str, ...] = ("device", "os", "browser", "country", "cdn", "player")
 DIMS = slice(EVENT_COLUMNS.index("device"), EVENT_COLUMNS.index("player") + 1)
 assert EVENT_COLUMNS[DIMS] == DIMENSION_NAMES
-assert EVENT_COLUMNS[-1] == VIEW_COLUMNS[-1] == "kafka_offset"  # the sink reads a row's offset last
+assert (
+    EVENT_COLUMNS[-1] == VIEW_COLUMNS[-1] == VIEW_MINUTE_COLUMNS[-1] == "kafka_offset"
+)  # the sink reads a row's offset last

@@ -15,6 +15,7 @@ from streams.processors.rows import (
     ERROR_MESSAGE,
     FATAL,
     ID,
+    MINUTE_MS,
     POSITION,
     SESSION,
     TS,
@@ -99,15 +100,20 @@ def view_summarize(view: dict[str, Any]) -> dict[str, Any]:
     seek_from: int | None = None  # when the seek that is being waited for began (None: not measured)
     seeks = seek_latency = 0
     picture = _Picture()
+    minutes: set[int] = set()  # starts (ms) of the minutes the view spent some time watching
     for event in events:
         ts, etype, position, fatal = event[0], event[1], event[2], event[3]
         if state == "playing":
             watch += ts - previous_ts
             if picture.known:
                 picture.add(ts - previous_ts)
+            if ts > previous_ts:
+                minutes.update(range(previous_ts // MINUTE_MS, (ts - 1) // MINUTE_MS + 1))
         elif state == "rebuffering":
             watch += ts - previous_ts
             rebuffer += ts - previous_ts
+            if ts > previous_ts:
+                minutes.update(range(previous_ts // MINUTE_MS, (ts - 1) // MINUTE_MS + 1))
         previous_ts = ts
         if len(event) > 5:
             picture.set(event[5])
@@ -187,6 +193,7 @@ def view_summarize(view: dict[str, Any]) -> dict[str, Any]:
         "seek_count": seeks,
         "seek_latency_ms": seek_latency,
         **picture.figures(),
+        "minutes": sorted(m * MINUTE_MS for m in minutes),
         "ended": ended,  # an ``ended`` event, not only ``view_end`` (the close reason)
     }
 
@@ -251,10 +258,51 @@ class _Picture:
         }
 
 
+def view_minutes_due(
+    session: str, user: str, view: dict[str, Any], *, settled: int | None, partition: int, offset: int
+) -> list[tuple[Any, ...]]:
+    """The ``view_minutes`` rows (``rows.VIEW_MINUTE_COLUMNS``) of an open view's settled minutes.
+
+    A minute is settled once ``settled`` (the earlier of the view's last event and the
+    partition's watermark less the grace) has reached its end: every interval that touches it is
+    known then, unless an event arrives later than the grace, whose change to an emitted minute is
+    not applied (like a late event's to a closed summary). ``view["pm"]`` is the first minute not
+    yet emitted, so each minute is emitted once; ``settled`` None (the view closes) emits all the
+    rest. Nothing is computed until a new minute has settled: about one summary per view and minute.
+    """
+    emitted = view.get("pm", 0)
+    bound = None if settled is None else settled // MINUTE_MS * MINUTE_MS
+    if bound is not None and bound <= emitted:
+        return []
+    minutes = view_summarize(view)["minutes"]
+    return _minute_rows(session, user, view, minutes, bound, partition, offset)
+
+
+def _minute_rows(  # noqa: PLR0917 -- one caller each, the view's context
+    session: str,
+    user: str,
+    view: dict[str, Any],
+    minutes: list[int],
+    bound: int | None,
+    partition: int,
+    offset: int,
+) -> list[tuple[Any, ...]]:
+    emitted = view.get("pm", 0)
+    if bound is not None:
+        view["pm"] = bound
+    video, dims = view["v"], view["dims"]
+    return [
+        (m, session, user, video, *dims, partition, offset)
+        for m in minutes
+        if m >= emitted and (bound is None or m < bound)
+    ]
+
+
 def view_close(
     session: str, user: str, view: dict[str, Any], *, partition: int, offset: int
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """A closed view's ``view_summaries`` row (``rows.VIEW_COLUMNS`` order) and its VideoWatched."""
+) -> tuple[tuple[Any, ...], dict[str, Any], list[tuple[Any, ...]]]:
+    """A closed view's ``view_summaries`` row (``rows.VIEW_COLUMNS`` order), its VideoWatched and
+    the ``view_minutes`` rows of the minutes not emitted while it was open."""
     f = view_summarize(view)
     closed_by = "ended" if f["ended"] else "view_end"
     reason = "limit" if view.get("limit") else "idle" if view.get("end") is None else closed_by
@@ -325,7 +373,7 @@ def view_close(
         "cdn": cdn,
         "player": player,
     }
-    return row, watched
+    return row, watched, _minute_rows(session, user, view, f["minutes"], None, partition, offset)
 
 
 def video_error(row: tuple[Any, ...], view: dict[str, Any] | None) -> dict[str, Any]:

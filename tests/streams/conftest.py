@@ -37,6 +37,7 @@ from tests.support.simulate import Message, Truth
 STREAM_TABLES = (
     "events",
     "view_summaries",
+    "view_minutes",
     "event_rollup_minute",
     "event_rollup_hour",
     "view_rollup_minute",
@@ -232,6 +233,8 @@ def wait_for_truth(stream: StreamEnv, truth: Truth, *, timeout: float) -> None:
 
 
 VIEW_FIGURES = (
+    "seek_count",
+    "seek_latency_ms",
     "start_ts",
     "end_ts",
     "has_view_start",

@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from streams.processors import VIEW_COLUMNS
+from streams.processors import VIEW_COLUMNS, VIEW_MINUTE_COLUMNS, PartitionProcessor
 from tests.streams.test_processors import T0, ev, msg, run, views_by_session
 from tests.support.stores import DictStore
 
@@ -114,3 +114,51 @@ def test_summary_rows_follow_the_column_layout():
                     ev("ended", T0 + 1_000)])  # fmt: skip
     assert set(view) == set(VIEW_COLUMNS) - {"kafka_offset"}
     assert view["seek_latency_ms"] == 60
+
+
+# --- concurrent viewers: view_minutes --------------------------------------------------------
+
+GRACE = PartitionProcessor().config.grace_ms
+
+
+def test_a_long_view_emits_each_watching_minute_once_as_soon_as_it_settles():
+    start = T0 - T0 % 60_000 + 15_000  # 15 s into a minute
+    events = [ev("view_start", start), ev("playing", start + 1_000)]
+    events += [ev("heartbeat", start + 10_000 * i) for i in range(1, 19)]  # to 3 min 15 s
+    events += [ev("pause", start + 190_000)]  # paused from 3:25 ...
+    events += [ev("heartbeat", start + 190_000 + 10_000 * i) for i in range(1, 14)]  # ... heartbeats while paused
+    events += [ev("playing", start + 330_000), ev("heartbeat", start + 340_000), ev("ended", start + 345_000)]
+    processor, store = PartitionProcessor(), DictStore()
+    emitted: list[int] = []
+    minute = VIEW_MINUTE_COLUMNS.index("minute_ts")
+    for offset, event in enumerate(events):  # one message per event, as a player sends them
+        out = processor.process(msg([event]).value(), key=None, partition=0, offset=offset, store=store)
+        emitted += [row[minute] for row in out.view_minutes]
+        settled = event["timestamp"] - GRACE  # this partition's watermark is the view's own last event
+        live = [m for m in emitted if m + 60_000 <= settled]
+        # Live: every watching minute that ended before the settled time is out already.
+        assert live == [m for m in _minutes(start, (1_000, 190_000), (330_000, 345_000)) if m + 60_000 <= settled]
+    closer = ev("heartbeat", start + 500_000, session="other", user="u2")
+    out = processor.process(msg([closer], user="u2").value(), key=None, partition=0, offset=len(events), store=store)
+    emitted += [row[minute] for row in out.view_minutes if row[1] == "s1"]
+    # Playing 0:16-3:25 (4 minutes), paused to 5:45 (the minute from 4:45 not watched), then 5:45-6:00.
+    assert emitted == _minutes(start, (1_000, 190_000), (330_000, 345_000))
+    assert len(emitted) == 5
+
+
+def _minutes(start, *spans):
+    return sorted({m * 60_000 for a, b in spans for m in range((start + a) // 60_000, (start + b - 1) // 60_000 + 1)})
+
+
+def test_minute_rows_carry_the_view_context_and_source_offset():
+    events = [ev("view_start", T0, country="FR", device="tv"), ev("playing", T0 + 100), ev("ended", T0 + 90_000)]
+    closer = ev("heartbeat", T0 + 200_000, session="other", user="u2")
+    out, _ = run([msg(events), msg([closer], user="u2")])
+    rows = [dict(zip(VIEW_MINUTE_COLUMNS, row, strict=True)) for row in out.view_minutes]
+    assert {r["session_id"] for r in rows} == {"s1"}
+    assert all((r["user_id"], r["video_id"], r["country"], r["device"]) == ("u1", "v1", "FR", "tv") for r in rows)
+    # Minutes settled by the first message (before its watermark less the grace) carry its offset;
+    # the rest come with the close, at the second message's.
+    settled = T0 + 90_000 - GRACE
+    assert [r["kafka_offset"] for r in rows] == [0 if r["minute_ts"] + 60_000 <= settled else 1 for r in rows]
+    assert {r["kafka_offset"] for r in rows} == {0, 1}
