@@ -227,6 +227,18 @@ SOURCES: dict[str, Source] = {
         },
         rows_per_second=30,
     ),
+    # One row per view and minute it spent playing or rebuffering (streams 0008): a view's minutes
+    # count while it plays, not when it closes. Distinct sessions of a minute bucket are the
+    # minute's concurrent viewers; of a coarser bucket, the views that played during it.
+    "view_minutes": Source(
+        key="view_minutes",
+        label="Watching minutes (one row per view and minute it spent playing or rebuffering)",
+        table=warehouse.VIEW_MINUTES,
+        time_column="minute_ts",
+        dimensions=_VIEW_DIMENSIONS,
+        measures={"session_id": "session_id", "user_id": "user_id", "video_id": "video_id"},
+        rows_per_second=30,
+    ),
 }
 
 

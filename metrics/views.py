@@ -41,6 +41,7 @@ QOE_METRICS = (
     "startup_time_score",
     "smoothness_score",
     "video_quality_score",
+    "concurrent_viewers",
     "views",
     "unique_viewers",
     "watch_time_ms",
@@ -73,7 +74,7 @@ CONTRIBUTION_SCORE = "viewer_experience_score"
 CONTRIBUTORS_SHOWN = 5
 CONTRIBUTORS_GROUPS = 1000
 BREAKDOWN_DIMENSIONS = ("country", "device", "os", "browser", "cdn", "player", "videoId")
-LIVE_METRICS = ("events", "errors", "views")
+LIVE_METRICS = ("concurrent_viewers", "events", "errors", "views")
 
 RANGES: dict[str, tuple[str, timedelta]] = {
     "1h": ("Last hour", timedelta(hours=1)),

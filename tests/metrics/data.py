@@ -38,6 +38,7 @@ API_TO_COL = {
 # The column order the stream sink writes: the generated rows match the real ones.
 EVENT_COLUMNS = processors.EVENT_COLUMNS
 VIEW_COLUMNS = processors.VIEW_COLUMNS
+VIEW_MINUTE_COLUMNS = processors.VIEW_MINUTE_COLUMNS
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Dataset:
     base: datetime
     views: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    minutes: list[dict[str, Any]] = field(default_factory=list)  # view_minutes rows
 
 
 def generate(*, base: datetime, n_views: int = 600, days: int = 3, seed: int = 7) -> Dataset:
@@ -135,6 +137,16 @@ def generate(*, base: datetime, n_views: int = 600, days: int = 3, seed: int = 7
             moment += timedelta(milliseconds=rng.randrange(1, 20_000))
         view["event_count"] = len(types)
         data.views.append(view)
+        if started:  # watching from the first frame for ``watch`` ms: one row per minute it touches
+            first = start + timedelta(milliseconds=startup)
+            last = first + timedelta(milliseconds=watch - 1)
+            minute = first.replace(second=0, microsecond=0)
+            while minute <= last:
+                data.minutes.append(
+                    {"minute_ts": minute, "session_id": session, "user_id": user, "video_id": video, **dims}
+                    | {"kafka_partition": 0, "kafka_offset": i}
+                )
+                minute += timedelta(minutes=1)
     return data
 
 
@@ -167,6 +179,10 @@ def insert(client: Any, data: Dataset) -> None:
     client.execute(
         f"INSERT INTO view_summaries ({', '.join(VIEW_COLUMNS)}) VALUES",
         [tuple(v[c] for c in VIEW_COLUMNS) for v in data.views],
+    )
+    client.execute(
+        f"INSERT INTO view_minutes ({', '.join(VIEW_MINUTE_COLUMNS)}) VALUES",
+        [tuple(m[c] for c in VIEW_MINUTE_COLUMNS) for m in data.minutes],
     )
 
 
@@ -271,6 +287,7 @@ TRUTH: dict[str, tuple[str, Callable[[list[dict]], Any], bool]] = {
         False,
     ),
     "rebuffer_count": ("views", lambda rows: sum(r["rebuffer_count"] for r in rows), True),
+    "concurrent_viewers": ("view_minutes", lambda rows: len({r["session_id"] for r in rows}), True),
     "video_quality_score": (
         "views",
         lambda rows: _mean([_video_quality_score(r) for r in rows if r["scale_time_ms"] > 0]),
@@ -334,10 +351,10 @@ def expected(
     wanted: dict[str, set[str]] = defaultdict(set)
     for dim, value in filters:
         wanted[API_TO_COL[dim]].add(value)
-    rows = data.views if rows_kind == "views" else data.events
+    rows = data.views if rows_kind == "views" else data.minutes if rows_kind == "view_minutes" else data.events
     if rows_kind == "error_events":  # an event-type filter selects rows, so groups without errors do not exist
         rows = [r for r in data.events if r["type"] == "error"]
-    time_key = "start_ts" if rows_kind == "views" else "ts"
+    time_key = {"views": "start_ts", "view_minutes": "minute_ts"}.get(rows_kind, "ts")
     selected = [
         r
         for r in rows
