@@ -100,20 +100,15 @@ def view_summarize(view: dict[str, Any]) -> dict[str, Any]:
     seek_from: int | None = None  # when the seek that is being waited for began (None: not measured)
     seeks = seek_latency = 0
     picture = _Picture()
-    minutes: set[int] = set()  # starts (ms) of the minutes the view spent some time watching
     for event in events:
         ts, etype, position, fatal = event[0], event[1], event[2], event[3]
         if state == "playing":
             watch += ts - previous_ts
             if picture.known:
                 picture.add(ts - previous_ts)
-            if ts > previous_ts:
-                minutes.update(range(previous_ts // MINUTE_MS, (ts - 1) // MINUTE_MS + 1))
         elif state == "rebuffering":
             watch += ts - previous_ts
             rebuffer += ts - previous_ts
-            if ts > previous_ts:
-                minutes.update(range(previous_ts // MINUTE_MS, (ts - 1) // MINUTE_MS + 1))
         previous_ts = ts
         if len(event) > 5:
             picture.set(event[5])
@@ -193,7 +188,6 @@ def view_summarize(view: dict[str, Any]) -> dict[str, Any]:
         "seek_count": seeks,
         "seek_latency_ms": seek_latency,
         **picture.figures(),
-        "minutes": sorted(m * MINUTE_MS for m in minutes),
         "ended": ended,  # an ``ended`` event, not only ``view_end`` (the close reason)
     }
 
@@ -258,44 +252,54 @@ class _Picture:
         }
 
 
+# Whether a view is watching (state playing or rebuffering, as watch time counts it in
+# ``view_summarize``) after an event of each type; absent: unchanged (heartbeat, view_start,
+# bitrate_change, a non-fatal error, and rebuffer_end, which only ends a rebuffer while watching).
+# A fatal error stops the view. The generated streams' truth holds the two together
+# (``tests/streams/test_processors.py``: watching minutes from the same intervals as watch time).
+_WATCHING_AFTER = {"playing": True, "rebuffer_start": True, "pause": False, "seek": False, "ended": False,
+                   "view_end": False}  # fmt: skip
+
+
 def view_minutes_due(
     session: str, user: str, view: dict[str, Any], *, settled: int | None, partition: int, offset: int
 ) -> list[tuple[Any, ...]]:
-    """The ``view_minutes`` rows (``rows.VIEW_MINUTE_COLUMNS``) of an open view's settled minutes.
+    """The ``view_minutes`` rows (``rows.VIEW_MINUTE_COLUMNS``) of a view's minutes not emitted yet.
 
-    A minute is settled once ``settled`` (the earlier of the view's last event and the
-    partition's watermark less the grace) has reached its end: every interval that touches it is
-    known then, unless an event arrives later than the grace, whose change to an emitted minute is
-    not applied (like a late event's to a closed summary). ``view["pm"]`` is the first minute not
-    yet emitted, so each minute is emitted once; ``settled`` None (the view closes) emits all the
-    rest. Nothing is computed until a new minute has settled: about one summary per view and minute.
+    A minute is emitted once it has settled: once ``settled`` (the earlier of the view's last event
+    and the partition's watermark less the grace) has reached its end, every interval that touches
+    it is known. ``settled`` None (the view closes) emits all the rest. The view keeps where it
+    stopped: ``pm``, the first minute not yet emitted, and ``pw``, whether it was watching then; so
+    each minute is emitted once, and each pass reads only the events from ``pm`` on. An event
+    stamped before ``pm`` that arrives afterwards (later than the grace) changes no minute, as a
+    late event changes no closed summary.
     """
-    emitted = view.get("pm", 0)
+    since = view.get("pm", 0)
     bound = None if settled is None else settled // MINUTE_MS * MINUTE_MS
-    if bound is not None and bound <= emitted:
+    if bound is not None and bound <= since:
         return []
-    minutes = view_summarize(view)["minutes"]
-    return _minute_rows(session, user, view, minutes, bound, partition, offset)
-
-
-def _minute_rows(  # noqa: PLR0917 -- one caller each, the view's context
-    session: str,
-    user: str,
-    view: dict[str, Any],
-    minutes: list[int],
-    bound: int | None,
-    partition: int,
-    offset: int,
-) -> list[tuple[Any, ...]]:
-    emitted = view.get("pm", 0)
+    tail = sorted((e for e in view["e"] if e[0] >= since), key=_BY_EVENT_TIME)
+    watching = view.get("pw", False)
+    previous = since
+    minutes: list[int] = []
+    for event in tail:
+        ts = event[0]
+        end = ts if bound is None or ts < bound else bound
+        if watching and end > previous:
+            first = max(previous // MINUTE_MS, minutes[-1] // MINUTE_MS + 1 if minutes else 0)
+            minutes += [m * MINUTE_MS for m in range(first, (end - 1) // MINUTE_MS + 1)]
+        if bound is not None and ts >= bound:
+            break  # applied by the next pass, which starts at the bound
+        previous = ts
+        after = _WATCHING_AFTER.get(event[1])
+        if after is not None:
+            watching = after
+        elif event[1] == "error" and event[3]:
+            watching = False
     if bound is not None:
-        view["pm"] = bound
+        view["pm"], view["pw"] = bound, watching
     video, dims = view["v"], view["dims"]
-    return [
-        (m, session, user, video, *dims, partition, offset)
-        for m in minutes
-        if m >= emitted and (bound is None or m < bound)
-    ]
+    return [(m, session, user, video, *dims, partition, offset) for m in minutes]
 
 
 def view_close(
@@ -373,7 +377,7 @@ def view_close(
         "cdn": cdn,
         "player": player,
     }
-    return row, watched, _minute_rows(session, user, view, f["minutes"], None, partition, offset)
+    return row, watched, view_minutes_due(session, user, view, settled=None, partition=partition, offset=offset)
 
 
 def video_error(row: tuple[Any, ...], view: dict[str, Any] | None) -> dict[str, Any]:

@@ -39,7 +39,12 @@ def _ensure_builtins() -> None:
     if not MetricDefinition.objects.filter(builtin=True).exists():
         import importlib
 
-        for name in ("0002_builtin_metrics", "0005_qoe_scores"):
+        for name in (
+            "0002_builtin_metrics",
+            "0005_qoe_scores",
+            "0006_quality_and_seek_latency",
+            "0007_concurrent_viewers",
+        ):
             importlib.import_module(f"metrics.migrations.{name}").create_builtins(django_apps, None)
 
 
@@ -121,6 +126,11 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
             start, end = _window(timedelta(days=7), 3600)
             _assert_chart(_chart(page, "chart-views"), _truth(loaded, "views", start, end, "hour"))
             _assert_chart(_chart(page, "chart-rebuffer_ratio"), _truth(loaded, "rebuffer_ratio", start, end, "hour"))
+            concurrent = _truth(loaded, "concurrent_viewers", start, end, "hour")
+            _assert_chart(_chart(page, "chart-concurrent_viewers"), concurrent)
+            quality = _chart(page, "chart-video_quality_score")
+            want = [p["value"] for p in _truth(loaded, "video_quality_score", start, end, "hour")]
+            assert quality["y"] == pytest.approx(want, rel=1e-9) and any(v is not None for v in want)
             page.screenshot(path=str(SCREENSHOTS / "overview-7d.png"), full_page=True)
 
             # Change the range: 30 days, per day.

@@ -291,6 +291,11 @@ def assert_clickhouse_matches_truth(client: Any, truth: Truth) -> None:
             mismatches.append((row[0], got, expected))
     assert not mismatches, mismatches[:3]
 
+    # Concurrent viewers: each view's watching minutes, each stored exactly once.
+    minutes = client.execute("SELECT session_id, toUnixTimestamp64Milli(minute_ts) FROM view_minutes")
+    assert len(minutes) == len(set(minutes)), f"{len(minutes) - len(set(minutes))} view minutes stored twice"
+    assert sorted(minutes) == sorted((s, m) for s, v in truth.views.items() for m in v["minutes"])
+
     views = truth.views.values()
     expected_sums = (
         sum(v["has_view_start"] for v in views),
