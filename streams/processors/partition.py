@@ -291,7 +291,8 @@ class PartitionProcessor:
         settled_by = watermark - cfg.grace_ms
         for user, prefix, user_state, seen_buckets, received in touched:
             for session, view in user_state["views"].items():
-                # Cheap test first: only a view with a newly settled minute is summarised.
+                # Cheap test first: only a view with a newly settled minute is read (README "QoE
+                # scores": concurrent viewers are counted while the views play, not when they close).
                 settled = min(view["last"], settled_by)
                 if settled - view.get("pm", 0) >= MINUTE_MS:
                     out.view_minutes += view_minutes_due(
