@@ -18,10 +18,11 @@ validated API event with camelCase keys as on the wire (API.md), normalised:
 * ``clientTimestamp``: the client's own timestamp as sent, in epoch ms (converted from RFC 3339);
 * ``receivedAt``: repeated on each event (epoch ms), so an event is self-contained once unpacked;
 * ``userId``: repeated on each event;
-* optional fields (``sessionId``, ``videoId``, ``positionMs``, ``bitrateKbps``, ``errorCode``,
-  ``errorMessage``, ``fatal``, ``device``, ``os``, ``browser``, ``country``, ``cdn``, ``player``,
-  ``properties``, ``cmcd``) are omitted when absent; ``fatal`` is present (default true) on
-  ``error`` events; ``cmcd`` holds only the CTA-5004 keys below that the client sent.
+* optional fields (``sessionId``, ``videoId``, ``positionMs``, ``bitrateKbps``, ``renditionWidth``,
+  ``renditionHeight``, ``playerWidth``, ``playerHeight``, ``errorCode``, ``errorMessage``, ``fatal``,
+  ``device``, ``os``, ``browser``, ``country``, ``cdn``, ``player``, ``properties``, ``cmcd``) are
+  omitted when absent; ``fatal`` is present (default true) on ``error`` events; ``cmcd`` holds only the
+  CTA-5004 keys below that the client sent.
 
 Fields a client sent that API.md does not define are dropped by ingest, never forwarded. Every
 event of a message passed validation, and no ``eventId`` repeats within one request; the same
@@ -111,6 +112,14 @@ ERROR_MESSAGE_MAX_CHARS = 4096
 # Integers (positionMs, bitrateKbps, and any number inside properties): exact in a JavaScript number
 # and in a ClickHouse Int64 (the worker's JSON encoder refuses integers beyond 64 bits).
 INT_MAX = 2**53
+# Picture sizes in pixels: ``renditionWidth``/``renditionHeight`` (the decoded picture of the
+# rendition playing, ``video.videoWidth``/``videoHeight`` or the ABR level's), ``playerWidth``/
+# ``playerHeight`` (the player's displayed size in device pixels: CSS pixels x devicePixelRatio).
+# At least 1 (a 0 is a player without metadata yet: the SDK leaves the field out) and at most
+# 32,768, twice a 16K picture: a larger value is a bug or a forgery, and would let one event's
+# ratio dominate the upscale figures of its view.
+PIXELS_MIN = 1
+PIXELS_MAX = 32_768
 # Every stored time (event time, client time, receive time) lies in [TIMESTAMP_MIN_MS,
 # TIMESTAMP_MAX_MS]: 1970 up to 2200-01-01, the DateTime64(3) range ClickHouse stores exactly. A
 # client's raw timestamp outside it is refused before any correction (an epoch number that large is

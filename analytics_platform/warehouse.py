@@ -46,6 +46,7 @@ from django.conf import settings
 # --- Table names (single node: the tables; cluster: the Distributed tables) --------------------
 EVENTS = "events"
 VIEW_SUMMARIES = "view_summaries"
+VIEW_MINUTES = "view_minutes"
 EVENT_ROLLUP_MINUTE = "event_rollup_minute"
 EVENT_ROLLUP_HOUR = "event_rollup_hour"
 VIEW_ROLLUP_MINUTE = "view_rollup_minute"
@@ -137,6 +138,21 @@ def _events_columns() -> tuple[tuple[str, str], ...]:
     )
 
 
+# Seek latency and picture quality of a view (streams 0007; README "QoE scores"), added after the
+# table was built: sums over the view, so averages over views and time-weighted figures are sums.
+VIEW_QUALITY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("seek_count", "UInt32"),  # seeks from playback that reached playing again
+    ("seek_latency_ms", "UInt64"),  # their total wait, seek to playing
+    ("bitrate_time_ms", "UInt64"),  # playing time with a known bitrate
+    ("bitrate_kbps_ms", "Float64"),  # bitrate x that time
+    ("max_bitrate_kbps", "UInt64"),
+    ("scale_time_ms", "UInt64"),  # playing time with known rendition and player sizes
+    ("upscale_ms", "Float64"),  # upscale fraction x that time
+    ("downscale_ms", "Float64"),  # downscale fraction x that time
+    ("max_upscale", "Float64"),  # fractions: 1.0 = 100 %
+    ("max_downscale", "Float64"),
+)
+
 _VIEW_SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("session_id", "String"),
     ("user_id", "String"),
@@ -160,6 +176,20 @@ _VIEW_SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("event_count", "UInt32"),
     ("close_reason", _LC),
     ("video_watched_id", "UUID"),
+    ("kafka_partition", "UInt16"),
+    ("kafka_offset", "UInt64"),
+    ("kafka_topic_id", _LC),
+    *VIEW_QUALITY_COLUMNS,
+)
+
+# Written by the stream worker as minutes settle (streams/processors/views.py), not by a view: a
+# playing view is counted while it lasts, not when it closes.
+_VIEW_MINUTE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("minute_ts", "DateTime64(3, 'UTC')"),
+    ("session_id", "String"),
+    ("user_id", "String"),
+    ("video_id", "String"),
+    *((dim, _LC) for dim in _DIMS),
     ("kafka_partition", "UInt16"),
     ("kafka_offset", "UInt64"),
     ("kafka_topic_id", _LC),
@@ -213,6 +243,16 @@ def tables() -> tuple[Table, ...]:
             "toYYYYMM(start_ts)",
             f"toDateTime(start_ts) + INTERVAL {LONG_TTL_DAYS} DAY",
             "unique viewers (uniqExact), startup-time quantiles, per-view metrics, the batch export",
+            sharding_key="kafka_partition",
+        ),
+        Table(
+            VIEW_MINUTES,
+            _VIEW_MINUTE_COLUMNS,
+            "MergeTree",
+            ("minute_ts", "video_id", "session_id"),
+            "toYYYYMMDD(minute_ts)",
+            f"toDateTime(minute_ts) + INTERVAL {MINUTE_TTL_DAYS} DAY",
+            "concurrent viewers: one row per view and minute it spent playing or rebuffering (streams 0008)",
             sharding_key="kafka_partition",
         ),
         Table(
@@ -476,6 +516,27 @@ def cluster_table_statements(table: Table, cluster: str, database: str) -> list[
         f"CREATE TABLE IF NOT EXISTS {qualified(table.name)}{on_cluster} AS {qualified(table.local)}"
         f" ENGINE = Distributed({', '.join(distributed_args)})",
     ]
+
+
+def add_columns_statements(
+    table: Table, columns: Iterable[tuple[str, str]], cluster: str, database: str | None = None
+) -> list[str]:
+    """``ADD COLUMN IF NOT EXISTS`` for columns added to ``table`` after it was built.
+
+    Cluster mode: the local table on every node, then the Distributed table (it does not follow
+    its local table's columns by itself). Idempotent: a cluster whose schema streams 0006 built
+    after the columns were declared here already has them, and a rerun completes a partial run.
+    """
+    db = database if database is not None else str(settings.DATABASES["clickhouse"]["NAME"])
+
+    def qualified(name: str) -> str:
+        return f"{_ident(db)}.{_ident(name)}" if db else _ident(name)
+
+    adds = ", ".join(f"ADD COLUMN IF NOT EXISTS {_ident(name)} {kind}" for name, kind in columns)
+    if not cluster:
+        return [f"ALTER TABLE {qualified(table.name)} {adds}"]
+    on_cluster = f" ON CLUSTER {_quote(cluster)}"
+    return [f"ALTER TABLE {qualified(name)}{on_cluster} {adds}" for name in (table.local, table.name)]
 
 
 def without_on_cluster(statement: str) -> str:

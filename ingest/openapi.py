@@ -32,6 +32,10 @@ _DESCRIPTIONS = {
     "timestamp": "Client clock (RFC 3339 or epoch ms), corrected with the batch's sentAt when given; "
     "refused outside the accepted event-time window.",
     "fatal": "For error events; true when absent.",
+    "renditionWidth": "Width in pixels of the rendition playing (the decoded picture).",
+    "renditionHeight": "Height in pixels of the rendition playing (the decoded picture).",
+    "playerWidth": "The player's displayed width in device pixels (CSS pixels x devicePixelRatio).",
+    "playerHeight": "The player's displayed height in device pixels (CSS pixels x devicePixelRatio).",
     "properties": "Free-form custom dimensions, bounded in keys, depth and size.",
     "cmcd": "CTA-5004 Common Media Client Data keys; other keys are dropped.",
 }

@@ -39,6 +39,7 @@ ErrorMessageStr = Annotated[str, Meta(max_length=event_format.ERROR_MESSAGE_MAX_
 EpochMs = Annotated[int, Meta(ge=event_format.TIMESTAMP_MIN_MS, le=event_format.TIMESTAMP_MAX_MS)]
 Rfc3339 = Annotated[datetime, Meta(tz=True)]
 NonNegativeInt = Annotated[int, Meta(ge=0, le=event_format.INT_MAX)]
+Pixels = Annotated[int, Meta(ge=event_format.PIXELS_MIN, le=event_format.PIXELS_MAX)]
 # ``properties``: every bound but the encoded size is in the type, checked by msgspec in C while it
 # decodes (nothing deeper than the limit is ever decoded). Integers within ±INT_MAX: the stream
 # worker encodes properties with orjson, which refuses integers over 64 bits, and the clients are
@@ -133,6 +134,10 @@ class Event(msgspec.Struct, rename="camel", gc=False):
     video_id: VideoIdStr | UnsetType = UNSET
     position_ms: NonNegativeInt | UnsetType = UNSET
     bitrate_kbps: NonNegativeInt | UnsetType = UNSET
+    rendition_width: Pixels | UnsetType = UNSET
+    rendition_height: Pixels | UnsetType = UNSET
+    player_width: Pixels | UnsetType = UNSET
+    player_height: Pixels | UnsetType = UNSET
     error_code: ErrorCodeStr | UnsetType = UNSET
     error_message: ErrorMessageStr | UnsetType = UNSET
     fatal: bool | UnsetType = UNSET

@@ -147,7 +147,12 @@ _SMOOTHNESS = (
     "100 / (1 + 10 * rebuffer_duration_ms / greatest(watch_time_ms, 1))"
     " / (1 + rebuffer_count * 30000 / greatest(watch_time_ms, 1))"
 )
+# Mux's published Video Quality Score: 100 * exp(-0.33 * (0.15 * Um + 0.85 * Ua)), Um the view's
+# largest and Ua its playing-time-weighted average upscaling (fractions: 0.5 = 50 %); 85 for 50 %
+# upscaling throughout. Defined for views with known picture sizes (the ``scaled`` flag).
+_VIDEO_QUALITY = "100 * exp(-0.33 * (0.15 * max_upscale + 0.85 * upscale_ms / greatest(scale_time_ms, 1)))"
 _VIEW_SCORES = {
+    "video_quality_score": _VIDEO_QUALITY,
     "playback_success_score": _PLAYBACK_SUCCESS,
     "startup_time_score": _STARTUP,
     "smoothness_score": _SMOOTHNESS,
@@ -196,15 +201,42 @@ SOURCES: dict[str, Source] = {
             "completion": "completion",
             "event_count": "event_count",
             "watch_time_minutes": "watch_time_ms / 60000",
+            # Seek latency and picture quality (streams 0007): per-view sums; time-weighted
+            # figures are ratios of their sums over views.
+            "seek_count": "seek_count",
+            "seek_latency_sum_ms": "seek_latency_ms",
+            "seek_latency_per_view_ms": "seek_latency_ms / greatest(seek_count, 1)",
+            "bitrate_time_ms": "bitrate_time_ms",
+            "bitrate_kbps_ms": "bitrate_kbps_ms",
+            "scale_time_ms": "scale_time_ms",
+            "upscale_percent_ms": "upscale_ms * 100",
+            "downscale_percent_ms": "downscale_ms * 100",
+            "max_upscale_percent": "max_upscale * 100",
+            "max_downscale_percent": "max_downscale * 100",
             **_VIEW_SCORES,
         },
         flags={
+            "seeked": "seek_count > 0",
+            "scaled": "scale_time_ms > 0",
+            "has_bitrate": "bitrate_time_ms > 0",
             "has_view_start": "has_view_start",
             "started": "started",
             "start_failure": "start_failure",
             "playback_failure": "playback_failure",
             "exit_before_start": "exit_before_start",
         },
+        rows_per_second=30,
+    ),
+    # One row per view and minute it spent playing or rebuffering (streams 0008): a view's minutes
+    # count while it plays, not when it closes. Distinct sessions of a minute bucket are the
+    # minute's concurrent viewers; of a coarser bucket, the views that played during it.
+    "view_minutes": Source(
+        key="view_minutes",
+        label="Watching minutes (one row per view and minute it spent playing or rebuffering)",
+        table=warehouse.VIEW_MINUTES,
+        time_column="minute_ts",
+        dimensions=_VIEW_DIMENSIONS,
+        measures={"session_id": "session_id", "user_id": "user_id", "video_id": "video_id"},
         rows_per_second=30,
     ),
 }

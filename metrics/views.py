@@ -40,6 +40,8 @@ QOE_METRICS = (
     "playback_success_score",
     "startup_time_score",
     "smoothness_score",
+    "video_quality_score",
+    "concurrent_viewers",
     "views",
     "unique_viewers",
     "watch_time_ms",
@@ -50,6 +52,11 @@ QOE_METRICS = (
     "rebuffer_ratio",
     "rebuffer_count",
     "rebuffer_frequency",
+    "seek_latency",
+    "upscale_percentage",
+    "downscale_percentage",
+    "max_upscale_percentage",
+    "average_bitrate_kbps",
     "playback_failure_rate",
     "errors",
     "events",
@@ -67,7 +74,7 @@ CONTRIBUTION_SCORE = "viewer_experience_score"
 CONTRIBUTORS_SHOWN = 5
 CONTRIBUTORS_GROUPS = 1000
 BREAKDOWN_DIMENSIONS = ("country", "device", "os", "browser", "cdn", "player", "videoId")
-LIVE_METRICS = ("events", "errors", "views")
+LIVE_METRICS = ("concurrent_viewers", "events", "errors", "views")
 
 RANGES: dict[str, tuple[str, timedelta]] = {
     "1h": ("Last hour", timedelta(hours=1)),

@@ -15,7 +15,12 @@ Tables (all ``MergeTree`` family, event times ``DateTime64(3, 'UTC')``):
     ReplacingMergeTree, ``PARTITION BY toYYYYMM(start_ts)``, ``ORDER BY (video_id, start_ts,
     session_id)``, TTL 400 days. A view counts in the bucket of its ``start_ts``. Small (one row
     per view), so quantiles (startup time p50/p95) and exact distinct counts (unique viewers) are
-    computed here directly.
+    computed here directly. Migration 0007 adds seek latency and picture-quality sums.
+
+``view_minutes`` -- one row per view and minute it spent playing or rebuffering, written while
+    the view plays (migration 0008, DDL only: no Django model). MergeTree, ``PARTITION BY
+    toYYYYMMDD(minute_ts)``, ``ORDER BY (minute_ts, video_id, session_id)``, TTL 30 days.
+    ``concurrent_viewers``: ``uniqExact(session_id)`` per bucket of ``minute_ts``.
 
 ``event_rollup_minute`` / ``event_rollup_hour`` -- SummingMergeTree fed by materialized views
     on ``events``: ``events``, ``errors`` (``type = 'error'``), ``fatal_errors``, ``late_events``
@@ -132,6 +137,17 @@ class ViewSummary(models.ClickhouseModel):
     kafka_partition = models.UInt16Field()
     kafka_offset = models.UInt64Field()
     kafka_topic_id = models.StringField(low_cardinality=True, default="")  # migration 0003
+    # Migration 0007 (analytics_platform.warehouse.VIEW_QUALITY_COLUMNS says what each holds).
+    seek_count = models.UInt32Field(default=0)
+    seek_latency_ms = models.UInt64Field(default=0)
+    bitrate_time_ms = models.UInt64Field(default=0)
+    bitrate_kbps_ms = models.Float64Field(default=0)
+    max_bitrate_kbps = models.UInt64Field(default=0)
+    scale_time_ms = models.UInt64Field(default=0)
+    upscale_ms = models.Float64Field(default=0)
+    downscale_ms = models.Float64Field(default=0)
+    max_upscale = models.Float64Field(default=0)
+    max_downscale = models.Float64Field(default=0)
 
     class Meta:
         db_table = "view_summaries"

@@ -88,7 +88,7 @@ from quixstreams.sinks.base import BatchingSink, SinkBackpressureError
 
 from analytics_platform import tracing, warehouse
 from streams.clickhouse_errors import FailureClass, RowEncodingError, error_code, failure_classify
-from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, Output
+from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, VIEW_MINUTE_COLUMNS, Output
 from streams.sink_dead_letters import RejectedRows, rejected_row_dead_letter
 
 logger = logging.getLogger(__name__)
@@ -141,13 +141,16 @@ class _Table:
 _TABLES: tuple[_Table, ...] = (
     _Table(warehouse.EVENTS, "events", EVENT_COLUMNS, "event_id", "ts"),
     _Table(warehouse.VIEW_SUMMARIES, "views", VIEW_COLUMNS, "session_id", "start_ts"),
+    # view_minutes: toYYYYMMDD(minute_ts), no materialized view. Its key is not unique within a
+    # message (a view's minutes share the session): the boundary match counts them (a multiset).
+    _Table(warehouse.VIEW_MINUTES, "view_minutes", VIEW_MINUTE_COLUMNS, "session_id", "minute_ts"),
 )
 # Isolation and the splitter read a row's source from its last two values.
 assert all(table.columns[-2:] == ("kafka_partition", "kafka_offset") for table in _TABLES)
 
 # The DateTime64(3) columns of the rows (epoch milliseconds there). ClickHouse reads a JSON
 # integer for a DateTime64 as *seconds*, so they are sent as seconds with a fraction (see below).
-DATETIME64_COLUMNS = frozenset({"ts", "client_ts", "received_at", "start_ts", "end_ts"})
+DATETIME64_COLUMNS = frozenset({"ts", "client_ts", "received_at", "start_ts", "end_ts", "minute_ts"})
 _TRANSPOSE_BLOCK = 2000  # rows per C-level transposition step in ``json_columns_insert``
 _ERROR_TEXT_LIMIT = 2000  # a server error may quote the query, which holds the whole chunk
 
@@ -338,7 +341,7 @@ class ClickHouseSink(BatchingSink):
             chunk.outputs[partition] = [value]
         else:
             outputs.append(value)
-        chunk.rows += len(value.events) + len(value.views)
+        chunk.rows += len(value.events) + len(value.views) + len(value.view_minutes)
         if tracing.ENABLED and len(chunk.links) < tracing.MAX_LINKS:
             link = tracing.current_link()
             if link is not None:
@@ -422,12 +425,16 @@ class ClickHouseSink(BatchingSink):
             topic_id = self._topic_ids[chunk.topic] = self._topic_id_get(chunk.topic)
         # Both tables at once: the server spends most of an INSERT's time in its own threads (parsing,
         # the materialized views, writing parts), and the checkpoint waits for the slower of the two.
-        events_table, views_table = _TABLES
-        side = self._side.submit(self._table_write, views_table, chunk, topic_id)
+        events_table, views_table, minutes_table = _TABLES
+        side = self._side.submit(self._tables_write, (views_table, minutes_table), chunk, topic_id)
         try:
             self._table_write(events_table, chunk, topic_id)
         finally:
             side.result()  # never leave a write running into the next chunk; re-raises its failure
+
+    def _tables_write(self, tables: tuple[_Table, ...], chunk: _Chunk, topic_id: str) -> None:
+        for table in tables:  # the two small tables, one after the other on the side thread
+            self._table_write(table, chunk, topic_id)
 
     def _table_write(self, table: _Table, chunk: _Chunk, topic_id: str) -> None:
         with self._write_span(table.name, chunk) as span:

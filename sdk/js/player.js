@@ -214,6 +214,8 @@
   // --- Player adapters (feature-detected: no hard dependency) -------------------------------
   function kbps(bps) { return bps > 0 ? Math.round(bps / 1000) : undefined; }
   function round100(n) { return n >= 0 && isFinite(n) ? Math.round(n / 100) * 100 : undefined; }
+  // A picture size as API.md bounds it (1 to 32768 pixels); 0 before metadata: left out.
+  function px(n) { n = Math.round(n); return n >= 1 && n <= 32768 ? n : undefined; }
 
   /** hls.js: level switches, errors, fragment durations, its bandwidth estimate. */
   function hlsAdapter(hls, report) {
@@ -236,6 +238,7 @@
     return {
       name: "hls.js",
       bitrate: function () { var l = level(); return l ? kbps(l.bitrate) : undefined; },
+      rendition: level,
       cmcd: function () {
         var top = 0;
         (hls.levels || []).forEach(function (l) { if (l.bitrate > top) top = l.bitrate; });
@@ -269,6 +272,7 @@
     return {
       name: "shaka",
       bitrate: function () { var t = active(); return t ? kbps(t.bandwidth) : undefined; },
+      rendition: active,
       cmcd: function () {
         var top = 0;
         player.getVariantTracks().forEach(function (v) { if (v.bandwidth > top) top = v.bandwidth; });
@@ -287,7 +291,8 @@
   /** video.js: its error object, and quality levels (built into video.js 8) for the bitrate. */
   function videojsAdapter(player, report) {
     var levels = typeof player.qualityLevels === "function" ? player.qualityLevels() : null;
-    function current() { var l = levels && levels[levels.selectedIndex]; return l ? kbps(l.bitrate) : undefined; }
+    function selected() { return (levels && levels[levels.selectedIndex]) || null; }
+    function current() { var l = selected(); return l ? kbps(l.bitrate) : undefined; }
     function onChange() { var b = current(); if (b) report.bitrate(b); }
     function onError() {
       var e = player.error() || {};
@@ -298,6 +303,7 @@
     return {
       name: "video.js",
       bitrate: current,
+      rendition: selected,
       cmcd: function () {
         var type = (typeof player.currentType === "function" && player.currentType()) || "";
         return { sf: /mpegurl/i.test(type) ? "h" : /dash/i.test(type) ? "d" : undefined };
@@ -411,12 +417,25 @@
         return c;
       }
 
+      // The decoded picture (the element's own, else the player's current level) and the
+      // player's displayed size in device pixels, for upscaling (README "QoE scores").
+      function picture(e) {
+        var l = adapter && adapter.rendition ? adapter.rendition() : null;
+        var own = px(media.videoWidth) && px(media.videoHeight);
+        var rw = px(own ? media.videoWidth : l && l.width), rh = px(own ? media.videoHeight : l && l.height);
+        var dpr = (win && win.devicePixelRatio) || 1;
+        var pw = px(media.clientWidth * dpr), ph = px(media.clientHeight * dpr);
+        if (rw && rh) { e.renditionWidth = rw; e.renditionHeight = rh; }
+        if (pw && ph) { e.playerWidth = pw; e.playerHeight = ph; }
+      }
+
       function emit(type, extra) {
         if (!consent || !sessionId) return;
         var e = { eventId: uuid(), type: type, userId: user(), sessionId: sessionId, videoId: videoId, timestamp: clock.now() };
         var p = position();
         if (p !== undefined) e.positionMs = p;
         if (bitrate) e.bitrateKbps = bitrate;
+        picture(e);
         DIMENSIONS.forEach(function (k) { if (dims[k]) e[k] = String(dims[k]); });
         var props = Object.assign({}, o.properties || {}, opts.properties || {});
         var d = media.duration;

@@ -11,13 +11,14 @@ No Kafka or ClickHouse code lives here (Snuba-style); ``streams/app.py`` wires i
 
 from streams.processors.decoding import PoisonError, event_row, message_rows, tick_decode, tick_message
 from streams.processors.partition import Output, PartitionProcessor, ProcessorConfig
-from streams.processors.rows import EVENT_COLUMNS, VIEW_COLUMNS
+from streams.processors.rows import EVENT_COLUMNS, VIEW_COLUMNS, VIEW_MINUTE_COLUMNS
 from streams.processors.state import StateStore, state_encode
 from streams.processors.views import video_error_id, video_watched_id, view_summarize
 
 __all__ = [
     "EVENT_COLUMNS",
     "VIEW_COLUMNS",
+    "VIEW_MINUTE_COLUMNS",
     "Output",
     "PartitionProcessor",
     "PoisonError",

@@ -45,6 +45,7 @@ class PoisonError(ValueError):
 _CUSTOM_TYPE = re.compile(ef.CUSTOM_TYPE_PATTERN)
 _Ts = Annotated[int, Meta(ge=ef.TIMESTAMP_MIN_MS, le=ef.TIMESTAMP_MAX_MS)]
 _Int = Annotated[int, Meta(ge=0, le=ef.INT_MAX)]
+_Pixels = Annotated[int, Meta(ge=ef.PIXELS_MIN, le=ef.PIXELS_MAX)]
 _Dimension = Annotated[str, Meta(max_length=ef.DIMENSION_MAX_CHARS)]
 
 
@@ -66,6 +67,10 @@ class EventIn(msgspec.Struct, gc=False):
     videoId: Annotated[str, Meta(max_length=ef.VIDEO_ID_MAX_CHARS)] | None = None
     positionMs: _Int | None = None
     bitrateKbps: _Int | None = None
+    renditionWidth: _Pixels | None = None
+    renditionHeight: _Pixels | None = None
+    playerWidth: _Pixels | None = None
+    playerHeight: _Pixels | None = None
     errorCode: Annotated[str, Meta(max_length=ef.ERROR_CODE_MAX_CHARS)] | None = None
     errorMessage: Annotated[str, Meta(max_length=ef.ERROR_MESSAGE_MAX_CHARS)] | None = None
     fatal: bool | None = None
@@ -101,8 +106,13 @@ _raw_message = msgspec.json.Decoder(_RawMessage)
 _event_in = msgspec.json.Decoder(EventIn)
 _ERROR_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 
-# A user's validated events: (row, properties) pairs, in message order.
-RowGroups = list[tuple[str, list[tuple[tuple[Any, ...], dict[str, Any] | None]]]]
+# An event's picture sizes: (renditionWidth, renditionHeight, playerWidth, playerHeight), each None
+# when absent; None for an event with none of them (most events, and every older client's).
+Picture = tuple[int | None, int | None, int | None, int | None] | None
+# A user's validated events: (row, properties, picture) triples, in message order. The picture is
+# not a column of ``events``: only the view summaries use it (README, "QoE scores").
+UserRows = list[tuple[tuple[Any, ...], dict[str, Any] | None, Picture]]
+RowGroups = list[tuple[str, UserRows]]
 
 
 TICK_MAX_BYTES = 64  # a tick is ``{"v":1,"tick":<13 digits>}``: only short messages are checked for one
@@ -155,7 +165,7 @@ def message_rows(value: bytes, *, key: bytes | None, partition: int, offset: int
         message = _message_in.decode(value)
         return MessageRows(_rows_fast(message, partition, offset), [], message.replay)
     envelope, raw_events = _envelope_events(value)
-    by_user: dict[str, list[tuple[tuple[Any, ...], dict[str, Any] | None]]] = {}
+    by_user: dict[str, UserRows] = {}
     dead: list[dict[str, Any]] = []
     for raw in raw_events:
         try:
@@ -167,7 +177,7 @@ def message_rows(value: bytes, *, key: bytes | None, partition: int, offset: int
         rows = by_user.get(event.userId)
         if rows is None:
             rows = by_user[event.userId] = []
-        rows.append((row, event.properties))
+        rows.append((row, event.properties, _picture(event)))
     return MessageRows(list(by_user.items()), dead, envelope.replay is True)
 
 
@@ -253,13 +263,18 @@ def _rows_fast(message: _MessageIn, partition: int, offset: int) -> RowGroups:
             raise PoisonError(dl.INVALID_MESSAGE, "not a valid v1 message")  # the slow path says what exactly
     elif version != ef.BATCH_VERSION:
         raise PoisonError(dl.UNKNOWN_VERSION, "unknown version")
-    by_user: dict[str, list[tuple[tuple[Any, ...], dict[str, Any] | None]]] = {}
+    by_user: dict[str, UserRows] = {}
     for event in message.events:
         rows = by_user.get(event.userId)
         if rows is None:
             rows = by_user[event.userId] = []
-        rows.append((_struct_row(event, partition, offset), event.properties))
+        rows.append((_struct_row(event, partition, offset), event.properties, _picture(event)))
     return list(by_user.items())
+
+
+def _picture(event: EventIn) -> Picture:
+    sizes = (event.renditionWidth, event.renditionHeight, event.playerWidth, event.playerHeight)
+    return None if sizes == (None, None, None, None) else sizes
 
 
 def _struct_row(event: EventIn, partition: int, offset: int) -> tuple[Any, ...]:

@@ -60,13 +60,14 @@ from streams.processors.rows import CLIENT_TS as _CLIENT_TS
 from streams.processors.rows import FATAL as _FATAL
 from streams.processors.rows import ID as _ID
 from streams.processors.rows import LATE as _LATE
+from streams.processors.rows import MINUTE_MS
 from streams.processors.rows import RECEIVED_AT as _RECEIVED_AT
 from streams.processors.rows import SESSION as _SESSION
 from streams.processors.rows import TS as _TS
 from streams.processors.rows import TYPE as _TYPE
 from streams.processors.rows import VIDEO as _VIDEO
 from streams.processors.state import StateCache, StateStore
-from streams.processors.views import VIEW_ENDS, video_error, view_close, view_event_add
+from streams.processors.views import VIEW_ENDS, video_error, view_close, view_event_add, view_minutes_due
 
 TIMER_BUCKETS = 256
 DEDUP_BUCKET_MS = 600_000  # eventId hashes are stored per user per 10 minutes of client time
@@ -99,6 +100,7 @@ class Output:
     offset: int
     events: list[tuple[Any, ...]] = field(default_factory=list)
     views: list[tuple[Any, ...]] = field(default_factory=list)
+    view_minutes: list[tuple[Any, ...]] = field(default_factory=list)  # ``VIEW_MINUTE_COLUMNS`` order
     video_watched: list[dict[str, Any]] = field(default_factory=list)
     video_errors: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
@@ -227,7 +229,7 @@ class PartitionProcessor:
             closed: dict[str, int] = {}
             seen_buckets: dict[int, set[int]] = {}
             received = [0]
-            for valid_row, properties in rows:
+            for valid_row, properties, picture in rows:
                 row = valid_row
                 if user_state is None:
                     # Loaded at the first valid event: a group of only bad events touches no state.
@@ -269,7 +271,7 @@ class PartitionProcessor:
                     out.late += 1
                 out.events.append(row)
                 if view is not None:
-                    view_event_add(view, row, properties)
+                    view_event_add(view, row, properties, picture)
                     if row[_TYPE] in VIEW_ENDS:
                         earlier.add(user)
                     stored = len(view["e"])
@@ -286,7 +288,16 @@ class PartitionProcessor:
             store.set(PARTITION_PREFIX, "wm", watermark)
         # Views that are due now are closed by the timers below: a user's armed timer is never later
         # than its earliest view deadline, so closing them here too would only repeat the work.
+        settled_by = watermark - cfg.grace_ms
         for user, prefix, user_state, seen_buckets, received in touched:
+            for session, view in user_state["views"].items():
+                # Cheap test first: only a view with a newly settled minute is read (README "QoE
+                # scores": concurrent viewers are counted while the views play, not when they close).
+                settled = min(view["last"], settled_by)
+                if settled - view.get("pm", 0) >= MINUTE_MS:
+                    out.view_minutes += view_minutes_due(
+                        session, user, view, settled=settled, partition=partition, offset=offset
+                    )
             self._seen_save(store, prefix, user_state, seen_buckets, watermark, max(watermark, received[0]))
             # Only a new view or an end can bring a user's deadline forward (later events of a view
             # and a later watermark move it back): otherwise an armed timer is early enough as it
@@ -476,8 +487,9 @@ class PartitionProcessor:
         self._view_emit(session, user, view, out)
 
     def _view_emit(self, session: str, user: str, view: dict[str, Any], out: Output) -> None:
-        row, watched = view_close(session, user, view, partition=out.partition, offset=out.offset)
+        row, watched, minutes = view_close(session, user, view, partition=out.partition, offset=out.offset)
         out.views.append(row)
+        out.view_minutes += minutes
         out.video_watched.append(watched)
 
 

@@ -62,9 +62,37 @@ VIEW_COLUMNS: tuple[str, ...] = (
     "event_count",
     "close_reason",
     "video_watched_id",
+    # Seek latency and picture quality (streams 0007, after kafka_topic_id in the table).
+    "seek_count",
+    "seek_latency_ms",
+    "bitrate_time_ms",
+    "bitrate_kbps_ms",
+    "max_bitrate_kbps",
+    "scale_time_ms",
+    "upscale_ms",
+    "downscale_ms",
+    "max_upscale",
+    "max_downscale",
     "kafka_partition",
     "kafka_offset",
 )
+
+# One row per view per minute in which it was playing or rebuffering (concurrent viewers).
+VIEW_MINUTE_COLUMNS: tuple[str, ...] = (
+    "minute_ts",
+    "session_id",
+    "user_id",
+    "video_id",
+    "device",
+    "os",
+    "browser",
+    "country",
+    "cdn",
+    "player",
+    "kafka_partition",
+    "kafka_offset",
+)
+MINUTE_MS = 60_000
 
 
 # Indexes into an ``events`` row, for the hot paths.
@@ -77,6 +105,7 @@ VIDEO = EVENT_COLUMNS.index("video_id")
 CLIENT_TS = EVENT_COLUMNS.index("client_ts")
 RECEIVED_AT = EVENT_COLUMNS.index("received_at")
 POSITION = EVENT_COLUMNS.index("position_ms")
+BITRATE = EVENT_COLUMNS.index("bitrate_kbps")
 ERROR_CODE = EVENT_COLUMNS.index("error_code")
 ERROR_MESSAGE = EVENT_COLUMNS.index("error_message")
 FATAL = EVENT_COLUMNS.index("fatal")
@@ -87,4 +116,6 @@ OFFSET = EVENT_COLUMNS.index("kafka_offset")
 DIMENSION_NAMES: tuple[str, ...] = ("device", "os", "browser", "country", "cdn", "player")
 DIMS = slice(EVENT_COLUMNS.index("device"), EVENT_COLUMNS.index("player") + 1)
 assert EVENT_COLUMNS[DIMS] == DIMENSION_NAMES
-assert EVENT_COLUMNS[-1] == VIEW_COLUMNS[-1] == "kafka_offset"  # the sink reads a row's offset last
+assert (
+    EVENT_COLUMNS[-1] == VIEW_COLUMNS[-1] == VIEW_MINUTE_COLUMNS[-1] == "kafka_offset"
+)  # the sink reads a row's offset last

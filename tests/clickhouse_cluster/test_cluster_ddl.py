@@ -11,6 +11,8 @@ Not checked (not possible here, see README): ON CLUSTER execution, replication, 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,25 @@ def _broken_cases() -> dict[str, list[str]]:
     }
 
 
+UPGRADED = "upgrade_0007"  # a view_summaries built before streams 0007, on a name of its own
+
+
+def _upgrade_statements() -> list[str]:
+    """A cluster's view_summaries as streams 0006 built it before 0007, then 0007's DDL, twice."""
+    views = warehouse.table_named(warehouse.VIEW_SUMMARIES)
+    old = tuple(c for c in views.columns if c not in warehouse.VIEW_QUALITY_COLUMNS)
+    before = dataclasses.replace(views, name=UPGRADED, columns=old)
+    migration = importlib.import_module("streams.migrations.0007_view_quality_columns")
+    adds = warehouse.add_columns_statements(before, migration._COLUMNS, CLUSTER, DB)
+    assert all(f" ON CLUSTER {_literal(CLUSTER)} ADD COLUMN IF NOT EXISTS " in s for s in adds), adds
+    parse = [f"SELECT formatQuery({_literal(s)})" for s in adds]
+    # A Replicated table of this chdb takes no ALTER (its replicas stay read-only: no replication
+    # threads), so the local table is its unreplicated engine here; the columns DDL is the same.
+    local, distributed = warehouse.cluster_table_statements(before, CLUSTER, DB)
+    local = re.sub(r"Replicated(\w+)\('[^']*', '[^']*'", r"\1(", local).replace("MergeTree()", "MergeTree")
+    return [*parse, *(warehouse.without_on_cluster(s) for s in (local, distributed, *adds, *adds))]
+
+
 @pytest.fixture(scope="module")
 def run(zookeeper: ZooKeeper, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Everything in one chdb process (a chdb start is seconds): tagged statements -> results."""
@@ -90,6 +111,14 @@ def run(zookeeper: ZooKeeper, tmp_path_factory: pytest.TempPathFactory) -> dict[
     )
     for case, statements in _broken_cases().items():
         tagged += [(f"case:{case}:{i}", s) for i, s in enumerate(statements)]
+    tagged += [(f"upgrade:{i}", s) for i, s in enumerate(_upgrade_statements())]
+    tagged.append(
+        (
+            "upgrade:columns",
+            f"SELECT table, name, type FROM system.columns WHERE database = '{DB}'"
+            f" AND table LIKE '{UPGRADED}%' ORDER BY table, position",
+        )
+    )
     config = chdb_config(root / "config.xml", zookeeper)
     results = chdb_run(Path(root / "db"), config, [s for _, s in tagged])
     return {
@@ -137,13 +166,26 @@ def test_distributed_tables_have_the_local_tables_columns(run: dict[str, Any]) -
         assert columns[table.name] == columns[table.local] == list(table.columns), table.name
 
 
+def test_the_0007_columns_reach_an_existing_cluster_table_and_its_distributed_table(run: dict[str, Any]) -> None:
+    steps = [r for tag, r in run["results"].items() if tag.startswith("upgrade:") and tag != "upgrade:columns"]
+    assert len(steps) == 8 and all(r["ok"] for r in steps), [
+        (i, r["error"][:60]) for i, r in enumerate(steps) if not r["ok"]
+    ]
+    columns: dict[str, list[tuple[str, str]]] = {}
+    for table_name, name, kind in _ok(run["results"]["upgrade:columns"]):
+        columns.setdefault(table_name, []).append((name, kind))
+    expected = list(warehouse.table_named(warehouse.VIEW_SUMMARIES).columns)
+    assert columns == {UPGRADED: expected, UPGRADED + warehouse.LOCAL_SUFFIX: expected}
+
+
 def test_sharding_keys_keep_a_kafka_partition_together(run: dict[str, Any]) -> None:
     engines = {name: full for name, _, full in _ok(run["results"]["tables"])}
-    # The raw tables: by Kafka partition (ingest partitions by user): a view's rows on one shard.
-    for name in (warehouse.EVENTS, warehouse.VIEW_SUMMARIES):
+    # The tables the sink writes: by Kafka partition (ingest partitions by user): a view's rows on one shard.
+    written = (warehouse.EVENTS, warehouse.VIEW_SUMMARIES, warehouse.VIEW_MINUTES)
+    for name in written:
         assert engines[name].endswith(", kafka_partition)"), engines[name]
     # Rollups: written by each shard's views only; no key, so a direct INSERT is refused.
-    rollups = [t for t in warehouse.tables() if t.name not in (warehouse.EVENTS, warehouse.VIEW_SUMMARIES)]
+    rollups = [t for t in warehouse.tables() if t.name not in written]
     assert rollups and all(engines[t.name].endswith(f"'{t.local}')") for t in rollups)
 
 

@@ -38,6 +38,7 @@ API_TO_COL = {
 # The column order the stream sink writes: the generated rows match the real ones.
 EVENT_COLUMNS = processors.EVENT_COLUMNS
 VIEW_COLUMNS = processors.VIEW_COLUMNS
+VIEW_MINUTE_COLUMNS = processors.VIEW_MINUTE_COLUMNS
 
 
 @dataclass
@@ -45,11 +46,15 @@ class Dataset:
     base: datetime
     views: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    minutes: list[dict[str, Any]] = field(default_factory=list)  # view_minutes rows
 
 
 def generate(*, base: datetime, n_views: int = 600, days: int = 3, seed: int = 7) -> Dataset:
     """Views spread over ``days`` days from ``base``, each with a plausible event sequence."""
     rng = random.Random(seed)
+    # The seek and picture columns (streams 0007) draw from a generator of their own, so the
+    # other columns stay what they were for a seed.
+    picture_rng = random.Random(f"{seed}-picture")
     data = Dataset(base=base)
     users = [f"user-{i}" for i in range(80)]
     videos = [f"video-{i}" for i in range(9)]
@@ -93,6 +98,7 @@ def generate(*, base: datetime, n_views: int = 600, days: int = 3, seed: int = 7
             "event_count": 0,
             "close_reason": "ended",
             "video_watched_id": uuid.UUID(int=rng.getrandbits(128)),
+            **_seek_and_picture(picture_rng, watch if started else 0),
             "kafka_partition": 0,
             "kafka_offset": i,
         }
@@ -131,7 +137,38 @@ def generate(*, base: datetime, n_views: int = 600, days: int = 3, seed: int = 7
             moment += timedelta(milliseconds=rng.randrange(1, 20_000))
         view["event_count"] = len(types)
         data.views.append(view)
+        if started:  # watching from the first frame for ``watch`` ms: one row per minute it touches
+            first = start + timedelta(milliseconds=startup)
+            last = first + timedelta(milliseconds=watch - 1)
+            minute = first.replace(second=0, microsecond=0)
+            while minute <= last:
+                data.minutes.append(
+                    {"minute_ts": minute, "session_id": session, "user_id": user, "video_id": video, **dims}
+                    | {"kafka_partition": 0, "kafka_offset": i}
+                )
+                minute += timedelta(minutes=1)
     return data
+
+
+def _seek_and_picture(rng: random.Random, watch: int) -> dict[str, Any]:
+    """The streams 0007 columns of a view that played for ``watch`` ms (all 0 when it never did)."""
+    seeks = rng.choice([0, 0, 1, 3]) if watch else 0
+    playing = watch - rng.randrange(0, watch // 10 + 1) if watch else 0
+    scale_time = playing if rng.random() < 0.7 else 0  # sizes known for some views only
+    bitrate_time = playing if rng.random() < 0.8 else 0
+    average_up, average_down = rng.choice([0.0, 0.25, 1.0]), rng.choice([0.0, 0.5])
+    return {
+        "seek_count": seeks,
+        "seek_latency_ms": sum(rng.randrange(50, 3000) for _ in range(seeks)),
+        "bitrate_time_ms": bitrate_time,
+        "bitrate_kbps_ms": float(bitrate_time * rng.randrange(300, 8000)),
+        "max_bitrate_kbps": rng.randrange(300, 8000) if bitrate_time else 0,
+        "scale_time_ms": scale_time,
+        "upscale_ms": scale_time * average_up,
+        "downscale_ms": scale_time * average_down,
+        "max_upscale": average_up * rng.choice([1, 2]) if scale_time else 0.0,
+        "max_downscale": average_down if scale_time else 0.0,
+    }
 
 
 def insert(client: Any, data: Dataset) -> None:
@@ -142,6 +179,10 @@ def insert(client: Any, data: Dataset) -> None:
     client.execute(
         f"INSERT INTO view_summaries ({', '.join(VIEW_COLUMNS)}) VALUES",
         [tuple(v[c] for c in VIEW_COLUMNS) for v in data.views],
+    )
+    client.execute(
+        f"INSERT INTO view_minutes ({', '.join(VIEW_MINUTE_COLUMNS)}) VALUES",
+        [tuple(m[c] for c in VIEW_MINUTE_COLUMNS) for m in data.minutes],
     )
 
 
@@ -182,6 +223,12 @@ def _smoothness_score(r: dict) -> float:
     watched = max(r["watch_time_ms"], 1)
     per_minute = r["rebuffer_count"] / (watched / 60_000)
     return 100 / (1 + 10 * r["rebuffer_duration_ms"] / watched) / (1 + per_minute / 2)
+
+
+def _video_quality_score(r: dict) -> float:
+    # Mux's: 100 * e^(-0.33 * (0.15 * max upscaling + 0.85 * time-weighted average upscaling)).
+    average = r["upscale_ms"] / r["scale_time_ms"]
+    return 100 * math.exp(-0.33 * (0.15 * r["max_upscale"] + 0.85 * average))
 
 
 def _experience_score(r: dict) -> float:
@@ -240,6 +287,37 @@ TRUTH: dict[str, tuple[str, Callable[[list[dict]], Any], bool]] = {
         False,
     ),
     "rebuffer_count": ("views", lambda rows: sum(r["rebuffer_count"] for r in rows), True),
+    "concurrent_viewers": ("view_minutes", lambda rows: len({r["session_id"] for r in rows}), True),
+    "video_quality_score": (
+        "views",
+        lambda rows: _mean([_video_quality_score(r) for r in rows if r["scale_time_ms"] > 0]),
+        False,
+    ),
+    "upscale_percentage": (
+        "views",
+        lambda rows: _ratio(100 * sum(r["upscale_ms"] for r in rows), sum(r["scale_time_ms"] for r in rows)),
+        False,
+    ),
+    "downscale_percentage": (
+        "views",
+        lambda rows: _ratio(100 * sum(r["downscale_ms"] for r in rows), sum(r["scale_time_ms"] for r in rows)),
+        False,
+    ),
+    "max_upscale_percentage": (
+        "views",
+        lambda rows: _mean([100 * r["max_upscale"] for r in rows if r["scale_time_ms"] > 0]),
+        False,
+    ),
+    "average_bitrate_kbps": (
+        "views",
+        lambda rows: _ratio(sum(r["bitrate_kbps_ms"] for r in rows), sum(r["bitrate_time_ms"] for r in rows)),
+        False,
+    ),
+    "seek_latency": (
+        "views",
+        lambda rows: _mean([r["seek_latency_ms"] / r["seek_count"] for r in rows if r["seek_count"] > 0]),
+        False,
+    ),
     "rebuffer_frequency": (
         "views",
         lambda rows: _ratio(sum(r["rebuffer_count"] for r in rows), sum(r["watch_time_ms"] for r in rows) / 60_000),
@@ -273,10 +351,10 @@ def expected(
     wanted: dict[str, set[str]] = defaultdict(set)
     for dim, value in filters:
         wanted[API_TO_COL[dim]].add(value)
-    rows = data.views if rows_kind == "views" else data.events
+    rows = data.views if rows_kind == "views" else data.minutes if rows_kind == "view_minutes" else data.events
     if rows_kind == "error_events":  # an event-type filter selects rows, so groups without errors do not exist
         rows = [r for r in data.events if r["type"] == "error"]
-    time_key = "start_ts" if rows_kind == "views" else "ts"
+    time_key = {"views": "start_ts", "view_minutes": "minute_ts"}.get(rows_kind, "ts")
     selected = [
         r
         for r in rows

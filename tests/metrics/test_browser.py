@@ -5,6 +5,7 @@ Screenshots land in ``artifacts/screenshots/`` (git-ignored) so CI can keep them
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import uuid
@@ -39,7 +40,12 @@ def _ensure_builtins() -> None:
     if not MetricDefinition.objects.filter(builtin=True).exists():
         import importlib
 
-        for name in ("0002_builtin_metrics", "0005_qoe_scores"):
+        for name in (
+            "0002_builtin_metrics",
+            "0005_qoe_scores",
+            "0006_quality_and_seek_latency",
+            "0007_concurrent_viewers",
+        ):
             importlib.import_module(f"metrics.migrations.{name}").create_builtins(django_apps, None)
 
 
@@ -121,6 +127,12 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
             start, end = _window(timedelta(days=7), 3600)
             _assert_chart(_chart(page, "chart-views"), _truth(loaded, "views", start, end, "hour"))
             _assert_chart(_chart(page, "chart-rebuffer_ratio"), _truth(loaded, "rebuffer_ratio", start, end, "hour"))
+            concurrent = _truth(loaded, "concurrent_viewers", start, end, "hour")
+            _assert_chart(_chart(page, "chart-concurrent_viewers"), concurrent)
+            quality = _chart(page, "chart-video_quality_score")
+            want = [p["value"] for p in _truth(loaded, "video_quality_score", start, end, "hour")]
+            assert [v is None for v in quality["y"]] == [v is None for v in want] and any(v is not None for v in want)
+            assert all(g is None or math.isclose(g, w, rel_tol=1e-9) for g, w in zip(quality["y"], want, strict=True))
             page.screenshot(path=str(SCREENSHOTS / "overview-7d.png"), full_page=True)
 
             # Change the range: 30 days, per day.

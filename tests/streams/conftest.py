@@ -37,6 +37,7 @@ from tests.support.simulate import Message, Truth
 STREAM_TABLES = (
     "events",
     "view_summaries",
+    "view_minutes",
     "event_rollup_minute",
     "event_rollup_hour",
     "view_rollup_minute",
@@ -232,6 +233,8 @@ def wait_for_truth(stream: StreamEnv, truth: Truth, *, timeout: float) -> None:
 
 
 VIEW_FIGURES = (
+    "seek_count",
+    "seek_latency_ms",
     "start_ts",
     "end_ts",
     "has_view_start",
@@ -287,6 +290,11 @@ def assert_clickhouse_matches_truth(client: Any, truth: Truth) -> None:
         if got != expected:
             mismatches.append((row[0], got, expected))
     assert not mismatches, mismatches[:3]
+
+    # Concurrent viewers: each view's watching minutes, each stored exactly once.
+    minutes = client.execute("SELECT session_id, toUnixTimestamp64Milli(minute_ts) FROM view_minutes")
+    assert len(minutes) == len(set(minutes)), f"{len(minutes) - len(set(minutes))} view minutes stored twice"
+    assert sorted(minutes) == sorted((s, m) for s, v in truth.views.items() for m in v["minutes"])
 
     views = truth.views.values()
     expected_sums = (

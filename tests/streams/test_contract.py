@@ -19,6 +19,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec import UNSET
 
 from analytics_platform import event_format as ef
 from ingest import schema, services
@@ -55,7 +56,8 @@ def test_whatever_ingest_accepts_the_processor_accepts(body, received_offset):
     rows, dead = decoded.groups, decoded.dead_letters
     assert dead == [], dead
     assert not decoded.replay
-    got = {row[COLUMN["event_id"]]: row for _user, user_rows in rows for row, _properties in user_rows}
+    got = {row[COLUMN["event_id"]]: row for _user, user_rows in rows for row, _properties, _picture in user_rows}
+    pictures = {row[COLUMN["event_id"]]: picture for _user, user_rows in rows for row, _p, picture in user_rows}
     assert sorted(map(str, got)) == sorted(str(e.event_id) for e in accepted)
     for event in accepted:
         row = got[event.event_id]
@@ -65,5 +67,8 @@ def test_whatever_ingest_accepts_the_processor_accepts(body, received_offset):
         assert row[COLUMN["received_at"]] == received_at
         assert ef.TIMESTAMP_MIN_MS <= row[COLUMN["ts"]] <= ef.TIMESTAMP_MAX_MS
         assert row[COLUMN["type"]] == event.type
+        sizes = (event.rendition_width, event.rendition_height, event.player_width, event.player_height)
+        expected = None if all(s is UNSET for s in sizes) else tuple(None if s is UNSET else s for s in sizes)
+        assert pictures[event.event_id] == expected
         properties = row[COLUMN["properties"]]
         assert (orjson.loads(properties) if properties else {}) == (event.properties or {})

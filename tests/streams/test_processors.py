@@ -11,7 +11,7 @@ import pytest
 
 from analytics_platform import event_format
 from streams import dead_letters, processors
-from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, PartitionProcessor, partition, views
+from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, VIEW_MINUTE_COLUMNS, PartitionProcessor, partition, views
 from tests.support.simulate import Message, batches_coalesce, stream_generate
 from tests.support.stores import DictStore, outputs_merge
 
@@ -76,6 +76,12 @@ def test_generated_stream_gives_exactly_the_truth():
     for session, expected in truth.views.items():
         row = got[session]
         assert {k: row[k] for k in VIEW_FIGURES} == {k: expected[k] for k in VIEW_FIGURES}, session
+    # Concurrent viewers: each view's watching minutes, each exactly once, emitted as they settle
+    # or when the view closes.
+    minute, session_at = VIEW_MINUTE_COLUMNS.index("minute_ts"), VIEW_MINUTE_COLUMNS.index("session_id")
+    emitted = [(row[session_at], row[minute]) for row in out.view_minutes]
+    assert len(emitted) == len(set(emitted)), "a view's minute was emitted twice"
+    assert sorted(emitted) == sorted((s, m) for s, v in truth.views.items() for m in v["minutes"])
     assert sorted(w["id"] for w in out.video_watched) == sorted(
         str(processors.video_watched_id(s)) for s in truth.views
     )

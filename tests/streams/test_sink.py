@@ -17,12 +17,12 @@ from confluent_kafka import Producer
 from prometheus_client import REGISTRY
 from quixstreams.sinks.base import SinkBackpressureError
 
-from analytics_platform import event_format, kafka
+from analytics_platform import event_format, kafka, warehouse
 from analytics_platform.clickhouse import client_get
 from analytics_platform.devstack import processes
 from streams import dead_letters
 from streams.models import Event, ViewSummary
-from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, Output, event_row
+from streams.processors import EVENT_COLUMNS, VIEW_COLUMNS, VIEW_MINUTE_COLUMNS, Output, event_row
 from streams.sink_dead_letters import RejectedRowsProducer
 from streams.sinks import DATETIME64_COLUMNS, ClickHouseSink
 from tests.streams.conftest import STREAM_TABLES, StreamEnv
@@ -97,6 +97,16 @@ def _view(offset: int, partition: int = 3, **figures: Any) -> tuple[Any, ...]:
         "event_count": 11,
         "close_reason": "ended",
         "video_watched_id": uuid.uuid5(uuid.NAMESPACE_URL, f"view-{offset}"),
+        "seek_count": 3,
+        "seek_latency_ms": 1_234,
+        "bitrate_time_ms": 50_000,
+        "bitrate_kbps_ms": 50_000 * 2_500.5,
+        "max_bitrate_kbps": 6_000,
+        "scale_time_ms": 40_000,
+        "upscale_ms": 40_000 * 0.3333,
+        "downscale_ms": 0.0,
+        "max_upscale": 1.25,
+        "max_downscale": 0.0,
         "kafka_partition": partition,
         "kafka_offset": offset,
         **figures,
@@ -119,6 +129,9 @@ def test_datetime64_columns_are_the_models_datetime64_fields():
     fields = {
         f.column for model in (Event, ViewSummary) for f in model._meta.fields if "DateTime64" in type(f).__name__
     }
+    # view_minutes has no Django model (streams 0008 is DDL): its schema is warehouse's.
+    minutes = warehouse.table_named(warehouse.VIEW_MINUTES).columns
+    fields |= {name for name, kind in minutes if kind.startswith("DateTime64")}
     assert fields == DATETIME64_COLUMNS
 
 
@@ -157,12 +170,20 @@ def test_every_column_type_round_trips_exactly(tables):
         _view(2, completion=1.0 / 3.0, startup_time_ms=2**32 - 1, watch_time_ms=2**64 - 1, max_position_ms=-(2**63)),
         _view(3, has_view_start=False, started=False, exit_before_start=True, completion=0.0, close_reason="idle"),
     ]
+    minutes = [
+        (NOW // 60_000 * 60_000, "session-0", TRICKY, "video-0", "tv", "", "b", "FR", "c", "p", 3, 0),
+        (NOW // 60_000 * 60_000 + 60_000, "session-0", "user-0", "video-0", "tv", "", "b", "FR", "c", "p", 3, 0),
+        # Within the table's 30-day TTL: an expired row may go at any merge.
+        (NOW - 29 * 86_400_000, "session-2", "user-2", "v", *([""] * 6), 3, 2),
+        (NOW + 7, "session-3", "user-3", "v", TRICKY, *([""] * 5), 3, 3),
+    ]
     outputs = [
         Output(
             partition=3,
             offset=offset,
             events=[e for e in events if e[-1] == offset],
             views=[v for v in views if v[-1] == offset],
+            view_minutes=[m for m in minutes if m[-1] == offset],
         )
         for offset in range(4)
     ]
@@ -185,6 +206,8 @@ def test_every_column_type_round_trips_exactly(tables):
         for row in views
     ]
     assert _stored(tables, "view_summaries", (*VIEW_COLUMNS, "kafka_topic_id")) == expected_views
+    stored_minutes = _stored(tables, "view_minutes", (*VIEW_MINUTE_COLUMNS, "kafka_topic_id"))
+    assert sorted(stored_minutes) == sorted((*row, TOPIC_ID) for row in minutes)
 
 
 def test_replayed_rows_are_skipped_by_source_offset(tables):

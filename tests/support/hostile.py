@@ -71,6 +71,8 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "timestamp": times,
     "positionMs": st.integers(0, 2**40) | far_ints,
     "bitrateKbps": st.integers(0, 100_000) | far_ints,
+    "renditionHeight": st.integers(ef.PIXELS_MIN - 1, ef.PIXELS_MAX + 1) | far_ints | st.floats(0, 5000),
+    "playerWidth": st.integers(ef.PIXELS_MIN - 1, ef.PIXELS_MAX + 1) | far_ints | st.booleans(),
     "errorCode": texts,
     "errorMessage": texts | st.just("m" * (ef.ERROR_MESSAGE_MAX_CHARS + 1)),
     "fatal": st.booleans() | st.none(),

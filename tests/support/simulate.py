@@ -130,10 +130,13 @@ def _view_script(rng: random.Random, kind: str, start: int) -> tuple[list[tuple[
     startup = 0
     started = start_failure = playback_failure = False
     reason = "idle"
+    seeks = seek_latency = 0
+    watching: list[tuple[int, int]] = []  # playing or rebuffering, [from, to)
 
     def play(duration: int) -> None:
         nonlocal t, position, watch
         end = t + duration
+        watching.append((t, end))
         while t + 10_000 < end:
             t += 10_000
             position += 10_000
@@ -166,6 +169,7 @@ def _view_script(rng: random.Random, kind: str, start: int) -> tuple[list[tuple[
             if roll < 0.35:
                 events.append((t, "rebuffer_start", {"positionMs": position}))
                 duration = rng.randint(200, 6_000)
+                watching.append((t, t + duration))
                 t += duration
                 watch += duration
                 rebuffer += duration
@@ -177,7 +181,10 @@ def _view_script(rng: random.Random, kind: str, start: int) -> tuple[list[tuple[
                 events.append((t, "playing", {"positionMs": position}))
             elif roll < 0.7:
                 events.append((t, "seek", {"positionMs": position}))
-                t += rng.randint(100, 2_000)
+                wait = rng.randint(100, 2_000)
+                seeks += 1
+                seek_latency += wait
+                t += wait
                 position += 30_000
                 events.append((t, "playing", {"positionMs": position}))
             elif roll < 0.8:
@@ -216,6 +223,13 @@ def _view_script(rng: random.Random, kind: str, start: int) -> tuple[list[tuple[
         "exit_before_start": not started and not playback_failure,
         "close_reason": reason,
         "event_count": len(events),
+        "seek_count": seeks,
+        "seek_latency_ms": seek_latency,
+        # The minutes (start, ms) the view spent some time playing or rebuffering: its rows of
+        # ``view_minutes``, each once (concurrent viewers).
+        "minutes": sorted(
+            {m * 60_000 for a, b in watching if b > a for m in range(a // 60_000, (b - 1) // 60_000 + 1)}
+        ),
     }
     return events, expected
 

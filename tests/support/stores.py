@@ -37,6 +37,7 @@ def outputs_merge(outputs: Iterable[Output]) -> Output:
         merged.offset = item.offset
         merged.events += item.events
         merged.views += item.views
+        merged.view_minutes += item.view_minutes
         merged.video_watched += item.video_watched
         merged.video_errors += item.video_errors
         merged.dead_letters += item.dead_letters
