@@ -63,6 +63,8 @@ def _any_value(value: Any) -> bytes:
     if isinstance(value, str):
         return _field(b"\x0a", value.encode())
     if isinstance(value, int):
+        if not -(1 << 63) <= value < 1 << 63:
+            raise ValueError("an int attribute beyond int64")
         return b"\x18" + _varint(value)
     if isinstance(value, float):
         return b"\x21" + _pack_double(value)
@@ -79,12 +81,14 @@ def _any_value(value: Any) -> bytes:
 # operation, the topic): their encoded KeyValue is kept, up to a bound, since some values (a URL
 # path) come from clients and must not grow the cache without end.
 _KEY_VALUES_CACHED = 4096
+_CACHED_STR_LEN = 64  # with the bound above, at most a few MB however long the paths clients send
+_CACHED_TYPES = frozenset({str, int, bool})
 _key_value_cache: dict[tuple[str, type, Any], bytes] = {}
 
 
 def _key_value(key: str, value: Any) -> bytes:
     """A ``KeyValue`` message's bytes."""
-    cacheable = type(value) in {str, int, bool}
+    cacheable = type(value) in _CACHED_TYPES and (type(value) is not str or len(value) <= _CACHED_STR_LEN)
     if cacheable:
         encoded = _key_value_cache.get((key, type(value), value))  # True == 1, yet not the same value
         if encoded is not None:
@@ -99,7 +103,13 @@ def _key_values(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     """Each attribute as a ``KeyValue`` field numbered by ``tag``."""
     if not attributes:
         return b""
-    return b"".join(_field(tag, _key_value(key, value)) for key, value in attributes.items())
+    out = []
+    for key, value in attributes.items():
+        try:
+            out.append(_field(tag, _key_value(key, value)))
+        except (TypeError, ValueError):  # the SDK's encoder too drops (and logs) such an attribute alone
+            _logger.exception("Failed to encode attribute %s", key)
+    return b"".join(out)
 
 
 def _flags(parent: SpanContext | None) -> bytes:
@@ -205,11 +215,7 @@ class FastOTLPSpanExporter(OTLPSpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
             return SpanExportResult.FAILURE
-        try:
-            data = spans_encode(spans)
-        except TypeError:  # a value OTLP cannot carry (the SDK's validation lets none through)
-            _logger.exception("Failed to encode span batch")
-            return SpanExportResult.FAILURE
+        data = spans_encode(spans)
         if len(data) > self._max_request_size:
             _logger.warning("Dropping span batch: %d bytes exceeds max_request_size", len(data))
             return SpanExportResult.FAILURE

@@ -4,8 +4,9 @@ Off (``OTEL_TRACING_ENABLED=false``, the default) no tracer provider is installe
 out no-op spans, and the hot paths (the coalescer's produce, the worker's per-message step, the
 sink's INSERTs) test :data:`ENABLED` and skip their tracing code altogether, so tracing off
 costs a branch. On: one ``TracerProvider`` per process, named after the process (web, stream
-worker, Celery), an OTLP/HTTP exporter behind a ``BatchSpanProcessor`` (spans leave from its
-thread, never from a request's), and a parent-based ratio sampler.
+worker, Celery), an OTLP/HTTP exporter (our encoder, :mod:`analytics_platform.otlp_encode`) behind
+a ``BatchSpanProcessor`` (spans leave from its thread, never from a request's), and a parent-based
+ratio sampler.
 
 How a trace follows an event (the messaging semantic conventions): the request's server span;
 the coalescer's ``send`` span, the root of a trace of its own because one message carries the

@@ -56,6 +56,8 @@ def _spans() -> list[ReadableSpan]:
         child.set_attribute("int-then-bool", 1)
     with versioned.start_as_current_span("bool", kind=SpanKind.CLIENT) as other:
         other.set_attribute("int-then-bool", True)  # True == 1: must not come out as the int's encoding
+        other.set_attribute("beyond-int64", 1 << 64)  # dropped alone by either encoder
+        other.set_attribute("long", "x" * 5000)
     with second.get_tracer("t").start_as_current_span(""):
         pass
     try:
