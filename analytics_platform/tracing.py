@@ -4,8 +4,9 @@ Off (``OTEL_TRACING_ENABLED=false``, the default) no tracer provider is installe
 out no-op spans, and the hot paths (the coalescer's produce, the worker's per-message step, the
 sink's INSERTs) test :data:`ENABLED` and skip their tracing code altogether, so tracing off
 costs a branch. On: one ``TracerProvider`` per process, named after the process (web, stream
-worker, Celery), an OTLP/HTTP exporter behind a ``BatchSpanProcessor`` (spans leave from its
-thread, never from a request's), and a parent-based ratio sampler.
+worker, Celery), an OTLP/HTTP exporter (our encoder, :mod:`analytics_platform.otlp_encode`) behind
+a ``BatchSpanProcessor`` (spans leave from its thread, never from a request's), and a parent-based
+ratio sampler.
 
 How a trace follows an event (the messaging semantic conventions): the request's server span;
 the coalescer's ``send`` span, the root of a trace of its own because one message carries the
@@ -22,6 +23,7 @@ force sampling (and export cost) at will.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -32,8 +34,6 @@ from django.http import HttpRequest, HttpResponse
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.propagate import extract, inject
-from opentelemetry.propagators.textmap import Getter
 from opentelemetry.sdk.trace.sampling import (
     Decision,
     ParentBased,
@@ -41,7 +41,16 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+)
 from opentelemetry.util.types import Attributes
 
 # True once this process exports spans; read by the hot paths before doing any tracing work.
@@ -103,11 +112,12 @@ def configure_tracing(*, force: bool = False) -> None:
         return
     if not settings.OTEL_TRACING_ENABLED:
         return
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    from analytics_platform.otlp_encode import FastOTLPSpanExporter
 
     headers = (
         {"Authorization": f"Bearer {settings.OTEL_EXPORTER_OTLP_TOKEN}"} if settings.OTEL_EXPORTER_OTLP_TOKEN else None
@@ -117,7 +127,7 @@ def configure_tracing(*, force: bool = False) -> None:
         sampler=ParentBased(root=LinkedOrRatio(settings.OTEL_TRACES_SAMPLER_RATIO)),
     )
     provider.add_span_processor(
-        BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, headers=headers))
+        BatchSpanProcessor(FastOTLPSpanExporter(endpoint=settings.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, headers=headers))
     )
     trace.set_tracer_provider(provider)
     # First: the span covers every other middleware, as the request's server span should.
@@ -200,34 +210,56 @@ def links_of(contexts: Iterable[SpanContext | None]) -> list[Link]:
 
 
 def headers_inject(span: trace.Span) -> list[tuple[str, bytes]]:
-    """Kafka headers carrying ``span``'s context (``traceparent``, ``tracestate``)."""
-    carrier: dict[str, str] = {}
-    inject(carrier, context=trace.set_span_in_context(span, Context()))
-    return [(key, value.encode()) for key, value in carrier.items()]
+    """Kafka headers carrying ``span``'s context: W3C ``traceparent`` (and ``tracestate`` when set).
+
+    Written here rather than through the global propagator, by measured cost: the composite
+    propagator (trace context and baggage, a dict carrier, then the pairs encoded) took 3.7 us
+    per message, this a fraction of that; the worker reads only these two headers anyway.
+    """
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return []
+    headers = [("traceparent", b"00-%032x-%016x-%02x" % (ctx.trace_id, ctx.span_id, ctx.trace_flags))]
+    if ctx.trace_state:
+        headers.append(("tracestate", ctx.trace_state.to_header().encode()))
+    return headers
 
 
-class _KafkaHeadersGetter(Getter[Any]):
-    """Reads a trace context from Kafka headers: a list of (key, bytes) pairs, or None."""
-
-    def get(self, carrier: Any, key: str) -> list[str] | None:
-        for name, value in carrier or ():
-            if name == key and value is not None:
-                try:
-                    return [value.decode("ascii") if isinstance(value, bytes) else str(value)]
-                except UnicodeDecodeError:
-                    return None
-        return None
-
-    def keys(self, carrier: Any) -> list[str]:
-        return [name for name, _ in carrier or ()]
-
-
-_headers_getter = _KafkaHeadersGetter()
+# W3C trace context, version 00: lowercase hex only (what headers_inject writes).
+_TRACEPARENT = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 
 
 def headers_extract(headers: Any) -> Context:
-    """The context a producer put in a message's headers (empty when none or malformed)."""
-    return extract(headers, context=Context(), getter=_headers_getter)
+    """The context a producer put in a message's headers (empty when none or malformed).
+
+    Parsed here, not by the global propagator (4.2 us a message, for a regex and a Context):
+    the first ``traceparent`` header counts, an all-zero trace or span id is invalid (the W3C
+    rule), a ``tracestate`` the SDK cannot parse is dropped, not the trace.
+    """
+    traceparent = tracestate = None
+    for name, value in headers or ():
+        if name == "traceparent" and traceparent is None:
+            traceparent = value
+        elif name == "tracestate" and tracestate is None:
+            tracestate = value
+    if not isinstance(traceparent, bytes):
+        return Context()
+    match = _TRACEPARENT.fullmatch(traceparent)
+    if match is None:
+        return Context()
+    trace_id, span_id = int(match[1], 16), int(match[2], 16)
+    if not trace_id or not span_id:
+        return Context()
+    state = None
+    if isinstance(tracestate, bytes):
+        try:
+            state = TraceState.from_header([tracestate.decode("ascii")])
+        except UnicodeDecodeError:
+            state = None
+    span_context = SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match[3], 16)), trace_state=state
+    )
+    return trace.set_span_in_context(NonRecordingSpan(span_context), Context())
 
 
 def headers_sampled(headers: Any) -> bool:
@@ -252,3 +284,30 @@ def context_attached(ctx: Context) -> Iterator[None]:
         yield
     finally:
         otel_context.detach(token)
+
+
+class CurrentSpan:
+    """Make ``span`` current within ``parent`` for a block, record what escapes it, end it.
+
+    start_as_current_span's behaviour (exception recorded, status ERROR, span ended) as a plain
+    class: its generator-based context managers cost a few us per message in the worker.
+    """
+
+    __slots__ = ("_parent", "_span", "_token")
+
+    def __init__(self, span: trace.Span, parent: Context) -> None:
+        self._span = span
+        self._parent = parent
+
+    def __enter__(self) -> trace.Span:
+        self._token = otel_context.attach(trace.set_span_in_context(self._span, self._parent))
+        return self._span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        try:
+            if exc is not None and self._span.is_recording():
+                self._span.record_exception(exc)
+                self._span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        finally:
+            otel_context.detach(self._token)
+            self._span.end()

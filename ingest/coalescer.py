@@ -206,7 +206,7 @@ class Coalescer:
             return
         instrumentation.events_per_message.observe(buffer.events)
 
-    def _send_span(self, buffer: _Buffer, delivery: _Delivery) -> list[tuple[str, bytes]]:
+    def _send_span(self, buffer: _Buffer, delivery: _Delivery) -> list[tuple[str, bytes]] | None:
         """Start the message's send span and return the headers carrying its context.
 
         A root span, not the child of whichever request's thread happens to seal the buffer: the
@@ -226,6 +226,10 @@ class Coalescer:
                 "analytics.requests": len(buffer.tickets),
             },
         )
+        if not span.is_recording():
+            # Unsampled: the worker would make no span of it (it continues sampled contexts only),
+            # so the message carries no header, and its delivery report has no span to end.
+            return None
         delivery.span = span
         return tracing.headers_inject(span)
 

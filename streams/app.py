@@ -505,9 +505,10 @@ def worker_build(
         if not tracing.ENABLED or not tracing.headers_sampled(headers):
             return process_message(value, key, timestamp, headers, state)
         context = message_context()
-        with tracing.tracer.start_as_current_span(
+        parent = tracing.headers_extract(headers)
+        span = tracing.tracer.start_span(
             f"process {events_topic}",
-            context=tracing.headers_extract(headers),
+            context=parent,
             kind=SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "kafka",
@@ -517,7 +518,9 @@ def worker_build(
                 "messaging.kafka.offset": context.offset,
                 "messaging.consumer.group.name": group,
             },
-        ):
+        )
+        # What start_as_current_span does, without its two context-manager layers (per message).
+        with tracing.CurrentSpan(span, parent):
             return process_message(value, key, timestamp, headers, state)
 
     def process_message(value: bytes, key: bytes | None, timestamp: int, headers: Any, state: Any) -> Any:

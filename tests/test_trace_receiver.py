@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.trace import SpanKind
 
 from analytics_platform import tracing
+from analytics_platform.otlp_encode import FastOTLPSpanExporter
 from analytics_platform.trace_store import SpanStore
 
 TOKEN = "receiver-test-token-0123456789abcdef"
@@ -73,10 +74,10 @@ def _post(port: int, body: bytes, headers: dict[str, str], path: str = "/v1/trac
     return status
 
 
-def _exported(port: int, token: str | None) -> bool:
-    """Export one span with the SDK's own OTLP/HTTP exporter; whether the receiver accepted it."""
+def _exported(port: int, token: str | None, exporter_class: type[OTLPSpanExporter] = OTLPSpanExporter) -> bool:
+    """Export one span with the SDK's own OTLP/HTTP exporter (or ours); whether the receiver accepted it."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}/v1/traces", headers=headers, timeout=5)
+    exporter = exporter_class(endpoint=f"http://127.0.0.1:{port}/v1/traces", headers=headers, timeout=5)
     provider = TracerProvider(resource=Resource.create({"service.name": "receiver-test"}))
     results: list[bool] = []
 
@@ -98,6 +99,8 @@ def test_the_sdk_exporter_is_stored_and_hostile_posts_are_refused(receiver: tupl
     assert _exported(port, None) is False  # no token
     assert _exported(port, "wrong-token") is False
     assert _exported(port, TOKEN) is True
+    assert _exported(port, "wrong-token", FastOTLPSpanExporter) is False  # what the services export with
+    assert _exported(port, TOKEN, FastOTLPSpanExporter) is True
 
     assert _post(port, b"\xff\xff\xff", authorized) == 400  # not a protobuf message
     assert _post(port, b"{}", {**authorized, "Content-Type": "application/json"}) == 415
@@ -119,8 +122,8 @@ def test_the_sdk_exporter_is_stored_and_hostile_posts_are_refused(receiver: tupl
     store = SpanStore(store_path)
     try:
         spans = store.spans()
-        assert [(s.name, s.service, s.kind) for s in spans] == [("GET metrics", "receiver-test", "server")]
-        assert spans[0].attributes == {"db.query.text": "SELECT 1"}
+        assert [(s.name, s.service, s.kind) for s in spans] == [("GET metrics", "receiver-test", "server")] * 2
+        assert [s.attributes for s in spans] == [{"db.query.text": "SELECT 1"}] * 2
     finally:
         store.close()
 
