@@ -305,3 +305,41 @@ def engine_identity(conn: EngineConnection) -> tuple[str, tuple[int, int, int]]:
     timezone, version = rows[0]
     parts = [int(p) for p in re.findall(r"\d+", version)[:3]] + [0, 0, 0]
     return timezone, (parts[0], parts[1], parts[2])
+
+
+def table_function_names(conn: EngineConnection) -> list[str]:
+    """Every table function this engine knows: what the statement gate refuses unless allowed."""
+    return [str(row[0]) for row in conn.execute_text("SELECT name FROM system.table_functions")]
+
+
+def engine_names(conn: EngineConnection) -> list[str]:
+    """Every table and database engine this engine knows (the gate refuses those not allowed)."""
+    rows = conn.execute_text("SELECT name FROM system.table_engines UNION ALL SELECT name FROM system.database_engines")
+    return [str(row[0]) for row in rows]
+
+
+def default_database_detach_filesystem(conn: EngineConnection, data_dir: str) -> None:
+    """Make ``default`` a plain Atomic database for this process.
+
+    chdb (clickhouse-local) serves ``default`` as an Overlay of the Atomic database and a
+    Filesystem one, so any name that is not a table there is read as a file relative to the
+    working directory: ``SELECT * FROM Makefile``, ``FROM '/etc/passwd'``, ``default.`/etc/passwd```
+    (measured in chdb 26.9). No statement check can tell a file name from a table name, so the
+    server re-attaches the Atomic part alone, under its own UUID (the target of the
+    ``metadata/default`` link), before any client connects. The catalog is per process and the
+    Overlay is rebuilt at each start, so this runs at each start; data and tables are unchanged.
+    """
+    rows = conn.execute_text("SELECT engine FROM system.databases WHERE name = 'default'")
+    if not rows or rows[0][0] != "Overlay":
+        return
+    link = Path(data_dir) / "metadata" / "default"
+    if not link.is_symlink():
+        conn.execute("CREATE TABLE IF NOT EXISTS default.`.chs_probe` (x UInt8) ENGINE = Memory")  # creates it
+        conn.execute("DROP TABLE IF EXISTS default.`.chs_probe`")
+    uuid = Path(os.readlink(link)).name
+    if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", uuid):
+        raise RuntimeError(
+            f"unexpected metadata/default link {os.readlink(link)!r}: cannot detach the Filesystem overlay"
+        )
+    conn.execute("DETACH DATABASE default")
+    conn.execute(f"ATTACH DATABASE default UUID {quote_literal(uuid)} ENGINE = Atomic")

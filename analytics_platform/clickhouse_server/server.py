@@ -15,8 +15,15 @@ import threading
 import time
 from pathlib import Path
 
-from .engine import EngineConnection, engine_identity
+from .engine import (
+    EngineConnection,
+    default_database_detach_filesystem,
+    engine_identity,
+    engine_names,
+    table_function_names,
+)
 from .session import Session, SessionConfig
+from .sql import StatementGate
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ class ClickHouseServer:
         spool_dir = Path(data_dir) / "insert_spool"
         shutil.rmtree(spool_dir, ignore_errors=True)  # leftovers of a killed server
         self._primary = EngineConnection(data_dir)
+        default_database_detach_filesystem(self._primary, data_dir)  # before any session connects
         timezone, version = engine_identity(self._primary)
         self._config = SessionConfig(
             data_dir=data_dir,
@@ -48,6 +56,7 @@ class ClickHouseServer:
             display_name=socket.gethostname(),
             user=user,
             password=password,
+            gate=StatementGate(table_function_names(self._primary), engine_names(self._primary)),
         )
         self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
         self._listener.settimeout(0.2)

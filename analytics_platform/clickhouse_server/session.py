@@ -57,7 +57,7 @@ from .protocol import (
     read_query,
     server_hello,
 )
-from .sql import InlineInsert, InsertTarget, first_keyword, inline_insert, insert_target
+from .sql import InlineInsert, InsertTarget, StatementGate, first_keyword, inline_insert, insert_target
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ class SessionConfig:
     version: tuple[int, int, int]
     display_name: str
     spool_dir: Path
+    gate: StatementGate  # what clients may not run (see sql.StatementGate); internal queries skip it
     user: str | None = None
     password: str | None = None
 
@@ -267,6 +268,9 @@ class Session:
     def _dispatch(self, packet: QueryPacket, blocks: ByteReader) -> None:
         assert self.engine is not None
         sql = packet.query
+        refusal = self.config.gate.refusal(sql) or self.config.gate.setting_refusal(packet.settings)
+        if refusal is not None:
+            raise refusal
         keyword = first_keyword(sql)
         if keyword == "SET":
             self.engine.reset_settings()  # the client changes session settings itself
