@@ -284,6 +284,12 @@ ALLOWED_ENGINES = frozenset(
     )
 )  # fmt: skip
 
+_LOWER_WORD = re.compile(r"[a-z_][a-z0-9_]*")
+
+# Statements checked token by token whatever words they hold: their dangers are in clauses (ENGINE,
+# SOURCE, INSERT INTO FUNCTION) rather than in names a quick search finds.
+_CHECKED_IN_FULL = frozenset({"CREATE", "ATTACH", "REPLACE", "INSERT"})
+
 _REFUSED_STATEMENTS = frozenset(
     {"BACKUP", "RESTORE", "GRANT", "REVOKE", "MOVE", "WATCH", "BEGIN", "COMMIT", "ROLLBACK"}
 )
@@ -331,6 +337,7 @@ class StatementGate:
         known = frozenset(name.lower() for name in table_functions)
         self.denied_functions = (known - ALLOWED_TABLE_FUNCTIONS) | DENIED_FUNCTIONS
         self.denied_engines = frozenset(name.lower() for name in engines) - ALLOWED_ENGINES
+        self._suspects = self.denied_functions | DENIED_SETTINGS | {word.lower() for word in _FORBIDDEN_WORDS}
 
     @staticmethod
     def setting_refusal(names: Iterable[str]) -> ServerError | None:
@@ -342,70 +349,92 @@ class StatementGate:
 
     def refusal(self, sql: str) -> ServerError | None:
         """The error to answer ``sql`` with, or None when it may run."""
-        toks = _Tokens(sql)
-        if not toks.has(0):
+        head = tokens(sql, limit=2)
+        if not head:
             return None
-        first = toks[0].upper
+        first = head[0].upper
         if first not in ALLOWED_STATEMENTS:
             if first in _REFUSED_STATEMENTS:
-                return _denied(f"{toks[0].text} statement")
+                return _denied(f"{head[0].text} statement")
             return ServerError(
-                SYNTAX_ERROR, f"DB::Exception: Syntax error: unknown statement {toks[0].text[:64]!r}. (SYNTAX_ERROR)"
+                SYNTAX_ERROR, f"DB::Exception: Syntax error: unknown statement {head[0].text[:64]!r}. (SYNTAX_ERROR)"
             )
-        if first == "SYSTEM" and (not toks.has(1) or toks[1].upper not in ALLOWED_SYSTEM_COMMANDS):
-            return _denied(f"SYSTEM {toks[1].text if toks.has(1) else ''}".strip())
+        if first == "SYSTEM" and (len(head) < 2 or head[1].upper not in ALLOWED_SYSTEM_COMMANDS):
+            return _denied(f"SYSTEM {head[1].text if len(head) > 1 else ''}".strip())
+        if first not in _CHECKED_IN_FULL and not self._suspicious(sql):
+            return None
+        return self._scan(sql, first)
+
+    def _suspicious(self, sql: str) -> bool:
+        """Fast path for most queries: every refusal of ``_scan`` needs one of the suspect words,
+        a ';' or a backslash somewhere in the text (one inside a string or a comment only costs
+        the full scan). Any run of letters counts as a word here, a superset of the lexer's."""
+        if ";" in sql or "\\" in sql:
+            return True
+        return not self._suspects.isdisjoint(_LOWER_WORD.findall(sql.lower()))
+
+    def _scan(self, sql: str, first: str) -> ServerError | None:
+        lexed: list[tuple[str, str]] = []
+        source = ((m.lastgroup or "other", m.group()) for m in _TOKEN.finditer(sql))
+        source = ((kind, text) for kind, text in source if kind not in ("ws", "comment"))
+
+        def at(index: int) -> tuple[str, str]:
+            """Token ``index`` as (kind, text); ("", "") past the end. Lexes only as far as asked."""
+            while len(lexed) <= index:
+                token = next(source, None)
+                if token is None:
+                    return ("", "")
+                lexed.append(token)
+            return lexed[index]
+
         creates = first in ("CREATE", "ATTACH", "REPLACE")
+        inserts = first == "INSERT"
         depth = 0
         engine_clauses = True  # CREATE ... ENGINE x, until the statement's own SELECT
         # In INSERT ... SELECT ... FORMAT x the format is the SELECT's and chdb goes on to run what
         # follows a ';' (measured): only an INSERT without a query has data after FORMAT.
         selects = False
         i = 0
-        while toks.has(i):
-            tok = toks[i]
-            word = tok.upper if tok.kind == "word" else ""
-            if tok.text == "(":
+        while True:
+            kind, text = at(i)
+            if not kind:
+                return None
+            following = at(i + 1)[1]
+            word = text.upper() if kind == "word" else ""
+            if text == "(":
                 depth += 1
-            elif tok.text == ")":
+            elif text == ")":
                 depth -= 1
-            elif tok.text == ";":
-                if toks.has(i + 1):
+            elif text == ";":
+                if at(i + 1)[0]:
                     return ServerError(SYNTAX_ERROR, "DB::Exception: Multi-statements are not allowed. (SYNTAX_ERROR)")
                 return None
+            elif kind == "quoted" and "\\" in text:
+                # ClickHouse decodes escapes in quoted names (`\x66ile` is `file`, measured):
+                # refusing them is simpler than decoding them exactly as it does.
+                return _denied("An escape sequence in a quoted identifier")
             elif word in _FORBIDDEN_WORDS:
                 return _denied(_FORBIDDEN_WORDS[word])
-            elif (
-                tok.kind == "word"
-                and tok.text.lower() in DENIED_SETTINGS
-                and toks.has(i + 1)
-                and toks[i + 1].text == "="
-            ):
-                return _denied(f"Setting {tok.text}")
-            elif word in ("FROM", "JOIN") and toks.has(i + 1) and toks[i + 1].kind == "string":
-                return _denied("Reading a file as a table")  # clickhouse-local's FROM 'path' syntax
-            elif tok.kind in ("word", "quoted") and toks.has(i + 1) and toks[i + 1].text == "(":
-                name = tok.identifier.lower()
-                if name in self.denied_functions:
-                    return _denied(f"Function {tok.identifier}")
+            elif following == "=" and word and text.lower() in DENIED_SETTINGS:
+                return _denied(f"Setting {text}")
+            elif following == "(" and kind in ("word", "quoted"):
+                name = Token(kind, text, 0, 0).identifier
+                if name.lower() in self.denied_functions:
+                    return _denied(f"Function {name}")
                 if creates and word == "SOURCE":
                     return _denied("Dictionary SOURCE")  # FILE, HTTP, EXECUTABLE, a remote CLICKHOUSE...
-            if first == "INSERT" and depth == 0 and word == "FUNCTION" and toks[i - 1].upper == "INTO":
-                return _denied("INSERT INTO FUNCTION")
             if word in ("SELECT", "WITH"):
                 selects = True
-            if first == "INSERT" and not selects and word == "FORMAT" and _inline_data_follows(toks, i):
-                return None  # the rest is the client's data, not SQL (may be megabytes)
-            if creates and depth == 0 and word in ("SELECT", "WITH"):
-                engine_clauses = False
-            if creates and depth == 0 and engine_clauses and word == "ENGINE":
-                j = i + 1 if not (toks.has(i + 1) and toks[i + 1].text == "=") else i + 2
-                if toks.has(j) and toks[j].identifier.lower() in self.denied_engines:
-                    return _denied(f"Engine {toks[j].identifier}")
+                if creates and depth == 0:
+                    engine_clauses = False
+            elif inserts and depth == 0 and word == "FUNCTION" and at(i - 1)[1].upper() == "INTO":
+                return _denied("INSERT INTO FUNCTION")
+            elif inserts and not selects and word == "FORMAT" and following.upper() != "VALUES":
+                # The rest is the client's data, not SQL (may be megabytes). Values rows are
+                # expressions chdb evaluates (``VALUES (file('/etc/passwd'))``): those stay checked.
+                return None
+            elif creates and depth == 0 and engine_clauses and word == "ENGINE":
+                engine_kind, engine = at(i + 2) if following == "=" else at(i + 1)
+                if engine_kind and Token(engine_kind, engine, 0, 0).identifier.lower() in self.denied_engines:
+                    return _denied(f"Engine {engine}")
             i += 1
-        return None
-
-
-def _inline_data_follows(toks: _Tokens, i: int) -> bool:
-    """``FORMAT name`` at ``i`` starts data that is not SQL: any format but Values, whose rows
-    are expressions chdb evaluates (``VALUES (file('/etc/passwd'))``), so those stay checked."""
-    return toks.has(i + 1) and toks[i + 1].upper != "VALUES"
