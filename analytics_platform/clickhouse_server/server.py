@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .engine import (
     EngineConnection,
+    access_config_write,
     default_database_detach_filesystem,
     engine_identity,
     engine_names,
@@ -45,7 +46,8 @@ class ClickHouseServer:
         self.shutdown_grace = shutdown_grace
         spool_dir = Path(data_dir) / "insert_spool"
         shutil.rmtree(spool_dir, ignore_errors=True)  # leftovers of a killed server
-        self._primary = EngineConnection(data_dir)
+        engine_config = access_config_write(data_dir)  # before the first connection: chdb reads it once
+        self._primary = EngineConnection(data_dir, engine_config)
         default_database_detach_filesystem(self._primary, data_dir)  # before any session connects
         timezone, version = engine_identity(self._primary)
         self._config = SessionConfig(
@@ -57,6 +59,7 @@ class ClickHouseServer:
             user=user,
             password=password,
             gate=StatementGate(table_function_names(self._primary), engine_names(self._primary)),
+            engine_config=engine_config,
         )
         self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
         self._listener.settimeout(0.2)

@@ -76,6 +76,7 @@ class SessionConfig:
     gate: StatementGate  # what clients may not run (see sql.StatementGate); internal queries skip it
     user: str | None = None
     password: str | None = None
+    engine_config: str | None = None  # chdb config file (the engine user's grants), see engine.py
 
 
 class _Cancelled(Exception):
@@ -184,7 +185,7 @@ class Session:
                 )
             )
             return False
-        self.engine = EngineConnection(self.config.data_dir)
+        self.engine = EngineConnection(self.config.data_dir, self.config.engine_config)
         if hello.database:
             try:
                 self.engine.execute(f"USE {quote_identifier(hello.database)}")

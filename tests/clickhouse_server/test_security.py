@@ -254,3 +254,57 @@ def test_the_applications_statements_still_run(make_client: ClientFactory, text_
     finally:
         client.execute(f"DROP TABLE IF EXISTS {name}_mv")
         client.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+_ENGINE_PROBE = """
+import json, sys
+from analytics_platform.clickhouse_server.engine import EngineConnection, access_config_write
+from analytics_platform.clickhouse_server.engine import default_database_detach_filesystem
+data_dir, secret, spool = sys.argv[1:4]
+conn = EngineConnection(data_dir, access_config_write(data_dir))
+default_database_detach_filesystem(conn, data_dir)
+out = {}
+for sql in [
+    f"SELECT * FROM file('{secret}', 'LineAsString')",
+    "SELECT * FROM url('http://127.0.0.1:1/', 'LineAsString')",
+    "SELECT * FROM remote('127.0.0.1:1', system.one)",
+    "SYSTEM SHUTDOWN",
+    "CREATE TABLE t (line String) ENGINE = MergeTree ORDER BY line",
+    "BACKUP TABLE t TO File('backup')",
+    "CREATE USER someone",
+    f"INSERT INTO t FROM INFILE '{spool}' FORMAT LineAsString",
+    "SELECT count() FROM t",
+]:
+    try:
+        out[sql] = ["ok", conn.execute_text(sql)]
+    except Exception as exc:
+        out[sql] = ["error", getattr(exc, "code", None)]
+print(json.dumps(out))
+"""
+
+
+def test_the_engine_itself_denies_sources_behind_the_gate(tmp_path: Path, victim: Path) -> None:
+    """Second layer, without the gate: chdb's user gets no SOURCES, BACKUP or SYSTEM SHUTDOWN grant.
+
+    In a process of its own (chdb reads its config once per process), as the server does.
+    """
+    import json
+    import subprocess
+    import sys
+
+    spool = tmp_path / "spool.txt"
+    spool.write_text("one\ntwo\n")
+    result = subprocess.run(
+        [sys.executable, "-c", _ENGINE_PROBE, str(tmp_path / "data"), str(victim / "secret.txt"), str(spool)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    refused = [sql for sql, (status, _) in out.items() if status == "error"]
+    assert [out[sql][1] for sql in refused] == [ACCESS_DENIED] * 6, out
+    assert refused[:4] == list(out)[:4] and "CREATE USER someone" in refused and any("BACKUP" in s for s in refused)
+    # What the server itself does keeps working: its insert spool is read FROM INFILE.
+    assert out["SELECT count() FROM t"] == ["ok", [[2]]], out
