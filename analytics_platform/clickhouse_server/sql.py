@@ -19,9 +19,10 @@ from .protocol import ServerError
 _TOKEN = re.compile(
     r"""
       (?P<ws>\s+)
-    | (?P<comment>--[^\n]*|\#[^\n]*|/\*.*?\*/)
+    | (?P<comment>--[^\n]*|\#[\ !][^\n]*|/\*.*?\*/)
     | (?P<quoted>`(?:[^`\\]|\\.|``)*`|"(?:[^"\\]|\\.|"")*")
     | (?P<string>'(?:[^'\\]|\\.|'')*')
+    | (?P<heredoc>\$(?P<tag>[A-Za-z0-9_]*)\$.*?\$(?P=tag)\$)
     | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
     | (?P<number>[0-9][0-9A-Za-z_.]*)
     | (?P<other>.)

@@ -90,6 +90,10 @@ FORBIDDEN = [
     (r"SELECT * FROM `fi\le`('{secret}', 'LineAsString')", ACCESS_DENIED),
     (r"CREATE TABLE {table}_f (x String) ENGINE = `\x46ile`(TSV, '{secret}')", ACCESS_DENIED),
     ("SELECT file('{secret}')", ACCESS_DENIED),  # the scalar function of the same name
+    # a heredoc holding a quote: a lexer without heredocs would read the rest as a string
+    ("SELECT $$'$$, file('{secret}')", ACCESS_DENIED),
+    ("SELECT $tag$'$tag$, file('{secret}')", ACCESS_DENIED),
+    ("SELECT 1 # comment\n, file('{secret}')", ACCESS_DENIED),
     ("SELECT * FROM (SELECT * FROM file('{secret}', 'LineAsString'))", ACCESS_DENIED),
     ("WITH s AS (SELECT * FROM file('{secret}', 'LineAsString')) SELECT * FROM s", ACCESS_DENIED),
     ("SELECT * FROM numbers(1) AS n JOIN file('{secret}', 'LineAsString') AS f ON 1", ACCESS_DENIED),
