@@ -370,21 +370,18 @@ def default_database_detach_filesystem(conn: EngineConnection, data_dir: str) ->
     Filesystem one, so any name that is not a table there is read as a file relative to the
     working directory: ``SELECT * FROM Makefile``, ``FROM '/etc/passwd'``, ``default.`/etc/passwd```
     (measured in chdb 26.9). No statement check can tell a file name from a table name, so the
-    server re-attaches the Atomic part alone, under its own UUID (the target of the
-    ``metadata/default`` link), before any client connects. The catalog is per process and the
-    Overlay is rebuilt at each start, so this runs at each start; data and tables are unchanged.
+    server re-attaches the Atomic part alone, under its own UUID, before any client connects. The
+    catalog is per process and the Overlay is rebuilt at each start, so this runs at each start;
+    data and tables are unchanged.
     """
-    rows = conn.execute_text("SELECT engine FROM system.databases WHERE name = 'default'")
+    rows = conn.execute_text("SELECT engine, toString(uuid) FROM system.databases WHERE name = 'default'")
     if not rows or rows[0][0] != "Overlay":
         return
-    link = Path(data_dir) / "metadata" / "default"
-    if not link.exists():  # a fresh data dir: chdb writes the Atomic part's metadata lazily
-        conn.execute("DETACH DATABASE default")
-        conn.execute("CREATE DATABASE default ENGINE = Atomic")
-        return
-    # Fail closed: a server that cannot remove the overlay would serve files as tables.
-    uuid = Path(os.readlink(link)).name if link.is_symlink() else ""
-    if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", uuid):
-        raise RuntimeError(f"{link} is not an Atomic database's link: cannot detach the Filesystem overlay")
+    # The Overlay reports its Atomic part's UUID (the target of metadata/default once a table
+    # exists); attaching that UUID keeps every table. Fail closed: a server that cannot remove
+    # the overlay would serve files as tables.
+    uuid = str(rows[0][1])
+    if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", uuid) or not uuid.strip("0-"):
+        raise RuntimeError(f"default database reports UUID {uuid!r}: cannot detach the Filesystem overlay")
     conn.execute("DETACH DATABASE default")
     conn.execute(f"ATTACH DATABASE default UUID {quote_literal(uuid)} ENGINE = Atomic")

@@ -312,3 +312,22 @@ def test_the_engine_itself_denies_sources_behind_the_gate(tmp_path: Path, victim
     assert refused[:4] == list(out)[:4] and "CREATE USER someone" in refused and any("BACKUP" in s for s in refused)
     # What the server itself does keeps working: its insert spool is read FROM INFILE.
     assert out["SELECT count() FROM t"] == ["ok", [[2]]], out
+
+
+def test_the_default_database_stays_plain_and_keeps_its_tables_across_restarts(tmp_path: Path) -> None:
+    """Fresh data dir, restart without a table in `default`, then with one: each start detaches the
+    Filesystem overlay again (chdb rebuilds it per process) and the table survives."""
+    from analytics_platform.clickhouse_server.testing import start_server_process
+
+    data_dir = tmp_path / "data"
+    for start in range(3):
+        with start_server_process(data_dir=data_dir, log_file=tmp_path / "server.log") as server:
+            client = Client(**server.client_kwargs())
+            assert client.execute("SELECT engine FROM system.databases WHERE name = 'default'") == [("Atomic",)]
+            assert _refused(client, "SELECT * FROM Makefile").code == UNKNOWN_TABLE
+            if start == 1:
+                client.execute("CREATE TABLE kept (x UInt8) ENGINE = MergeTree ORDER BY x")
+                client.execute("INSERT INTO kept VALUES", [(7,)])
+            if start == 2:
+                assert client.execute("SELECT x FROM kept") == [(7,)]
+            client.disconnect()
