@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from django.contrib.auth import authenticate
+from django.contrib.auth import authenticate, get_user_model
+from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
+from django.db import connection
 from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
@@ -14,7 +18,7 @@ from rest_framework import status
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import RefreshToken
 
-from accounts.models import TokenSession
+from accounts.models import READ_METRICS, TokenSession
 from accounts.throttle import LoginThrottled
 from analytics_platform.errors import ApplicationError
 
@@ -118,13 +122,67 @@ def token_logout(*, access_claims: Any | None, raw_refresh: str | None) -> None:
     session_revoke(session_id=sid, reason=TokenSession.Reason.LOGOUT)
 
 
-def token_session_active(*, session_id: str, user_id: Any) -> bool:
-    """Whether an access token's session still stands: one primary-key lookup per request."""
+def token_user_get(*, session_id: str, user_id: Any) -> Any | None:
+    """The user of an access token whose session still stands, in one query; None otherwise.
+
+    Every bearer request needs three facts: the user, that the token's session is not revoked, and
+    whether the user may read metrics. Asked separately that was two queries (simplejwt's user
+    lookup, the session check) plus two for an analyst's permissions (``has_perm`` loads the user's
+    and the groups' permissions on a fresh user object, i.e. on every request). One query with a
+    join and two ``EXISTS`` answers all three; the user carries ``can_read_metrics``, which
+    ``accounts.permissions.CanReadMetrics`` reads instead of asking again. Revocation still takes
+    effect at the next request: nothing here is cached but the statement's text.
+    """
     try:
         sid = uuid.UUID(session_id)
     except ValueError:
-        return False
-    return TokenSession.objects.filter(pk=sid, user_id=user_id, revoked_at__isnull=True).exists()
+        return None
+    app_label, codename = READ_METRICS.split(".")
+    db_sid = TokenSession._meta.pk.get_db_prep_value(sid, connection)
+    users = get_user_model().objects.raw(_token_user_sql(), [app_label, codename, app_label, codename, user_id, db_sid])
+    found = list(users)
+    return found[0] if found else None
+
+
+@functools.cache
+def _token_user_sql() -> str:
+    """The statement of :func:`token_user_get`, written once per process.
+
+    Raw SQL because building the equivalent ORM query (a join and two ``Exists`` subqueries) cost
+    more CPU per request than running it; only table and column names from the models' metadata
+    are formatted in, every value is a parameter.
+    """
+    q = connection.ops.quote_name
+    user_model = get_user_model()
+    user_perms = user_model.user_permissions.through._meta
+    user_groups = user_model.groups.through._meta
+    group_perms = Group.permissions.through._meta
+
+    def table(meta: Any) -> str:
+        return q(meta.db_table)
+
+    def col(meta: Any, field: str) -> str:
+        return q(meta.get_field(field).column)
+
+    read_metrics = (
+        f"SELECT p.id FROM {table(Permission._meta)} p JOIN {table(ContentType._meta)} c "  # noqa: S608 - see above
+        f"ON p.{col(Permission._meta, 'content_type')} = c.id WHERE c.app_label = %s AND p.codename = %s"
+    )
+    granted_to_user = (
+        f"EXISTS (SELECT 1 FROM {table(user_perms)} up WHERE up.{col(user_perms, 'user')} = u.id "  # noqa: S608
+        f"AND up.{col(user_perms, 'permission')} IN ({read_metrics}))"
+    )
+    granted_to_group = (
+        f"EXISTS (SELECT 1 FROM {table(user_groups)} ug JOIN {table(group_perms)} gp "  # noqa: S608
+        f"ON gp.{col(group_perms, 'group')} = ug.{col(user_groups, 'group')} "
+        f"WHERE ug.{col(user_groups, 'user')} = u.id AND gp.{col(group_perms, 'permission')} IN ({read_metrics}))"
+    )
+    session = TokenSession._meta
+    return (
+        f"SELECT u.*, (u.is_superuser OR {granted_to_user} OR {granted_to_group}) AS can_read_metrics "  # noqa: S608
+        f"FROM {table(user_model._meta)} u JOIN {table(session)} s ON s.{col(session, 'user')} = u.id "
+        "WHERE u.id = %s AND s.id = %s AND s.revoked_at IS NULL"
+    )
 
 
 def token_sessions_prune(*, now: datetime | None = None) -> int:

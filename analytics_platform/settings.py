@@ -478,6 +478,9 @@ ETL_DESTINATION = "bigquery" if BIGQUERY_PROJECT else "local"
 ETL_LOCAL_DIR = Path(env("ETL_LOCAL_DIR", str(VAR_DIR / "exports")))
 ETL_MAX_BLOCK_SIZE = env_int("ETL_MAX_BLOCK_SIZE", 65536)  # rows per ClickHouse block = per Parquet row group
 ETL_LOCK_TTL_SECONDS = env_int("ETL_LOCK_TTL_SECONDS", 900)  # lease, renewed while an export runs
+# manage.py clickhouse_rollups_rebuild holds a lease per rollup, renewed while it runs: a killed
+# rebuild blocks the next one until its lease expires, so keep this short.
+CLICKHOUSE_REBUILD_LEASE_SECONDS = env_int("CLICKHOUSE_REBUILD_LEASE_SECONDS", 60)
 ETL_TASK_MAX_RETRIES = env_int("ETL_TASK_MAX_RETRIES", 6)
 ETL_TASK_RETRY_BACKOFF = env_int("ETL_TASK_RETRY_BACKOFF", 30)  # seconds; doubles per retry
 ETL_TASK_RETRY_BACKOFF_MAX = env_int("ETL_TASK_RETRY_BACKOFF_MAX", 1800)

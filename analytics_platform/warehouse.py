@@ -35,6 +35,9 @@ and ClickHouse refuses a direct INSERT into a multi-shard Distributed table with
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -99,6 +102,15 @@ class MaterializedView:
     target: str
     select: str
     group_by: str
+
+    def query(self, source: str, *, where: str = "") -> str:
+        """The view's SELECT over ``source`` (a table, or a parenthesised subquery).
+
+        The one definition of what the view computes: its DDL is built from it, and so is the
+        rebuild of its target from history (``rollup_selects``), which must produce the same rows.
+        """
+        condition = f" WHERE {where}" if where else ""
+        return f"SELECT {self.select} FROM {source}{condition} GROUP BY {self.group_by}"  # noqa: S608 - code constants
 
 
 def _events_columns() -> tuple[tuple[str, str], ...]:
@@ -406,8 +418,7 @@ def _create_table(table: Table, *, name: str, engine: str, on_cluster: str) -> s
 
 
 def _create_view(view: MaterializedView, *, name: str, target: str, source: str, on_cluster: str) -> str:
-    head = f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name}{on_cluster} TO {target}"
-    return f"{head} AS SELECT {view.select} FROM {source} GROUP BY {view.group_by}"  # noqa: S608 - code constants
+    return f"CREATE MATERIALIZED VIEW IF NOT EXISTS {name}{on_cluster} TO {target} AS {view.query(source)}"
 
 
 def statements(cluster: str | None, database: str | None = None) -> list[str]:
@@ -530,3 +541,112 @@ def cluster_schema_check(existing: Iterable[tuple[str, str]]) -> None:
             f"CLICKHOUSE_CLUSTER is set but {', '.join(plain)} are single-node tables ({len(plain)}):"
             " unset CLICKHOUSE_CLUSTER for this database, or migrate into a new database on the cluster"
         )
+
+
+# --- Rebuilding rollups from history (analytics_platform/rollup_rebuild.py) --------------------
+
+_PARTITION_BY = re.compile(r"toYYYYMM(DD)?\((\w+)\)")
+_TTL_DAYS = re.compile(r".* \+ INTERVAL (\d+) DAY")
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """A table's time partitions, read from its ``PARTITION BY`` (by UTC day or month of a column).
+
+    A rebuild replaces one partition at a time and must know which rows of the sources fall into
+    it; both come from here so that they cannot disagree with the DDL.
+    """
+
+    column: str
+    daily: bool  # toYYYYMMDD (one partition a day) or toYYYYMM (a month)
+
+    def partition_id(self, day: dt.date) -> str:
+        return day.strftime("%Y%m%d" if self.daily else "%Y%m")
+
+    def span(self, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+        """[start, end) in UTC of the partition holding ``day``."""
+        if self.daily:
+            start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+            return start, start + dt.timedelta(days=1)
+        start = dt.datetime(day.year, day.month, 1, tzinfo=dt.UTC)
+        end = dt.datetime(day.year + day.month // 12, day.month % 12 + 1, 1, tzinfo=dt.UTC)
+        return start, end
+
+
+def partitioning(table: Table) -> Partitioning:
+    match = _PARTITION_BY.fullmatch(table.partition_by)
+    if match is None:
+        raise ValueError(f"{table.name}: PARTITION BY {table.partition_by} is not the UTC day or month of a column")
+    return Partitioning(column=match.group(2), daily=bool(match.group(1)))
+
+
+def retention_days(table: Table) -> int:
+    """The days a row is kept (the TTL): older rows may already be gone."""
+    match = _TTL_DAYS.fullmatch(table.ttl)
+    if match is None:
+        raise ValueError(f"{table.name}: TTL {table.ttl} is not '<time> + INTERVAL <n> DAY'")
+    return int(match.group(1))
+
+
+def views_into(target: str) -> tuple[MaterializedView, ...]:
+    return tuple(view for view in MATERIALIZED_VIEWS if view.target == target)
+
+
+def rollup_names() -> tuple[str, ...]:
+    """The tables fed by materialized views (what a rebuild can re-derive), in dependency order."""
+    return tuple(table.name for table in tables() if views_into(table.name))
+
+
+def raw_sources(target: str) -> tuple[str, ...]:
+    """The tables at the roots of the views that feed ``target`` (written by the sink, not by views)."""
+    found: list[str] = []
+    for view in views_into(target):
+        for name in raw_sources(view.source) if views_into(view.source) else (view.source,):
+            if name not in found:
+                found.append(name)
+    return tuple(found)
+
+
+def _time_literal(moment: dt.datetime) -> str:
+    # Built from a datetime, never from text: digits, dashes and colons only.
+    return f"toDateTime64('{moment.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S}', 3, 'UTC')"
+
+
+def rollup_selects(target: str, *, start: dt.datetime, end: dt.datetime, database: str = "") -> list[str]:
+    """SELECTs whose rows, summed, are what the views write into ``target`` for the raw rows whose
+    time (their partition column) lies in [start, end).
+
+    A chained view reads a finer rollup's insert blocks; here it reads the finer rollup's own
+    SELECT over the raw rows instead, nested, so a rollup is re-derived from ``events`` /
+    ``view_summaries`` even where the finer rollup has already expired (minute rollups keep 30
+    days, hour rollups 400). The sums are the same: the views only add up partial rows. A raw
+    ReplacingMergeTree source is read with ``FINAL``: the sink writes each of its rows once, so
+    the views saw each row once, and FINAL keeps a stray replayed row from counting twice.
+    """
+
+    def qualified(name: str) -> str:
+        return f"{_ident(database)}.{_ident(name)}" if database else _ident(name)
+
+    def derive(view: MaterializedView) -> str:
+        feeders = views_into(view.source)
+        if feeders:
+            return view.query("(" + " UNION ALL ".join(derive(feeder) for feeder in feeders) + ")")
+        source = table_named(view.source)
+        column = _ident(partitioning(source).column)
+        final = " FINAL" if source.engine.startswith("Replacing") else ""
+        where = f"{column} >= {_time_literal(start)} AND {column} < {_time_literal(end)}"
+        return view.query(qualified(source.name) + final, where=where)
+
+    views = views_into(target)
+    if not views:
+        raise KeyError(f"{target} is not fed by a materialized view")
+    return [derive(view) for view in views]
+
+
+def rollup_definition(target: str) -> str:
+    """A digest of how ``target`` is derived and stored: changes when its views or columns do, so
+    partitions rebuilt under an older definition are rebuilt again."""
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    table = table_named(target)
+    text = "\n".join([*rollup_selects(target, start=epoch, end=epoch), repr(table.columns), table.partition_by])
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,19 +1,28 @@
-"""Latency of ``GET /metrics`` over HTTP on >= 10 million generated raw events over 30 days.
+"""Latency of ``GET /metrics`` over HTTP with the whole local stack running, against its SQL alone.
 
-Run: ``PYTHONPATH=. python bench/bench_metrics.py [--events 10000000] [--requests 300]``
+Run: ``PYTHONPATH=. python bench/bench_metrics.py [--events 24000] [--requests 200]``
+(24,000 events are the issue's 800 views, where a query's SQL takes 5-15 ms; ``--events 1000000``
+makes ClickHouse the bottleneck instead.)
+(``--shapes`` adds the per-shape table; ``--ab DIR`` also serves another checkout, e.g. a
+``git worktree`` of the commit before a change, and alternates requests between the two).
 
 What it does, all on this machine and in a temporary directory:
-1. starts the embedded ClickHouse server and migrates Django (SQLite) and ClickHouse (the streams
-   schema, whose materialized views fill the rollups during the insert);
+1. starts ``manage.py devstack`` (what ``make run`` runs: broker, ClickHouse server, schema
+   registry, gunicorn with the production config, the stream worker, Celery worker and beat) on
+   free ports, so the web competes for the two cores with everything it competes with in a real
+   deployment (``--no-stack``: only the ClickHouse server and gunicorn);
 2. generates the events with ClickHouse's own generators (``INSERT ... SELECT FROM numbers(N)``):
    views of 30 events (view_start, playing, heartbeats, ended, ~1% errors) over 30 days, 500
    videos with a skewed popularity, 100k users, 5-6 values per dimension; and one view summary
-   per view;
-3. serves the project with gunicorn (the production config, 2 workers x 8 threads) and measures
-   p50/p95/p99 of the typical dashboard queries, sequentially over one keep-alive connection, with
-   the query cache disabled (every request reaches ClickHouse), then once more with the cache on;
-4. as a baseline in the same run, the same SQL (built by ``metrics.query``) straight through
-   clickhouse-driver, so the HTTP/Django overhead is visible.
+   per view. The materialized views fill the rollups during the insert;
+3. a member of the "analysts" group (not a superuser: the permission lookup is the real one)
+   sends a dashboard mix with the query cache off (every request reaches ClickHouse): 1-4
+   metrics per request, per-minute, per-hour and total answers, breakdowns by video and by
+   country, ranges from 1 hour to 30 days ending at varied moments. First sequentially over one
+   keep-alive connection, then from 20 concurrent clients;
+4. in the same run, interleaved request by request, the same SQL (built by ``metrics.query``)
+   straight through clickhouse-driver, a request's queries side by side as the web runs them: the
+   difference is what the web path costs.
 """
 
 from __future__ import annotations
@@ -22,14 +31,18 @@ import argparse
 import http.client
 import json
 import os
+import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -103,68 +116,314 @@ def generate(client: Any, *, events: int, days: int, end: datetime) -> None:
     )
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of processes (and all their threads), from /proc."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / os.sysconf("SC_CLK_TCK")
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-    return found
-
-
 def percentiles(samples: list[float]) -> tuple[float, float, float]:
     ordered = sorted(samples)
     q = statistics.quantiles(ordered, n=100, method="inclusive")
     return q[49], q[94], q[98]
 
 
+#: The dashboard mix: metrics asked together, as the overview and video pages ask them.
+METRIC_SETS = [
+    ["views", "events", "rebuffer_ratio"],
+    ["events", "errors"],
+    ["video_startup_time_ms_p95"],
+    ["views", "watch_time_ms", "video_start_failure_rate", "playback_failure_rate"],
+    ["viewer_experience_score", "startup_time_score"],
+    ["unique_viewers"],
+]
+#: (range, interval): per minute up to a day, per hour up to 7 days, per day beyond; None = totals.
+RANGES = [
+    (timedelta(hours=1), "minute"),
+    (timedelta(hours=6), "minute"),
+    (timedelta(hours=24), "minute"),
+    (timedelta(days=7), "hour"),
+    (timedelta(days=30), "hour"),
+    (timedelta(days=30), "day"),
+    (timedelta(hours=24), None),
+]
+BREAKDOWNS = [None, None, ("videoId", 20), ("country", 10)]
+
+
+def dashboard_mix(*, n: int, end: datetime, seed: int = 21) -> list[dict[str, Any]]:
+    """``n`` varied GET /metrics questions (deterministic for a seed) over data ending at ``end``."""
+    rng = random.Random(seed)
+    mix: list[dict[str, Any]] = []
+    while len(mix) < n:
+        span, interval = rng.choice(RANGES)
+        breakdown = rng.choice(BREAKDOWNS)
+        metrics = rng.choice(METRIC_SETS)
+        if breakdown is not None and interval == "minute" and span > timedelta(hours=6):
+            interval = "hour"  # a per-minute breakdown of a day is not a dashboard question
+        # Ends on the minute (what the dashboards send), somewhere in the last 20 days of data.
+        to = (end - timedelta(minutes=rng.randrange(0, 20 * 24 * 60))).replace(second=0, microsecond=0)
+        start = max(to - span, end - timedelta(days=30))
+        params: dict[str, Any] = {"metric": metrics, "from": _iso(start), "to": _iso(to)}
+        if interval:
+            params["interval"] = interval
+        if breakdown is not None:
+            params["groupBy"], params["limit"] = breakdown
+        mix.append(params)
+    return mix
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+class Web:
+    """Keep-alive HTTP to one server, one connection per thread."""
+
+    def __init__(self, name: str, port: int, token: str) -> None:
+        self.name, self.port = name, port
+        self.headers = {"Authorization": f"Bearer {token}"}
+        self._local = threading.local()
+
+    def get(self, params: dict[str, Any], *, path: str = "/metrics", status: int = 200) -> bytes:
+        url = f"{path}?" + urllib.parse.urlencode(params, doseq=True)
+        conn = getattr(self._local, "conn", None)
+        try:
+            response, body = self._send(conn, url)
+        except (http.client.HTTPException, OSError):
+            if conn is None:
+                raise
+            # gunicorn closes keep-alive connections idle for 30 s (a phase's threads idle meanwhile).
+            response, body = self._send(None, url)
+        if response.status != status:
+            raise RuntimeError(f"{self.name} {response.status}: {body[:300]!r}")
+        return body
+
+    def _send(self, conn: http.client.HTTPConnection | None, url: str) -> tuple[http.client.HTTPResponse, bytes]:
+        if conn is None:
+            conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request("GET", url, headers=self.headers)
+            response = conn.getresponse()
+            return response, response.read()
+        except (http.client.HTTPException, OSError):
+            self._local.conn = None
+            conn.close()
+            raise
+
+
+#: Requests that stop early, timed beside the mix: what the layers before ClickHouse cost over HTTP.
+FLOORS: list[tuple[str, str, dict[str, Any], int]] = [
+    ("GET /healthz (gunicorn, middleware)", "/healthz", {}, 200),
+    # Refused by the input serializer (limit >= 1): after authentication, before any definition or query.
+    ("GET /metrics 400 (+ auth, validation)", "/metrics", {"metric": "events", "limit": "0"}, 400),
+]
+
+
+class Driver:
+    """The same SQL through clickhouse-driver: a request's queries side by side, as the web runs them."""
+
+    def __init__(self, built: list[list[Any]]) -> None:
+        from analytics_platform.clickhouse import client_get
+
+        self.built = built
+        self._client_get = client_get
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(max_workers=4)
+
+    def _client(self) -> Any:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = self._client_get()
+        return client
+
+    def run(self, index: int) -> None:
+        queries = self.built[index]
+        if len(queries) == 1:
+            self._client().execute(queries[0].sql, queries[0].params)
+        else:
+            list(self._pool.map(lambda b: self._client().execute(b.sql, b.params), queries))
+
+
+def timed(fn: Any) -> float:
+    t = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t) * 1000
+
+
+def summary(samples: list[float]) -> str:
+    p50, p95, p99 = percentiles(samples)
+    return f"{p50:7.1f} {p95:7.1f} {p99:7.1f}"
+
+
+def mix_sequential(mix: list[dict[str, Any]], webs: list[Web], driver: Driver) -> dict[str, list[float]]:
+    """Every question once per target, targets in a rotating order so drift hits them alike."""
+    targets: list[tuple[str, Any]] = [(w.name, w.get) for w in webs] + [("driver", None)]
+    samples: dict[str, list[float]] = {name: [] for name, _ in targets}
+    for label, _, _, _ in FLOORS:
+        for web in webs:
+            samples[f"{web.name} {label}"] = []
+    for i, params in enumerate(mix):
+        k = i % len(targets)
+        for name, get in targets[k:] + targets[:k]:
+            if get is None:
+                samples[name].append(timed(lambda i=i: driver.run(i)))
+            else:
+                samples[name].append(timed(lambda g=get, p=params: g(p)))
+        for web in webs:
+            for label, path, floor, status in FLOORS:
+                samples[f"{web.name} {label}"].append(
+                    timed(lambda w=web, a=path, f=floor, s=status: w.get(f, path=a, status=s))
+                )
+    return samples
+
+
+def mix_concurrent(n_clients: int, mix: list[dict[str, Any]], run: Any) -> tuple[list[float], float]:
+    """``n_clients`` threads share the mix (each its own connection); latencies and requests/s."""
+    samples: list[float] = []
+    lock = threading.Lock()
+    cursor = iter(range(len(mix)))
+
+    def client() -> None:
+        while True:
+            with lock:
+                i = next(cursor, None)
+            if i is None:
+                return
+            ms = timed(lambda i=i: run(i))
+            with lock:
+                samples.append(ms)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(n_clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return samples, len(mix) / (time.perf_counter() - started)
+
+
+def stack_start(tmp: Path, log: Path) -> tuple[subprocess.Popen[bytes], dict[str, str], int]:
+    """``manage.py devstack`` on free ports under ``tmp``; returns it, its environment, the web port."""
+    port = processes.free_port()
+    env = {
+        **os.environ,
+        "ANALYTICS_ENV": "local",
+        "ANALYTICS_VAR_DIR": str(tmp / "var"),
+        "PORT": str(port),
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{processes.free_port()}",
+        "CLICKHOUSE_PORT": str(processes.free_port()),
+        "SCHEMA_REGISTRY_URL": f"http://127.0.0.1:{processes.free_port()}",
+        "STREAMS_METRICS_PORT": str(processes.free_port()),
+        "OTLP_RECEIVER_PORT": str(processes.free_port()),
+        "ANALYTICS_ADMIN_USER": "ops",
+        "ANALYTICS_ADMIN_PASSWORD": "bench-admin-password-123",
+        "METRICS_QUERY_CACHE_SECONDS": "0",
+        # Outside var/ (wiped per run): collectstatic then skips unchanged sources on the next run.
+        "DJANGO_STATIC_ROOT": str(tmp / "static"),
+        "DEMO_ENABLED": "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("DATABASE_URL", None)  # the embedded default: SQLite under var/
+    stack = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "devstack"],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if stack.poll() is not None:
+            raise RuntimeError(f"devstack exited with {stack.returncode}; see {log}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return stack, env, port
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"devstack not ready after 300 s; see {log}")
+
+
+def web_start(checkout: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """gunicorn with the production config, serving ``checkout``'s code on the same databases."""
+    port = processes.free_port()
+    web = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", "python:analytics_platform.gunicorn_conf", f"--bind=127.0.0.1:{port}"],
+        cwd=checkout,
+        env={**env, "PORT": str(port), "PYTHONPATH": str(checkout)},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    processes.wait_for_port("127.0.0.1", port, timeout=60, process=web)
+    return web, port
+
+
+def token_get(port: int, username: str, password: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request(
+        "POST",
+        "/auth/token",
+        body=json.dumps({"username": username, "password": password}),
+        headers={"Content-Type": "application/json"},
+    )
+    body = json.loads(conn.getresponse().read())
+    return str(body["access"])
+
+
+def stop(process: subprocess.Popen[bytes] | None, timeout: float = 60) -> None:
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGINT if process.args[-1] == "devstack" else signal.SIGTERM)  # type: ignore[index]
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--events", type=int, default=24_000, help="raw events (30 per view)")
     parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--data-dir", type=Path, help="reuse (or create and keep) this directory's data")
+    parser.add_argument("--requests", type=int, default=200, help="questions of the mix (and per shape)")
+    parser.add_argument("--clients", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=2, help="concurrent rounds, targets interleaved")
+    parser.add_argument("--no-stack", dest="stack", action="store_false", help="only ClickHouse and gunicorn")
+    parser.add_argument("--shapes", action="store_true", help="also the per-shape table of fixed questions")
+    parser.add_argument("--ab", type=Path, help="another checkout to serve beside this one (B), same data")
+    parser.add_argument("--data-dir", type=Path, help="keep this directory's data (reused with --no-stack)")
     args = parser.parse_args()
 
     keep = args.data_dir is not None
     tmp = args.data_dir or Path(tempfile.mkdtemp(prefix="bench-metrics-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    reuse = (tmp / "db.sqlite3").exists()
-    ch = processes.clickhouse_start(data_dir=tmp / "clickhouse")
-    web: subprocess.Popen[bytes] | None = None
+    log = tmp / "stack.log"
+    stack: subprocess.Popen[bytes] | None = None
+    ch: Any = None
+    webs: list[subprocess.Popen[bytes]] = []
     try:
-        env = {
-            "ANALYTICS_ENV": "local",
-            "ANALYTICS_VAR_DIR": str(tmp / "var"),
-            "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
-            "CLICKHOUSE_HOST": ch.host,
-            "CLICKHOUSE_PORT": str(ch.port),
-            "CLICKHOUSE_PASSWORD": ch.password or "",
-            "CLICKHOUSE_DATABASE": "bench",
-            "METRICS_QUERY_CACHE_SECONDS": "0",
-            "DJANGO_SETTINGS_MODULE": "analytics_platform.settings",
-            "LOG_LEVEL": "WARNING",
-        }
-        os.environ.update(env)
+        if args.stack:
+            shutil.rmtree(tmp / "var", ignore_errors=True)  # a fresh stack: the broker is memory-only
+            stack, env, port = stack_start(tmp, log)
+            os.environ.update({k: v for k, v in env.items() if k != "PORT"})
+            reuse = False
+        else:
+            reuse = (tmp / "db.sqlite3").exists()
+            ch = processes.clickhouse_start(data_dir=tmp / "clickhouse")
+            env = {
+                **os.environ,
+                "ANALYTICS_ENV": "local",
+                "ANALYTICS_VAR_DIR": str(tmp / "var"),
+                "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
+                "CLICKHOUSE_HOST": ch.host,
+                "CLICKHOUSE_PORT": str(ch.port),
+                "CLICKHOUSE_PASSWORD": ch.password or "",
+                "CLICKHOUSE_DATABASE": "bench",
+                "METRICS_QUERY_CACHE_SECONDS": "0",
+                "LOG_LEVEL": "WARNING",
+            }
+            os.environ.update(env)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "analytics_platform.settings"
         import django
 
         django.setup()
         from django.contrib.auth import get_user_model
+        from django.contrib.auth.models import Group
         from django.core.management import call_command
 
         from analytics_platform.clickhouse import client_get, database_ensure
@@ -172,12 +431,13 @@ def main() -> None:
         from metrics.models import MetricDefinition
 
         if not reuse:
-            database_ensure()
-            call_command("migrate", interactive=False, verbosity=0)
-            call_command("migrate", database="clickhouse", interactive=False, verbosity=0)
-            get_user_model().objects.create_user(
-                username="bench", password="bench-password-123", is_staff=True, is_superuser=True
-            )  # a superuser holds accounts.read_metrics
+            if not args.stack:
+                database_ensure()
+                call_command("migrate", interactive=False, verbosity=0)
+                call_command("migrate", database="clickhouse", interactive=False, verbosity=0)
+            # An analyst as ops make one: the group's permission, looked up as for any analyst.
+            user = get_user_model().objects.create_user(username="bench", password="bench-password-123")
+            user.groups.add(Group.objects.get(name="analysts"))
             client = client_get()
             started = time.perf_counter()
             end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
@@ -189,192 +449,159 @@ def main() -> None:
             client.disconnect()
         client = client_get()
         end = datetime.fromisoformat((tmp / "end").read_text())
-        print(f"data ends {end.isoformat()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        for table in ("events", "view_summaries", *query.ROLLUPS):
+        what = "the whole devstack (web, stream worker, Celery worker and beat)" if args.stack else "ClickHouse + web"
+        print(f"{what}; data ends {end.isoformat()}; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+        for table in ("events", "view_summaries"):
             print(f"  {table:28} {client.execute(f'SELECT count() FROM {table}')[0][0]:>12,} rows")
         client.disconnect()
 
-        port = processes.free_port()
-        web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "analytics_platform" / "gunicorn_conf.py")],
-            cwd=ROOT,
-            env={**os.environ, "PORT": str(port), "PYTHONPATH": str(ROOT)},
-            stdout=subprocess.DEVNULL,
-        )
-        processes.wait_for_port("127.0.0.1", port, timeout=30, process=web)
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request(
-            "POST",
-            "/auth/token",
-            body=json.dumps({"username": "bench", "password": "bench-password-123"}),
-            headers={"Content-Type": "application/json"},
-        )
-        token = json.loads(conn.getresponse().read())["access"]
-        headers = {"Authorization": f"Bearer {token}"}
-
-        def iso(moment: datetime) -> str:
-            return moment.isoformat().replace("+00:00", "Z")
-
-        # The windows the dashboards send: a preset range ends at the next bucket boundary (views.py).
-        now = end - timedelta(hours=5, minutes=17, seconds=23)  # "now": a few hours before the data ends
-        next_hour = now.replace(minute=0, second=0) + timedelta(hours=1)
-        next_minute = now.replace(second=0) + timedelta(minutes=1)
-        next_day = now.replace(hour=0, minute=0, second=0) + timedelta(days=1)
-        month = (next_hour - timedelta(days=args.days), next_hour)
-        queries: list[tuple[str, dict[str, Any]]] = [
-            (
-                "30-day hourly series: views, events, rebuffer_ratio",
-                {
-                    "metric": ["views", "events", "rebuffer_ratio"],
-                    "from": iso(month[0]),
-                    "to": iso(month[1]),
-                    "interval": "hour",
-                },
-            ),
-            (
-                "24-hour per-minute series: events, errors",
-                {
-                    "metric": ["events", "errors"],
-                    "from": iso(next_minute - timedelta(hours=24)),
-                    "to": iso(next_minute),
-                    "interval": "minute",
-                },
-            ),
-            (
-                "30-day breakdown by 50 videos: views, watch_time_ms",
-                {
-                    "metric": ["views", "watch_time_ms"],
-                    "from": iso(next_day - timedelta(days=args.days)),
-                    "to": iso(next_day),
-                    "groupBy": "videoId",
-                    "limit": 50,
-                },
-            ),
-            (
-                "  same, range ending on the hour (no day rollup)",
-                {
-                    "metric": ["views", "watch_time_ms"],
-                    "from": iso(month[0]),
-                    "to": iso(month[1]),
-                    "groupBy": "videoId",
-                    "limit": 50,
-                },
-            ),
-            (
-                "30-day hourly startup p95 (rows, quantile)",
-                {
-                    "metric": ["video_startup_time_ms_p95"],
-                    "from": iso(month[0]),
-                    "to": iso(month[1]),
-                    "interval": "hour",
-                },
-            ),
-            (
-                "30-day hourly events, range cut at :00:01",
-                {
-                    "metric": ["events"],
-                    "from": iso(month[0] + timedelta(seconds=1)),
-                    "to": iso(month[1]),
-                    "interval": "hour",
-                },
-            ),
-            (
-                "default last 24 h (no from/to), per minute",
-                {"metric": ["events", "errors"], "interval": "minute"},
-            ),
-            (
-                "last 24 h to the second, per minute: events, errors",
-                {
-                    "metric": ["events", "errors"],
-                    "from": iso(now - timedelta(hours=24)),
-                    "to": iso(now),
-                    "interval": "minute",
-                },
-            ),
-        ]
-        http_state: dict[str, Any] = {"port": port}
-
-        def http_get(params: dict[str, Any]) -> dict:
-            conn = http_state.get("conn")
-            if conn is None:  # one keep-alive connection per phase (gunicorn closes idle ones after 30 s)
-                conn = http_state["conn"] = http.client.HTTPConnection("127.0.0.1", http_state["port"], timeout=60)
-            conn.request("GET", "/metrics?" + urllib.parse.urlencode(params, doseq=True), headers=headers)
-            response = conn.getresponse()
-            body = response.read()
-            if response.status != 200:
-                raise RuntimeError(f"{response.status}: {body[:300]!r}")
-            return json.loads(body)
-
-        def measure(fn: Any, n: int) -> list[float]:
-            for _ in range(5):
-                fn()
-            samples = []
-            for _ in range(n):
-                t = time.perf_counter()
-                fn()
-                samples.append((time.perf_counter() - t) * 1000)
-            return samples
+        if not args.stack:
+            web, port = web_start(ROOT, env, log)
+            webs.append(web)
+        targets = [Web("A", port, token_get(port, "bench", "bench-password-123"))]
+        if args.ab is not None:
+            web_b, port_b = web_start(args.ab.resolve(), env, log)
+            webs.append(web_b)
+            targets.append(Web("B", port_b, token_get(port_b, "bench", "bench-password-123")))
+            print(f"A: {ROOT}, B: {args.ab.resolve()} (same databases, both gunicorn_conf)")
 
         definitions = {d.name: d.compile() for d in MetricDefinition.objects.all()}
-        web_pids = [web.pid, *children(web.pid)]
-        print(f"\n{args.requests} sequential requests per query, cache off; milliseconds (CPU: ms per request)")
-        print(
-            f"{'query':52} {'tables':44} {'HTTP p50':>8} {'p95':>7} {'p99':>7} {'CPU web':>7} {'CPU ch':>6} | "
-            f"{'driver p50':>10} {'p95':>7} {'p99':>7} {'CPU ch':>6}"
-        )
-        for label, params in queries:
-            default_end = datetime.now(UTC).replace(second=0, microsecond=0) + timedelta(minutes=1)
-            request = query.MetricRequest(
-                start=datetime.fromisoformat(params["from"]) if "from" in params else default_end - timedelta(hours=24),
-                end=datetime.fromisoformat(params["to"]) if "to" in params else default_end,
-                interval=params.get("interval"),
-                group_by=(params["groupBy"],) if "groupBy" in params else (),
-                limit=params.get("limit", 100),
-            )
-            built = [query.query_build(definitions[name], request) for name in params["metric"]]
-            tables = "+".join(sorted({t for b in built for t in re.findall(r"FROM (\w+)", b.sql)}))
-            http_state["conn"] = None
-            n = args.requests
-            web_cpu, ch_cpu = cpu_seconds(web_pids), cpu_seconds([ch.process.pid])
-            http_samples = measure(lambda p=params: http_get(p), n)
-            web_cpu, ch_cpu = cpu_seconds(web_pids) - web_cpu, cpu_seconds([ch.process.pid]) - ch_cpu
-            direct = client_get()
-            driver_ch = cpu_seconds([ch.process.pid])
-            driver_samples = measure(lambda c=direct, qs=built: [c.execute(b.sql, b.params) for b in qs], n)
-            driver_ch = cpu_seconds([ch.process.pid]) - driver_ch
-            direct.disconnect()
-            h, d = percentiles(http_samples), percentiles(driver_samples)
-            per_request = [cpu * 1000 / (n + 5) for cpu in (web_cpu, ch_cpu, driver_ch)]  # + the 5 warm-ups
-            print(
-                f"{label:52} {tables:44} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f} {per_request[0]:7.1f} "
-                f"{per_request[1]:6.1f} | {d[0]:10.1f} {d[1]:7.1f} {d[2]:7.1f} {per_request[2]:6.1f}",
-                flush=True,
-            )
+        mix = dashboard_mix(n=args.requests, end=end)
+        built = [
+            [query.query_build(definitions[name], _request(params, query)) for name in params["metric"]]
+            for params in mix
+        ]
+        driver = Driver(built)
+        for target in targets:  # warm every thread's connection and the server's caches
+            for params in mix[:10]:
+                target.get(params)
+        for i in range(10):
+            driver.run(i)
+        queries = sum(len(b) for b in built)
+        print(f"\ndashboard mix: {len(mix)} questions, {queries} ClickHouse queries; cache off; milliseconds")
+        print(f"{'sequential (one connection)':42} {'p50':>7} {'p95':>7} {'p99':>7}   overhead over driver p50 / p95")
+        seq = mix_sequential(mix, targets, driver)
+        for name, samples in seq.items():
+            label = "driver (same SQL)" if name == "driver" else f"HTTP {name}"
+            line = f"  {label:40} {summary(samples)}"
+            if name in {t.name for t in targets}:
+                diff = sorted(h - d for h, d in zip(samples, seq["driver"], strict=True))
+                line += f"   {statistics.median(diff):6.1f} / {percentiles(diff)[1]:6.1f}"
+            print(line, flush=True)
 
-        # The same first three queries with the 10 s query cache on (a fresh server, same data).
-        web.terminate()
-        web.wait(20)
-        port = processes.free_port()
-        web = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "analytics_platform" / "gunicorn_conf.py")],
-            cwd=ROOT,
-            env={**os.environ, "PORT": str(port), "PYTHONPATH": str(ROOT), "METRICS_QUERY_CACHE_SECONDS": "10"},
-            stdout=subprocess.DEVNULL,
-        )
-        processes.wait_for_port("127.0.0.1", port, timeout=30, process=web)
-        http_state["port"] = port
-        print(f"\nwith the query cache on (identical repeated queries), {args.requests} requests; milliseconds")
-        for label, params in queries[:3]:
-            http_state["conn"] = None
-            h = percentiles(measure(lambda p=params: http_get(p), args.requests))
-            print(f"{label:52} {'':44} {h[0]:8.1f} {h[1]:7.1f} {h[2]:7.1f}", flush=True)
+        print(f"{f'{args.clients} concurrent clients':42} {'p50':>7} {'p95':>7} {'p99':>7}   requests/s")
+        conc: dict[str, list[float]] = {}
+        rates: dict[str, list[float]] = {}
+        runners: list[tuple[str, Any]] = [(f"HTTP {t.name}", lambda i, t=t: t.get(mix[i])) for t in targets] + [
+            ("driver (same SQL)", driver.run)
+        ]
+        for r in range(args.rounds):
+            order = runners[r % len(runners) :] + runners[: r % len(runners)]
+            for name, run in order:
+                samples, rate = mix_concurrent(args.clients, mix, run)
+                conc.setdefault(name, []).extend(samples)
+                rates.setdefault(name, []).append(rate)
+        for name, _ in runners:
+            print(f"  {name:40} {summary(conc[name])}   {statistics.mean(rates[name]):8.1f}", flush=True)
+
+        if args.shapes:
+            shapes_table(targets[0], end=end, n=args.requests, definitions=definitions, query=query)
     finally:
-        if web is not None and web.poll() is None:
-            web.terminate()
-            web.wait(20)
-        ch.stop()
+        for web in webs:
+            stop(web)
+        stop(stack, timeout=180)
+        if ch is not None:
+            ch.stop()
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _request(params: dict[str, Any], query: Any) -> Any:
+    return query.MetricRequest(
+        start=datetime.fromisoformat(params["from"]),
+        end=datetime.fromisoformat(params["to"]),
+        interval=params.get("interval"),
+        group_by=(params["groupBy"],) if "groupBy" in params else (),
+        limit=params.get("limit", 100),
+    )
+
+
+def shapes_table(web: Web, *, end: datetime, n: int, definitions: dict[str, Any], query: Any) -> None:
+    """The earlier table: fixed dashboard questions, each ``n`` times over HTTP, then through the driver."""
+    now = end - timedelta(hours=5, minutes=17, seconds=23)  # "now": a few hours before the data ends
+    next_hour = now.replace(minute=0, second=0) + timedelta(hours=1)
+    next_minute = now.replace(second=0) + timedelta(minutes=1)
+    next_day = now.replace(hour=0, minute=0, second=0) + timedelta(days=1)
+    month = (next_hour - timedelta(days=30), next_hour)
+    shapes: list[tuple[str, dict[str, Any]]] = [
+        (
+            "30-day hourly: views, events, rebuffer_ratio",
+            {
+                "metric": ["views", "events", "rebuffer_ratio"],
+                "from": _iso(month[0]),
+                "to": _iso(month[1]),
+                "interval": "hour",
+            },
+        ),
+        (
+            "24-hour per-minute: events, errors",
+            {
+                "metric": ["events", "errors"],
+                "from": _iso(next_minute - timedelta(hours=24)),
+                "to": _iso(next_minute),
+                "interval": "minute",
+            },
+        ),
+        (
+            "24-hour per-minute startup p95",
+            {
+                "metric": ["video_startup_time_ms_p95"],
+                "from": _iso(next_minute - timedelta(hours=24)),
+                "to": _iso(next_minute),
+                "interval": "minute",
+            },
+        ),
+        (
+            "30-day by 50 videos: views, watch_time_ms",
+            {
+                "metric": ["views", "watch_time_ms"],
+                "from": _iso(next_day - timedelta(days=30)),
+                "to": _iso(next_day),
+                "groupBy": "videoId",
+                "limit": 50,
+            },
+        ),
+        (
+            "30-day hourly startup p95",
+            {"metric": ["video_startup_time_ms_p95"], "from": _iso(month[0]), "to": _iso(month[1]), "interval": "hour"},
+        ),
+        (
+            "last 24 h to the second, per minute",
+            {
+                "metric": ["events", "errors"],
+                "from": _iso(now - timedelta(hours=24)),
+                "to": _iso(now),
+                "interval": "minute",
+            },
+        ),
+    ]
+    print(f"\nper shape, {n} sequential requests each, interleaved with the driver; milliseconds")
+    print(
+        f"{'question':44} {'tables':44} {'HTTP p50':>8} {'p95':>7} {'p99':>7} | "
+        f"{'driver p50':>10} {'p95':>7} {'p99':>7}"
+    )
+    for label, params in shapes:
+        built = [query.query_build(definitions[name], _request(params, query)) for name in params["metric"]]
+        tables = "+".join(sorted({t for b in built for t in re.findall(r"FROM (\w+)", b.sql)}))
+        driver = Driver([built])
+        http_samples, driver_samples = [], []
+        for i in range(n + 5):
+            h = timed(lambda p=params: web.get(p))
+            d = timed(lambda dr=driver: dr.run(0))
+            if i >= 5:
+                http_samples.append(h)
+                driver_samples.append(d)
+        print(f"{label:44} {tables:44} {summary(http_samples)} | {summary(driver_samples)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -218,14 +218,13 @@ class MetricDefinitionAdmin(admin.ModelAdmin):
 _PREVIEW_NAME = "unsaved_preview"
 
 
-def _last_24_hours(compiled: query.CompiledMetric) -> dict[str, Any]:
+def _last_24_hours(compiled: query.CompiledMetric) -> query.Series:
     """One series: ``compiled`` over the last 24 whole hours, uncached, through the API's selector."""
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
     body = metric_timeseries_get(
         metrics=(), definitions=[compiled], start=end - timedelta(hours=24), end=end, interval="hour", use_cache=False
     )
-    series: dict[str, Any] = body["metrics"][0]["series"][0]
-    return series
+    return body["metrics"][0]["series"][0]
 
 
 def _fmt(value: float | int | None) -> str:

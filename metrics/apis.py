@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from accounts.permissions import CanReadMetrics
 from analytics_platform.errors import ApplicationError
 from metrics import bounds, query
-from metrics.selectors import metric_timeseries_get
+from metrics.selectors import metric_timeseries_json
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -57,6 +57,8 @@ class OrjsonRenderer(renderers.JSONRenderer):
     def render(self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None) -> bytes:
         if data is None:
             return b""
+        if isinstance(data, bytes):  # the selector's answer, rendered once (and cached so)
+            return data
         return orjson.dumps(data)
 
 
@@ -180,7 +182,7 @@ class MetricsQueryApi(APIView):
                 message = f"{field}: {message}"
             raise ApplicationError(message, code="invalid_parameter", field=field)
         data: dict[str, Any] = serializer.validated_data
-        body = metric_timeseries_get(
+        body = metric_timeseries_json(
             metrics=data["metric"],
             start=data.get("from"),
             end=data.get("to"),

@@ -32,7 +32,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 
 from analytics_platform import warehouse
 
@@ -475,6 +475,9 @@ class MetricRequest:
     group_by: tuple[str, ...] = ()
     filters: tuple[tuple[str, str], ...] = ()
     limit: int = 100
+    #: The moment the question is asked at: the planner checks rollup TTLs against it, so one
+    #: request reads the clock once (the selector's, which also resolved the default range).
+    now: datetime = field(default_factory=lambda: datetime.now(UTC), compare=False)
 
     def filter_values(self) -> dict[str, list[str]]:
         values: dict[str, list[str]] = {}
@@ -524,36 +527,34 @@ class _Target:
     def table(self) -> str:
         if self.rollup is not None:
             return self.rollup.table
-        return self._source.table + (" FINAL" if self._source.final else "")
+        return self.source.table + (" FINAL" if self.source.final else "")
 
     @property
     def time_column(self) -> str:
-        return self.rollup.time_column if self.rollup is not None else self._source.time_column
-
-    @property
-    def _source(self) -> Source:
-        return self.source
+        return self.rollup.time_column if self.rollup is not None else self.source.time_column
 
     @property
     def dimensions(self) -> Mapping[str, str]:
-        return self.rollup.dimensions if self.rollup is not None else self._source.dimensions
+        return self.rollup.dimensions if self.rollup is not None else self.source.dimensions
 
-    def bind(self, params: dict[str, Any]) -> None:
-        """Add the parameters ``table`` refers to (none for a plain table)."""
+    @property
+    def params(self) -> dict[str, Any]:
+        """Parameters ``table`` refers to (none for a plain table)."""
+        return {}
 
     def condition(self, conditions: Sequence[str]) -> str:
         """SQL for the conjunction of named flags of the base table."""
         parts = []
         for condition in conditions:
             negate = condition.startswith("!")
-            expr = self._source.flags[condition[1:] if negate else condition]
+            expr = self.source.flags[condition[1:] if negate else condition]
             parts.append(f"NOT ({expr})" if negate else f"({expr})")
         return " AND ".join(parts)
 
     def term(self, term: Term, params: dict[str, Any], index: int) -> str | None:
         """SQL aggregate for ``term`` on this table, or None when this table cannot answer it."""
         if self.rollup is None:
-            source = self._source
+            source = self.source
             cond = self.condition(term.conditions)
             column = source.measures.get(term.measure, "")
             if term.aggregation == "count":
@@ -634,30 +635,37 @@ class _SplitTarget(_Target):
         assert self.rollup is not None
         return {dim: self.rollup.dimensions[dim] for dim in self.dims}
 
-    def bind(self, params: dict[str, Any]) -> None:
-        params["mid_start_ms"], params["mid_end_ms"] = self.mid
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"mid_start_ms": self.mid[0], "mid_end_ms": self.mid[1]}
 
     @property
     def table(self) -> str:
         assert self.rollup is not None
         coarse = self.rollup
         dims = [coarse.dimensions[d] for d in self.dims]
-        ms = "fromUnixTimestamp64Milli(%({})s, 'UTC')".format
         t_c = coarse.time_column
         middle = ", ".join([f"{t_c} AS bucket", *dims, *(column for column, _ in self.columns)])
         if self.fine is not None:
             t_f, fine_table = self.fine.time_column, self.fine.table
             edge = ", ".join([f"{t_f} AS bucket", *dims, *(column for column, _ in self.columns)])
         else:
-            t_f, fine_table = self._source.time_column, self.source.table
+            t_f, fine_table = self.source.time_column, self.source.table
             edge = ", ".join([f"{t_f} AS bucket", *dims, *(f"{expr} AS {column}" for column, expr in self.columns)])
         return (
             f"(SELECT {middle} FROM {coarse.table} "  # noqa: S608 - see module doc
-            f"WHERE {t_c} >= {ms('mid_start_ms')} AND {t_c} < {ms('mid_end_ms')} "
+            f"WHERE {_in_range(t_c, 'mid_start_ms', 'mid_end_ms')} "
             f"UNION ALL SELECT {edge} FROM {fine_table} "
-            f"WHERE ({t_f} >= {ms('start_ms')} AND {t_f} < {ms('mid_start_ms')}) "
-            f"OR ({t_f} >= {ms('mid_end_ms')} AND {t_f} < {ms('end_ms')}))"
+            f"WHERE ({_in_range(t_f, 'start_ms', 'mid_start_ms')}) OR ({_in_range(t_f, 'mid_end_ms', 'end_ms')}))"
         )
+
+
+def _in_range(column: str, start_param: str, end_param: str) -> str:
+    """The one time-range predicate: ``column`` in [start, end), both bound epoch milliseconds."""
+    return (
+        f"{column} >= fromUnixTimestamp64Milli(%({start_param})s, 'UTC') "
+        f"AND {column} < fromUnixTimestamp64Milli(%({end_param})s, 'UTC')"
+    )
 
 
 def _rollup_columns(rollup: Rollup, metric: CompiledMetric) -> list[tuple[str, str]]:
@@ -685,7 +693,7 @@ def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
     if metric.spec.event_types:
         needed.add("type")
     start_ms, end_ms = _epoch_ms(request.start), _epoch_ms(request.end)
-    now = datetime.now(UTC)
+    now = request.now
     usable = []
     for rollup in ROLLUPS.values():
         if rollup.base != metric.source.key:
@@ -757,8 +765,7 @@ def query_build(metric: CompiledMetric, request: MetricRequest) -> BuiltQuery:
     """
     request_validate(metric, request)
     for target in _targets(metric, request):
-        params: dict[str, Any] = {}
-        target.bind(params)
+        params = target.params
         value = target.value(metric, params)
         if value is None:
             continue
@@ -772,10 +779,7 @@ def _render(
     time_col = target.time_column
     params["start_ms"] = _epoch_ms(request.start)
     params["end_ms"] = _epoch_ms(request.end)
-    where = [
-        f"{time_col} >= fromUnixTimestamp64Milli(%(start_ms)s, 'UTC')",
-        f"{time_col} < fromUnixTimestamp64Milli(%(end_ms)s, 'UTC')",
-    ]
+    where = [_in_range(time_col, "start_ms", "end_ms")]
     dims = target.dimensions
     if metric.spec.event_types:
         params["event_types"] = list(metric.spec.event_types)
@@ -833,6 +837,17 @@ def _render(
 # --- Results ----------------------------------------------------------------------------------
 
 
+class Point(TypedDict):
+    t: str  # bucket start, RFC 3339 UTC
+    value: float | int | None
+
+
+class Series(TypedDict):
+    group: dict[str, str]
+    points: list[Point]
+    total: float | int | None
+
+
 def bucket_starts(request: MetricRequest) -> list[int]:
     """Epoch seconds of every bucket that [start, end) touches, aligned on the UTC interval.
 
@@ -869,7 +884,7 @@ def _json_number(value: Any) -> float | int | None:
     return int(value)
 
 
-def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequence[Sequence[Any]]) -> list[dict]:
+def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequence[Sequence[Any]]) -> list[Series]:
     """Rows of :func:`query_build`'s SQL -> API series, empty buckets filled per the metric."""
     n = len(request.group_by)
     empty: float | int | None = 0 if metric.zero_filled else None
@@ -889,24 +904,27 @@ def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequen
     if not groups and n == 0:
         groups[()] = {"points": {}, "total": empty}
         order.append(())
+    if n:
+        # Largest total first, then by group values; ranked before any point is built, so groups
+        # past ``limit`` cost nothing.
+        order.sort(key=lambda k: (groups[k]["total"] is None, -(groups[k]["total"] or 0), tuple(str(v) for v in k)))
+        del order[request.limit :]
     buckets = (
         _bucket_labels(request.start.timestamp(), request.end.timestamp(), request.interval) if request.interval else ()
     )
-    series = []
+    series: list[Series] = []
     for key in order:
         entry = groups[key]
-        values = entry["points"]
+        points: list[Point]
         if request.interval:
-            points = [{"t": label, "value": values.get(t, empty)} for t, label in buckets]
+            get = entry["points"].get
+            points = [{"t": label, "value": get(t, empty)} for t, label in buckets]
         else:
             # No interval: the whole range is one bucket, labelled with its start (API.md's shape).
             points = [{"t": request.start.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": entry["total"]}]
         series.append(
             {"group": dict(zip(request.group_by, key, strict=True)), "points": points, "total": entry["total"]}
         )
-    if n:
-        series.sort(key=lambda s: (s["total"] is None, -(s["total"] or 0), tuple(str(v) for v in s["group"].values())))
-        series = series[: request.limit]
     return series
 
 

@@ -8,6 +8,7 @@ no front-end build.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -139,7 +140,7 @@ def _definitions_attach(charts: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return charts
 
 
-def _line_charts(body: dict[str, Any], prefix: str = "chart") -> list[dict[str, Any]]:
+def _line_charts(body: Mapping[str, Any], prefix: str = "chart") -> list[dict[str, Any]]:
     charts = []
     for metric in body["metrics"]:
         series = metric["series"][0] if metric["series"] else {"points": [], "total": None}
@@ -158,7 +159,7 @@ def _line_charts(body: dict[str, Any], prefix: str = "chart") -> list[dict[str, 
     return charts
 
 
-def _bar_charts(body: dict[str, Any], dim: str) -> list[dict[str, Any]]:
+def _bar_charts(body: Mapping[str, Any], dim: str) -> list[dict[str, Any]]:
     charts = []
     for metric in body["metrics"]:
         charts.append(
@@ -176,7 +177,7 @@ def _bar_charts(body: dict[str, Any], dim: str) -> list[dict[str, Any]]:
     return charts
 
 
-def worst_contributors(body: dict[str, Any], dim: str, *, shown: int = CONTRIBUTORS_SHOWN) -> list[dict[str, Any]]:
+def worst_contributors(body: Mapping[str, Any], dim: str, *, shown: int = CONTRIBUTORS_SHOWN) -> list[dict[str, Any]]:
     """The values of ``dim`` that pull the score down most, from ``views`` and the score by ``dim``.
 
     The overall score is the views-weighted mean of the groups' scores (both count the views with
@@ -325,7 +326,7 @@ def errors(request: HttpRequest) -> HttpResponse:
     filters = [(dim, search.filters[name]) for name, dim in ERROR_COUNT_FILTERS.items() if name in search.filters]
     available = _available(("errors",))
     try:
-        counts = (
+        counts: Mapping[str, Any] = (
             metric_timeseries_get(
                 metrics=available, start=window.start, end=window.end, filters=filters, interval=window.interval
             )

@@ -104,6 +104,7 @@ DATA_CODES: Final[dict[int, str]] = {
     26: "CANNOT_PARSE_QUOTED_STRING",
     27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",  # e.g. a string where the column wants a number
     38: "CANNOT_PARSE_DATE",
+    39: "TOO_LARGE_SIZE_COMPRESSED",  # a compressed frame over the server's bound: smaller blocks pass
     41: "CANNOT_PARSE_DATETIME",
     53: "TYPE_MISMATCH",
     69: "ARGUMENT_OUT_OF_BOUND",
@@ -111,6 +112,8 @@ DATA_CODES: Final[dict[int, str]] = {
     72: "CANNOT_PARSE_NUMBER",  # e.g. a negative number for a UInt column
     117: "INCORRECT_DATA",  # malformed JSON values
     131: "TOO_LARGE_STRING_SIZE",
+    229: "QUERY_IS_TOO_LARGE",  # the rows ride in the query text (the sink's chunks): halves pass
+    307: "TOO_MANY_BYTES",  # a native block over the server's packet bound
     321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
     349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
     376: "CANNOT_PARSE_UUID",

@@ -21,6 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from .limits import add_limit_arguments, limits_from_args
+from .tls import add_tls_arguments, server_context_from_args
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port-file", type=Path, default=None, help="write the bound port here once listening")
     parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds running queries get on shutdown")
     parser.add_argument("--log-level", default=os.environ.get("CLICKHOUSE_SERVER_LOG_LEVEL", "INFO"))
+    # Connection limits, timeouts and TLS (limits.py, tls.py).
+    add_limit_arguments(parser)
+    add_tls_arguments(parser)
     return parser
 
 
@@ -82,6 +88,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
             "a password is required: set $CLICKHOUSE_SERVER_PASSWORD"
             " (or pass --insecure-no-password to let any local client in)"
         )
+    tls = server_context_from_args(parser, args)
     args.data_dir.mkdir(parents=True, exist_ok=True)
 
     from .server import ClickHouseServer  # imports chdb: slow, so after argument errors
@@ -93,6 +100,8 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
         user=args.user,
         password=args.password,
         shutdown_grace=args.shutdown_grace,
+        limits=limits_from_args(args),
+        tls=tls,
     )
 
     def stop(signum: int, _frame: FrameType | None) -> None:

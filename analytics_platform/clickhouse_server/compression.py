@@ -18,7 +18,7 @@ from types import ModuleType
 import lz4.block
 from clickhouse_cityhash.cityhash import CityHash128
 
-from .protocol import ByteReader, ProtocolError, ServerError
+from .protocol import ByteReader, ErrorCode, LimitExceeded, ProtocolError, ServerError
 
 zstd: ModuleType | None
 try:
@@ -32,17 +32,17 @@ METHOD_ZSTD = 0x90
 
 # ClickHouse splits compressed output at max_compress_block_size (1 MiB by default).
 MAX_FRAME = 1 << 20
-# Refuse absurd frames instead of allocating them (ClickHouse limit: 1 GiB).
-MAX_FRAME_SIZE = 1 << 30
 # Clients split what they send at max_compress_block_size (1 MiB; clickhouse-driver the same), so a
 # frame claiming more than this is a decompression bomb, refused before anything is inflated.
 MAX_UNCOMPRESSED = 8 << 20
+# The compressed size of such a frame: LZ4's and ZSTD's worst case (incompressible input) grows it
+# by well under 1/128. ClickHouse allows 1 GiB; nothing legitimate needs it, and it is buffered whole.
+MAX_FRAME_SIZE = 9 + MAX_UNCOMPRESSED + (MAX_UNCOMPRESSED >> 7) + 64
 
 _HEADER = struct.Struct("<BII")
 _CHECKSUM = struct.Struct("<QQ")
 CODE_CHECKSUM_DOESNT_MATCH = 40
 CODE_UNKNOWN_COMPRESSION_METHOD = 89
-CODE_TOO_LARGE_SIZE_COMPRESSED = 246
 
 
 def _checksum(data: bytes) -> bytes:
@@ -73,7 +73,8 @@ def read_frame(raw: ByteReader) -> tuple[int, bytes]:
     raw.ensure(9)
     method, size_with_header, uncompressed = _HEADER.unpack_from(raw.buf, raw.pos)
     if size_with_header < 9 or size_with_header > MAX_FRAME_SIZE or uncompressed > MAX_UNCOMPRESSED:
-        raise ServerError.make(CODE_TOO_LARGE_SIZE_COMPRESSED, "Too large size of compressed frame")
+        # The frame's bytes stay unread: the connection cannot go on (LimitExceeded closes it).
+        raise LimitExceeded.make(ErrorCode.TOO_LARGE_SIZE_COMPRESSED, "Too large size of compressed frame")
     body = raw.read(size_with_header)
     if _checksum(body) != checksum:
         raise ProtocolError("Checksum doesn't match: corrupted data (CHECKSUM_DOESNT_MATCH)")
@@ -83,7 +84,7 @@ def read_frame(raw: ByteReader) -> tuple[int, bytes]:
     if method == METHOD_ZSTD and zstd is not None:
         data = bytes(zstd.decompress(payload))
         if len(data) != uncompressed:  # the frame lied about its size: refuse what it inflated to
-            raise ServerError.make(CODE_TOO_LARGE_SIZE_COMPRESSED, "Decompressed size differs from the frame header")
+            raise ServerError.make(ErrorCode.CORRUPTED_DATA, "Decompressed size differs from the frame header")
         return method, data
     if method == METHOD_NONE:
         return method, payload

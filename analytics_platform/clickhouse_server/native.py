@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from .protocol import ByteReader, encode_str, encode_varint
+from .protocol import ByteReader, ErrorCode, LimitExceeded, ProtocolError, encode_str, encode_varint
 
 
 class UnsupportedType(Exception):
@@ -243,17 +243,32 @@ class BlockShape:
     rows: int
 
 
+# ClickHouse's own sanity bounds on a Native block header (NativeReader: "suspicious number of
+# columns/rows"); the bytes behind them are bounded by the reader's ``limit``.
+MAX_BLOCK_COLUMNS = 1_000_000
+MAX_BLOCK_ROWS = 1_000_000_000_000
+# Type names are cached per name (column_for): bounded so distinct huge names cannot fill memory.
+MAX_TYPE_NAME = 64 << 10
+
+
 def skip_block(r: ByteReader) -> BlockShape:
     """Walk one Native block (without BlockInfo) starting at ``r.pos``, leaving ``r`` after it."""
     ncols = r.read_varint()
     rows = r.read_varint()
+    if ncols > MAX_BLOCK_COLUMNS or rows > MAX_BLOCK_ROWS:
+        raise LimitExceeded.make(ErrorCode.TOO_MANY_BYTES, f"Suspicious block of {ncols} columns and {rows} rows")
     columns = []
     for _ in range(ncols):
         name = r.read_str()
         type_name = r.read_str()
+        if len(type_name) > MAX_TYPE_NAME:
+            raise LimitExceeded.make(ErrorCode.TOO_LARGE_STRING_SIZE, f"A type name of {len(type_name)} characters")
         columns.append((name, type_name))
         if rows:
-            column = column_for(type_name)
+            try:
+                column = column_for(type_name)
+            except RecursionError:  # Array(Array(... nested past Python's stack
+                raise UnsupportedType(type_name[:100] + "...") from None
             column.prefix(r)
             column.data(r, rows)
     return BlockShape(columns, rows)
@@ -267,7 +282,7 @@ def skip_block_info(r: ByteReader) -> None:
         elif field == 2:
             r.skip(4)
         else:
-            raise ValueError(f"unknown BlockInfo field {field}")
+            raise ProtocolError(f"unknown BlockInfo field {field}")
 
 
 def split_blocks(data: bytes) -> list[tuple[BlockShape, bytes]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Self
 
 SERVER_REVISION = 54453
 SERVER_NAME = "ClickHouse"
@@ -71,8 +72,16 @@ class ErrorCode:
     UNKNOWN_PACKET_FROM_CLIENT = 101
     UNEXPECTED_PACKET_FROM_CLIENT = 102
     UNKNOWN_SETTING = 115
+    TOO_LARGE_SIZE_COMPRESSED = 39
+    TOO_LARGE_STRING_SIZE = 131
+    QUERY_IS_TOO_LARGE = 229
+    CORRUPTED_DATA = 246
+    SOCKET_TIMEOUT = 209
+    TOO_MANY_BYTES = 307
     QUERY_WAS_CANCELLED = 394
     AUTHENTICATION_FAILED = 516
+    TCP_CONNECTION_LIMIT_REACHED = 749
+    TOO_MANY_SETTINGS = 117  # INCORRECT_DATA: ClickHouse has no code for it
 
 
 ERROR_NAMES = {
@@ -82,6 +91,14 @@ ERROR_NAMES = {
     ErrorCode.UNKNOWN_PACKET_FROM_CLIENT: "UNKNOWN_PACKET_FROM_CLIENT",
     ErrorCode.UNEXPECTED_PACKET_FROM_CLIENT: "UNEXPECTED_PACKET_FROM_CLIENT",
     ErrorCode.UNKNOWN_SETTING: "UNKNOWN_SETTING",
+    ErrorCode.TOO_LARGE_SIZE_COMPRESSED: "TOO_LARGE_SIZE_COMPRESSED",
+    ErrorCode.TOO_LARGE_STRING_SIZE: "TOO_LARGE_STRING_SIZE",
+    ErrorCode.CORRUPTED_DATA: "CORRUPTED_DATA",
+    ErrorCode.QUERY_IS_TOO_LARGE: "QUERY_IS_TOO_LARGE",
+    ErrorCode.SOCKET_TIMEOUT: "SOCKET_TIMEOUT",
+    ErrorCode.TOO_MANY_BYTES: "TOO_MANY_BYTES",
+    ErrorCode.TCP_CONNECTION_LIMIT_REACHED: "TCP_CONNECTION_LIMIT_REACHED",
+    ErrorCode.TOO_MANY_SETTINGS: "INCORRECT_DATA",
     ErrorCode.QUERY_WAS_CANCELLED: "QUERY_WAS_CANCELLED",
     ErrorCode.AUTHENTICATION_FAILED: "AUTHENTICATION_FAILED",
 }
@@ -101,13 +118,31 @@ class ServerError(Exception):
         self.message = message
 
     @classmethod
-    def make(cls, code: int, text: str) -> ServerError:
+    def make(cls, code: int, text: str) -> Self:
         """Build the error from a bare text, the way ClickHouse formats its own messages."""
         return cls(code, f"DB::Exception: {text}. ({ERROR_NAMES.get(code, 'UNKNOWN')})")
 
 
+class LimitExceeded(ServerError):
+    """A length or count from the client is over its bound.
+
+    The field's bytes are left unread, so the stream position is lost: the error is reported and
+    then the connection is closed. Raised before anything of the claimed size is allocated.
+    """
+
+
 class ProtocolError(Exception):
     """The peer broke the protocol; the connection cannot continue."""
+
+
+# Any string field of a packet other than the query text (names, ids, settings, client info):
+# real ones are a few bytes to a few KiB.
+MAX_STRING_BYTES = 1 << 20
+# Settings of one Query packet: clickhouse-driver sends only those the caller set; ClickHouse has
+# about 1,500 in all. Their total size is bounded too, so a packet cannot make the server hold
+# MAX_SETTINGS strings of MAX_STRING_BYTES each.
+MAX_SETTINGS = 4096
+MAX_SETTINGS_BYTES = 4 << 20
 
 
 # --- encoding -------------------------------------------------------------------------------
@@ -217,21 +252,43 @@ class ByteReader:
     The Native block parser walks column data directly in ``buf`` for speed, so the buffer and
     position are public. ``begin_capture``/``end_capture`` keep the bytes of one block so the
     block can be forwarded to chdb unchanged.
+
+    ``limit`` bounds the bytes one read may need held at once (a captured block included), and
+    ``max_string`` the length of a string field; both are checked before anything is pulled, so
+    a claimed length never becomes an allocation. Readers over the client's socket set them;
+    readers over bytes already in memory (chdb's output) need not.
     """
 
-    __slots__ = ("_mark", "_source", "buf", "pos")
+    __slots__ = ("_mark", "_source", "buf", "limit", "max_string", "pos")
 
-    def __init__(self, source: Source = _no_more, initial: bytes = b"") -> None:
+    def __init__(
+        self,
+        source: Source = _no_more,
+        initial: bytes = b"",
+        *,
+        limit: int | None = None,
+        max_string: int | None = None,
+    ) -> None:
         self.buf = bytearray(initial)
         self.pos = 0
         self._source = source
         self._mark = -1
+        self.limit = limit
+        self.max_string = max_string
 
     def available(self) -> int:
         return len(self.buf) - self.pos
 
     def ensure(self, n: int) -> None:
         """Make at least ``n`` unread bytes available, pulling from the source."""
+        if len(self.buf) - self.pos >= n:
+            return
+        if self.limit is not None:
+            held = self.pos - (self.pos if self._mark < 0 else self._mark) + n
+            if held > self.limit:
+                raise LimitExceeded.make(
+                    ErrorCode.TOO_MANY_BYTES, f"A packet needs {held} bytes, over the server's limit of {self.limit}"
+                )
         while len(self.buf) - self.pos < n:
             self._compact()
             chunk = self._source(n - (len(self.buf) - self.pos))
@@ -296,11 +353,17 @@ class ByteReader:
             shift += 7
         raise ProtocolError("varint is too long")
 
-    def read_bytes(self) -> bytes:
-        return self.read(self.read_varint())
+    def read_bytes(self, limit: int | None = None) -> bytes:
+        """A length-prefixed string; ``limit`` (default ``max_string``) bounds the claimed length."""
+        n = self.read_varint()
+        bound = self.max_string if limit is None else limit
+        if bound is not None and n > bound:
+            code = ErrorCode.QUERY_IS_TOO_LARGE if limit is not None else ErrorCode.TOO_LARGE_STRING_SIZE
+            raise LimitExceeded.make(code, f"A string of {n} bytes is over the limit of {bound}")
+        return self.read(n)
 
-    def read_str(self) -> str:
-        return self.read_bytes().decode("utf-8", errors="replace")
+    def read_str(self, limit: int | None = None) -> str:
+        return self.read_bytes(limit).decode("utf-8", errors="replace")
 
 
 @dataclass(slots=True)
@@ -373,19 +436,31 @@ def _skip_client_info(reader: ByteReader, revision: int) -> None:
         reader.read_varint()
 
 
-def read_query(reader: ByteReader, revision: int) -> QueryPacket:
-    """Read a Query packet; the packet type byte must already be consumed."""
+def read_query(reader: ByteReader, revision: int, *, max_query: int) -> QueryPacket:
+    """Read a Query packet; the packet type byte must already be consumed.
+
+    ``max_query`` bounds the query text; the other fields are bounded by the reader's
+    ``max_string`` and by MAX_SETTINGS / MAX_SETTINGS_BYTES.
+    """
     if revision < REV_WITH_SETTINGS_AS_STRINGS:
         raise ServerError.make(ErrorCode.NOT_IMPLEMENTED, f"Client revision {revision} is too old")
     packet = QueryPacket(query_id=reader.read_str())
     if revision >= REV_WITH_CLIENT_INFO:
         _skip_client_info(reader, revision)
+    settings_bytes = 0
     while name := reader.read_str():
         flags = reader.read_varint()
-        packet.settings[name] = Setting(value=reader.read_str(), important=bool(flags & 1))
+        value = reader.read_str()
+        settings_bytes += len(name) + len(value)
+        packet.settings[name] = Setting(value=value, important=bool(flags & 1))
+        if len(packet.settings) > MAX_SETTINGS or settings_bytes > MAX_SETTINGS_BYTES:
+            raise LimitExceeded.make(
+                ErrorCode.TOO_MANY_SETTINGS,
+                f"Too many settings in one query: over {MAX_SETTINGS} or {MAX_SETTINGS_BYTES} bytes",
+            )
     if revision >= REV_WITH_INTERSERVER_SECRET:
         reader.read_bytes()
     packet.stage = reader.read_varint()
     packet.compression = bool(reader.read_varint())
-    packet.query = reader.read_str()
+    packet.query = reader.read_str(max_query)
     return packet

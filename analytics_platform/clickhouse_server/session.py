@@ -18,6 +18,7 @@ import hmac
 import logging
 import select
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from .compression import METHOD_LZ4, FrameSource, compress_frames
 from .engine import EngineConnection, Stream, quote_identifier
+from .limits import DEFAULT_LIMITS, ServerLimits
 from .native import (
     BlockShape,
     UnsupportedType,
@@ -39,11 +41,13 @@ from .native import (
 from .protocol import (
     BLOCK_INFO,
     END_OF_STREAM,
+    MAX_STRING_BYTES,
     PONG,
     SERVER_REVISION,
     ByteReader,
     ClientPacket,
     ErrorCode,
+    LimitExceeded,
     Progress,
     ProtocolError,
     QueryPacket,
@@ -64,6 +68,8 @@ logger = logging.getLogger(__name__)
 _DATA_HEADER = encode_varint(ServerPacket.DATA) + encode_str("")  # packet type, no temp table
 _STREAMED = {"SELECT", "WITH", "("}
 _MAX_RECV = 4 << 20
+# How long a refused client may go on sending (its rest of a packet) before the socket is closed.
+_LINGER_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +83,20 @@ class SessionConfig:
     user: str | None = None
     password: str | None = None
     engine_config: str | None = None  # chdb config file (the engine user's grants), see engine.py
+    limits: ServerLimits = DEFAULT_LIMITS
+    tls: ssl.SSLContext | None = None  # wrap each connection (the handshake runs in its thread)
 
 
 class _Cancelled(Exception):
     """The client sent Cancel."""
+
+
+class _Timeout(Exception):
+    """The client was silent for longer than the timeout of ``phase`` (see :mod:`.limits`)."""
+
+    def __init__(self, phase: str) -> None:
+        super().__init__(phase)
+        self.phase = phase
 
 
 class _Fatal(Exception):
@@ -98,7 +114,14 @@ class Session:
         self.sock = sock
         self.peer = peer
         self.config = config
-        self.reader = ByteReader(self._recv)
+        limits = config.limits
+        self.reader = ByteReader(self._recv, limit=limits.max_packet_bytes, max_string=MAX_STRING_BYTES)
+        # Timeouts: the next recv waits ``_wait`` s (the phase's timeout for a packet's first
+        # byte, then packet_timeout for the rest), never past ``_deadline`` (the handshake's).
+        self._phase = "handshake"
+        self._wait = limits.handshake_timeout
+        self._deadline: float | None = None
+        self._timeout: float | None = None
         self.revision = SERVER_REVISION
         self.engine: EngineConnection | None = None
         self._compression: int | None = None  # method byte for replies, None = uncompressed
@@ -133,14 +156,40 @@ class Session:
 
     # --- I/O --------------------------------------------------------------------------------
 
+    def _settimeout(self, wait: float) -> None:
+        if self._deadline is not None:
+            wait = min(wait, self._deadline - time.monotonic())
+            if wait <= 0:
+                raise _Timeout("handshake")
+        if wait != self._timeout:
+            self.sock.settimeout(wait)
+            self._timeout = wait
+
     def _recv(self, n: int) -> bytes:
+        self._settimeout(self._wait)
         try:
-            return self.sock.recv(min(max(n, 65536), _MAX_RECV))
-        except (ConnectionResetError, TimeoutError):
+            data = self.sock.recv(min(max(n, 65536), _MAX_RECV))
+        except ConnectionResetError:
             return b""
+        except TimeoutError:
+            raise _Timeout(self._phase) from None
+        self._phase, self._wait = "packet", self.config.limits.packet_timeout
+        return data
+
+    def _read_packet_type(self, phase: str, wait: float) -> int:
+        """The type of the next packet, waiting ``wait`` s for it; its rest gets packet_timeout."""
+        self._phase, self._wait = phase, wait
+        try:
+            return self.reader.read_varint()
+        finally:
+            self._phase, self._wait = "packet", self.config.limits.packet_timeout
 
     def _send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        self._settimeout(self.config.limits.send_timeout)
+        try:
+            self.sock.sendall(data)
+        except TimeoutError:
+            raise _Timeout("send") from None
 
     def _send_block(self, block: bytes, trailer: bytes = b"") -> None:
         """Send one Data packet (compressed if the query asked for it), then ``trailer`` packets."""
@@ -156,10 +205,25 @@ class Session:
 
     def run(self) -> None:
         try:
-            if self._handshake():
+            self._deadline = time.monotonic() + self.config.limits.handshake_timeout
+            if self._start_tls() and self._handshake():
+                self._deadline = None
                 self._serve()
         except (EOFError, ConnectionError, BrokenPipeError):
             logger.debug("client %s disconnected", self.peer)
+        except _Timeout as timeout:
+            # Handshake timeouts are what a flood of silent connections produces: not one line each.
+            level = logging.DEBUG if timeout.phase == "handshake" else logging.INFO
+            logger.log(level, "closing connection from %s: %s timeout", self.peer, timeout.phase)
+            if timeout.phase != "send" and self._busy:  # a query was waiting for the client's data
+                timed_out = ServerError.make(
+                    ErrorCode.SOCKET_TIMEOUT, f"Timeout exceeded while reading from socket ({self.peer})"
+                )
+                self._report_quietly(timed_out)
+        except LimitExceeded as error:
+            logger.warning("closing connection from %s: %s", self.peer, error.message)
+            self._report_quietly(error)
+            self._linger()
         except ProtocolError as exc:
             logger.warning("protocol error from %s: %s", self.peer, exc)
         except OSError as exc:
@@ -169,6 +233,49 @@ class Session:
                 self.engine.close()
             with contextlib.suppress(OSError):
                 self.sock.close()
+
+    def _linger(self) -> None:
+        """Drop what the client is still sending, for a moment, before the socket is closed.
+
+        Closing with unread bytes in the receive buffer sends a reset, and the client's kernel
+        then discards the exception packet before the client reads it: the sink would see a
+        connection reset (retryable, forever) instead of the error that says its chunk is too
+        big (deterministic: split it). Bounded in time, so a client that keeps sending cannot
+        hold the thread.
+        """
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + _LINGER_SECONDS
+            while (left := end - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                if not self.sock.recv(_MAX_RECV):
+                    break
+
+    def _report_quietly(self, error: ServerError) -> None:
+        """Tell the client why it is being dropped, if it still listens (a short wait, no raise)."""
+        with contextlib.suppress(OSError, _Timeout):
+            self._deadline = time.monotonic() + 2.0
+            self._send_error(error)
+
+    def _start_tls(self) -> bool:
+        """With TLS configured, wrap the socket and shake hands within the handshake deadline."""
+        if self.config.tls is None:
+            return True
+        with self._lock:  # abort() from the server thread shuts down whichever socket is current
+            if self._closing:
+                return False
+            tls_sock = self.config.tls.wrap_socket(self.sock, server_side=True, do_handshake_on_connect=False)
+            self.sock = tls_sock
+            self._timeout = None
+        self._settimeout(self.config.limits.handshake_timeout)
+        try:
+            tls_sock.do_handshake()
+        except TimeoutError:
+            raise _Timeout("handshake") from None
+        except ssl.SSLError as exc:
+            logger.info("TLS handshake with %s failed: %s", self.peer, exc)
+            return False
+        return True
 
     def _handshake(self) -> bool:
         packet_type = self.reader.read_varint()
@@ -214,7 +321,7 @@ class Session:
 
     def _serve(self) -> None:
         while self._set_busy(False):
-            packet_type = self.reader.read_varint()
+            packet_type = self._read_packet_type("idle", self.config.limits.idle_timeout)
             if not self._set_busy(True):
                 return
             if packet_type == ClientPacket.PING:
@@ -232,14 +339,14 @@ class Session:
     def _query(self) -> bool:
         """Run one query; return False when the connection must be closed."""
         assert self.engine is not None
-        packet = read_query(self.reader, self.revision)
+        packet = read_query(self.reader, self.revision, max_query=self.config.limits.max_packet_bytes)
         query_id = packet.query_id or str(uuid.uuid4())
         started = time.monotonic()
         self._compression = None
         blocks = self.reader
         if packet.compression:
             frames = FrameSource(self.reader)
-            blocks = ByteReader(frames)
+            blocks = ByteReader(frames, limit=self.reader.limit, max_string=self.reader.max_string)
             self._compression = METHOD_LZ4
         try:
             has_external = self._drain_data(blocks)
@@ -250,14 +357,20 @@ class Session:
             self._dispatch(packet, blocks)
         except _Cancelled:
             self._send(END_OF_STREAM)
+        except LimitExceeded as error:  # the rest of the packet is unread: the stream is lost
+            logger.warning("query %s refused, closing connection: %s", query_id, error.message)
+            self._send_error(error)
+            self._linger()
+            return False
         except _Fatal as fatal:
             logger.warning("query %s failed, closing connection: %s", query_id, fatal.error.message)
             self._send_error(fatal.error)
+            self._linger()
             return False
         except ServerError as error:
             logger.info("query %s failed: Code %s: %s", query_id, error.code, error.message)
             self._send_error(error)
-        except (EOFError, OSError, ProtocolError):
+        except (EOFError, OSError, ProtocolError, _Timeout):
             raise
         except Exception as exc:
             logger.exception("query %s: internal error", query_id)
@@ -358,7 +471,9 @@ class Session:
     def _cancel_requested(self) -> bool:
         """Between blocks, look for a Cancel (or a hang-up) without blocking."""
         if not self.reader.available():
-            readable, _, _ = select.select([self.sock], [], [], 0)
+            # TLS may hold decrypted bytes that select() cannot see.
+            pending = self.sock.pending() if isinstance(self.sock, ssl.SSLSocket) else 0
+            readable, _, _ = select.select([self.sock], [], [], 0) if not pending else ([self.sock], [], [])
             if not readable:
                 return False
         packet_type = self.reader.read_varint()
@@ -420,7 +535,7 @@ class Session:
 
     def _read_block(self, blocks: ByteReader) -> tuple[BlockShape, bytes] | None:
         """Read one Data packet from the client; None for the empty block that ends data."""
-        packet_type = self.reader.read_varint()
+        packet_type = self._read_packet_type("receive", self.config.limits.receive_timeout)
         if packet_type == ClientPacket.CANCEL:
             raise _Cancelled
         if packet_type != ClientPacket.DATA:

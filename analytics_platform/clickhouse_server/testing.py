@@ -7,14 +7,17 @@ tests must be able to ``kill -9`` it. Readiness is a real protocol round trip (H
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -40,6 +43,7 @@ class ServerProcess:
     user: str | None = None
     password: str | None = None
     _port_dir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    ca_certs: Path | None = None  # set when the server speaks TLS: the CA its certificate chains to
 
     @property
     def pid(self) -> int:
@@ -52,6 +56,8 @@ class ServerProcess:
             kwargs["user"] = self.user
         if self.password is not None:
             kwargs["password"] = self.password
+        if self.ca_certs is not None:
+            kwargs.update(secure=True, ca_certs=str(self.ca_certs))
         return kwargs
 
     def stop(self, timeout: float = 30.0) -> int:
@@ -95,13 +101,19 @@ def start_server_process(
     timeout: float = 60.0,
     log_file: Path | None = None,
     log_level: str = "INFO",
+    extra_args: Sequence[str] = (),
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    ca_certs: Path | None = None,
 ) -> ServerProcess:
     """Launch ``python -m analytics_platform.clickhouse_server`` and wait until it answers a ping.
 
     ``port=None`` lets the server pick a free port. ``password=None`` generates one (the server
     requires a password; ``insecure_no_password`` starts it without), handed to clients by
     ``ServerProcess.client_kwargs``; it travels in the environment, not argv (``ps`` shows argv).
-    Server logs go to ``log_file`` (appended) or to this process's stderr.
+    Server logs go to ``log_file`` (appended) or to this process's stderr. ``extra_args`` are more
+    command-line flags (limits, timeouts). With ``tls_cert``/``tls_key`` the server speaks TLS, and
+    ``ca_certs`` is what the readiness ping and ``client_kwargs()`` verify it with.
     """
     if password is None and not insecure_no_password:
         password = secrets.token_urlsafe(24)
@@ -124,6 +136,9 @@ def start_server_process(
     ]
     if user is not None:
         cmd += ["--user", user]
+    if tls_cert is not None and tls_key is not None:
+        cmd += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
+    cmd += list(extra_args)
     env = dict(os.environ)
     env.pop("CLICKHOUSE_SERVER_PASSWORD", None)
     if password is not None:
@@ -138,7 +153,8 @@ def start_server_process(
     finally:
         if stderr is not None:
             stderr.close()
-    server = ServerProcess(process, host, 0, data_dir, user, password, port_dir)
+    server = ServerProcess(process, host, 0, data_dir, user, password, port_dir, ca_certs)
+    context = ssl.create_default_context(cafile=str(ca_certs)) if ca_certs is not None else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -146,17 +162,28 @@ def start_server_process(
             raise RuntimeError(f"clickhouse server exited with code {process.returncode} during startup")
         if port_file.exists():
             server.port = int(port_file.read_text())
-            if ping(host, server.port, user=user or "default", password=password or ""):
+            if ping(host, server.port, user=user or "default", password=password or "", tls=context):
                 return server
         time.sleep(0.05)
     server.kill()
     raise TimeoutError(f"clickhouse server did not answer a ping within {timeout}s")
 
 
-def ping(host: str, port: int, *, user: str = "default", password: str = "", timeout: float = 2.0) -> bool:
+def ping(
+    host: str,
+    port: int,
+    *,
+    user: str = "default",
+    password: str = "",
+    timeout: float = 2.0,
+    tls: ssl.SSLContext | None = None,
+) -> bool:
     """True if a native-protocol server at host:port completes a handshake and answers Ping."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+            if tls is not None:
+                sock = stack.enter_context(tls.wrap_socket(sock, server_hostname=host))
             hello = (
                 encode_varint(ClientPacket.HELLO)
                 + encode_str("chs-ping")

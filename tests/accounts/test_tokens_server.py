@@ -242,6 +242,35 @@ def test_an_account_without_the_permission_is_refused(web: int) -> None:
     assert "read_metrics" in body["error"]["message"]
 
 
+def test_the_permission_is_read_on_every_request_however_it_is_held(web: int) -> None:
+    """Authentication answers user, session and permission in one query: each way of holding
+    accounts.read_metrics counts, and taking it away refuses the next request of a live token."""
+    from django.contrib.auth.models import Group, Permission
+
+    from accounts.models import READ_METRICS
+
+    _reader("grouped")
+    permission = Permission.objects.get(codename=READ_METRICS.split(".")[1], content_type__app_label="accounts")
+    direct = get_user_model().objects.create_user(username="direct", password=PASSWORD)
+    direct.user_permissions.add(permission)
+    get_user_model().objects.create_superuser(username="root", password=PASSWORD, email="")
+    client = Http(web)
+    tokens = {}
+    for username in ("grouped", "direct", "root"):
+        status, _, pair = client.login(username)
+        assert status == 200
+        tokens[username] = pair["access"]
+        assert client.metrics(pair["access"])[0] == 200, username
+    # Revoked while the tokens live: the group loses the permission, the direct grant is removed.
+    Group.objects.get(name="analysts").permissions.remove(permission)
+    direct.user_permissions.remove(permission)
+    for username in ("grouped", "direct"):
+        status, body = client.metrics(tokens[username])
+        assert (status, _code(body)) == (403, "permission_denied"), username
+    assert client.metrics(tokens["root"])[0] == 200  # a superuser holds every permission
+    Group.objects.get(name="analysts").permissions.add(permission)  # as the migration left it
+
+
 def test_password_guessing_is_throttled_per_username_and_per_address(web: int) -> None:
     _reader("target")
     guesser = Http(web)

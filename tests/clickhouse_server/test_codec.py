@@ -139,9 +139,9 @@ def test_a_frame_claiming_a_huge_size_is_refused_before_inflating(method: int) -
     import struct
 
     from analytics_platform.clickhouse_server.compression import MAX_UNCOMPRESSED, _checksum, read_frame
-    from analytics_platform.clickhouse_server.protocol import ServerError
+    from analytics_platform.clickhouse_server.protocol import LimitExceeded
 
     body = struct.pack("<BII", method, 9 + 4, MAX_UNCOMPRESSED + 1) + b"\x00\x00\x00\x00"
-    with pytest.raises(ServerError) as caught:
+    with pytest.raises(LimitExceeded) as caught:  # fatal: the frame's bytes are left unread
         read_frame(ByteReader(initial=_checksum(body) + body))
-    assert caught.value.code == 246
+    assert caught.value.code == 39  # TOO_LARGE_SIZE_COMPRESSED, as ClickHouse reports it

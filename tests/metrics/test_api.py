@@ -15,6 +15,7 @@ from drf_spectacular.validation import validate_schema
 from rest_framework.test import APIClient
 
 from metrics import query
+from metrics.apis import MetricsQueryApi
 from metrics.models import MetricDefinition
 from tests.metrics import data as gen
 from tests.metrics.conftest import PASSWORD, dataset_base
@@ -41,6 +42,23 @@ def assert_series_equal(got: list[dict], want: list[dict]) -> None:
         assert [p["t"] for p in g["points"]] == [p["t"] for p in w["points"]]
         for gp, wp in zip(g["points"], w["points"], strict=True):
             assert _close(gp["value"], wp["value"]), (g["group"], gp, wp)
+
+
+def assert_documented_shape(body: dict) -> None:
+    """The answer is what the OpenAPI schema says: OutputSerializer, which documents it, accepts it,
+    and every level has exactly the serializer's keys (a serializer alone ignores extra ones)."""
+    output = MetricsQueryApi.OutputSerializer(data=body)
+    assert output.is_valid(), output.errors
+    fields = output.fields
+    assert set(body) == set(fields)
+    metric_fields = fields["metrics"].child.fields  # type: ignore[attr-defined]  # a ListSerializer
+    series_fields = metric_fields["series"].child.fields
+    point_fields = series_fields["points"].child.fields
+    for metric in body["metrics"]:
+        assert set(metric) == set(metric_fields)
+        for series in metric["series"]:
+            assert set(series) == set(series_fields)
+            assert all(set(point) == set(point_fields) for point in series["points"])
 
 
 def _query(api: APIClient, **params: Any) -> dict:
@@ -125,6 +143,7 @@ def test_builtin_metrics_equal_truth(api: APIClient, loaded: gen.Dataset, case: 
     if filters:
         params["filter"] = [f"{d}:{v}" for d, v in filters]
     body = _query(api, **params)
+    assert_documented_shape(body)
     assert body["from"] == _iso(start) and body["to"] == _iso(end) and body["interval"] == interval
     assert [m["metric"] for m in body["metrics"]] == BUILTINS
     for metric in body["metrics"]:

@@ -1,11 +1,14 @@
-"""The failure classes of ClickHouse write errors (plain data, no server)."""
+"""The failure classes of ClickHouse write errors (plain data; one test against the real server)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
 import pytest
-from clickhouse_driver import errors
+from clickhouse_driver import Client, errors
 
+from analytics_platform.clickhouse_server.testing import start_server_process
 from streams.clickhouse_errors import DeadLetterDeliveryError, FailureClass, RowEncodingError, failure_classify
 
 PARTITIONS = (
@@ -53,3 +56,21 @@ def test_an_orjson_encoding_error_is_the_rows_fault() -> None:
     with pytest.raises(orjson.JSONEncodeError) as raised:
         orjson.dumps([2**70])
     assert failure_classify(raised.value) is FailureClass.DETERMINISTIC
+
+
+def test_the_servers_size_bounds_are_the_blocks_fault(tmp_path: Path) -> None:
+    """A chunk over the embedded server's packet bound is split, not retried forever.
+
+    Real server, bound lowered to 1 MiB: a query text over it (the sink's rows ride in the text)
+    is refused with QUERY_IS_TOO_LARGE, which must classify as deterministic so the sink halves
+    the chunk; a smaller query on a new connection passes.
+    """
+    server = start_server_process(data_dir=tmp_path / "ch", extra_args=["--max-packet-bytes", str(1 << 20)])
+    with server:
+        client = Client(**server.client_kwargs())
+        with pytest.raises(errors.ServerException) as raised:
+            client.execute("SELECT length('" + "x" * (2 << 20) + "')")
+        assert raised.value.code == 229
+        assert failure_classify(raised.value) is FailureClass.DETERMINISTIC
+        half = Client(**server.client_kwargs())
+        assert half.execute("SELECT length('" + "x" * (100 << 10) + "')") == [(100 << 10,)]
