@@ -217,7 +217,13 @@ DATABASES["clickhouse"] = {
     "HOST": env("CLICKHOUSE_HOST", "127.0.0.1", production=True),
     "PORT": env_int("CLICKHOUSE_PORT", 9000),
     "USER": env("CLICKHOUSE_USER", "default"),
-    "PASSWORD": env("CLICKHOUSE_PASSWORD", "", secret=True),
+    # Production: required. Locally: the environment's, or one generated into var/ that the dev
+    # stack also hands to its embedded server (which requires a password), as for SECRET_KEY.
+    "PASSWORD": (
+        env("CLICKHOUSE_PASSWORD", secret=True)
+        if PRODUCTION
+        else env_optional("CLICKHOUSE_PASSWORD") or local_secret("clickhouse_password")
+    ),
     "OPTIONS": CLICKHOUSE_OPTIONS,
     "TEST": {"fake_transaction": True},
 }

@@ -412,6 +412,7 @@ def main() -> None:
                 "DATABASE_URL": f"sqlite:///{tmp / 'db.sqlite3'}",
                 "CLICKHOUSE_HOST": ch.host,
                 "CLICKHOUSE_PORT": str(ch.port),
+                "CLICKHOUSE_PASSWORD": ch.password or "",
                 "CLICKHOUSE_DATABASE": "bench",
                 "METRICS_QUERY_CACHE_SECONDS": "0",
                 "LOG_LEVEL": "WARNING",

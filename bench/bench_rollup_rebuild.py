@@ -97,6 +97,7 @@ def main() -> None:
 
     server = processes.clickhouse_start(data_dir=work / "clickhouse")
     os.environ["CLICKHOUSE_HOST"], os.environ["CLICKHOUSE_PORT"] = server.host, str(server.port)
+    os.environ["CLICKHOUSE_PASSWORD"] = server.password or ""
     try:
         import django
 

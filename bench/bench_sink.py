@@ -139,6 +139,7 @@ def main() -> None:
         {
             "CLICKHOUSE_HOST": clickhouse.host,
             "CLICKHOUSE_PORT": str(clickhouse.port),
+            "CLICKHOUSE_PASSWORD": clickhouse.password or "",
             "CLICKHOUSE_DATABASE": DB,
             "ANALYTICS_VAR_DIR": str(tmp / "var"),
             "DJANGO_SECRET_KEY": "bench-not-secret",

@@ -240,6 +240,7 @@ def main() -> None:
         "KAFKA_BOOTSTRAP_SERVERS": broker.address,
         "CLICKHOUSE_HOST": clickhouse.host,
         "CLICKHOUSE_PORT": str(clickhouse.port),
+        "CLICKHOUSE_PASSWORD": clickhouse.password or "",
         "CLICKHOUSE_DATABASE": "bench",
         "ANALYTICS_VAR_DIR": str(tmp / "var"),
         "DJANGO_SECRET_KEY": "bench-not-secret",

@@ -1,7 +1,8 @@
 """Real services for the test run, started once per session and stopped at the end.
 
 * the Tansu Kafka broker on a free port (``kafka_broker``);
-* the embedded ClickHouse server on a free port with a temporary data dir (``clickhouse_server``);
+* the embedded ClickHouse server on a free port with a temporary data dir and a generated
+  password (``clickhouse_server``);
   every test that uses the Django test databases gets it, because the ``clickhouse`` alias is one
   of them;
 * the embedded schema registry on a free port with a temporary data dir (``schema_registry``);
@@ -116,6 +117,9 @@ def django_db_modify_db_settings(
     clickhouse = settings.DATABASES["clickhouse"]
     clickhouse["HOST"] = clickhouse_server.host
     clickhouse["PORT"] = clickhouse_server.port
+    # The server requires a password (generated per run): every client made from these settings,
+    # and every process a test starts with CLICKHOUSE_PASSWORD from them, goes through the check.
+    clickhouse["PASSWORD"] = clickhouse_server.password
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from clickhouse_driver import Client
+from clickhouse_driver.errors import ServerException
 
 from analytics_platform.devstack.processes import free_port
 
@@ -110,6 +112,15 @@ def test_devstack_runs_the_service_and_stops_cleanly(tmp_path: Path) -> None:
         assert status == 200 and b"--body-bg" in body
         status, body = _get(f"{base}/prometheus/metrics")
         assert status == 200 and b"django_http_requests" in body
+        # The stack's ClickHouse server requires the password it generated under var/ (which its
+        # own web, streams and Celery processes used to get /readyz up): no password is refused.
+        password = (tmp_path / "var" / "clickhouse_password").read_text().strip()
+        assert len(password) >= 40
+        for attempt in ("", password[:-1]):
+            with pytest.raises(ServerException) as refused:
+                Client("127.0.0.1", port=ports["clickhouse"], password=attempt).execute("SELECT 1")
+            assert refused.value.code == 516
+        assert Client("127.0.0.1", port=ports["clickhouse"], password=password).execute("SELECT 1") == [(1,)]
     finally:
         _stop(process, output)
     supervisor = [line.split("|", 1)[1].strip() for line in output if line.startswith("devstack ")]

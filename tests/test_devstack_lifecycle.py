@@ -144,7 +144,9 @@ def test_a_killed_worker_is_restarted_and_ctrl_c_drains_every_accepted_event(
     poster = Poster(ports["web"])
     try:
         _wait_ready(f"http://127.0.0.1:{ports['web']}", process, output)
-        client = Client("127.0.0.1", port=ports["clickhouse"], database="analytics")
+        # The password the stack generated under var/ for its server and its own clients.
+        password = (var / "clickhouse_password").read_text().strip()
+        client = Client("127.0.0.1", port=ports["clickhouse"], database="analytics", password=password)
         poster.start()
         _wait_for(lambda: len(poster.accepted) >= 5, timeout=30, what="first 202s", output=output)
         first = poster.accepted_ids()[:20]

@@ -2,6 +2,11 @@
 
 SIGTERM and SIGINT ask the server to stop: it closes the listening socket, lets running queries
 finish for ``--shutdown-grace`` seconds, aborts the rest, closes chdb and exits 0.
+
+A password is required, on loopback too: any local process or user could otherwise read and drop
+every table (and, before the statement gate, read the server's files). Give it in
+``$CLICKHOUSE_SERVER_PASSWORD`` rather than ``--password``, which other local users see in
+``ps``. ``--insecure-no-password`` lets any client in, and only on a loopback address.
 """
 
 from __future__ import annotations
@@ -34,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--password",
         default=os.environ.get("CLICKHOUSE_SERVER_PASSWORD"),
-        help="required password (default: $CLICKHOUSE_SERVER_PASSWORD; none = no check)",
+        help="required password (default: $CLICKHOUSE_SERVER_PASSWORD, preferred: argv shows in ps)",
+    )
+    parser.add_argument(
+        "--insecure-no-password",
+        action="store_true",
+        help="accept clients without a password (loopback addresses only; throwaway local use)",
     )
     parser.add_argument("--port-file", type=Path, default=None, help="write the bound port here once listening")
     parser.add_argument("--shutdown-grace", type=float, default=5.0, help="seconds running queries get on shutdown")
@@ -68,9 +78,16 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
             stream=sys.stderr,
         )
+    if args.insecure_no_password and args.password:
+        parser.error("--insecure-no-password contradicts the password given")
     if not args.password and not _loopback(args.host):
         # Reachable from other machines: a server that lets anyone in would hand them the data.
         parser.error(f"--host {args.host} is not loopback: a password is required ($CLICKHOUSE_SERVER_PASSWORD)")
+    if not args.password and not args.insecure_no_password:
+        parser.error(
+            "a password is required: set $CLICKHOUSE_SERVER_PASSWORD"
+            " (or pass --insecure-no-password to let any local client in)"
+        )
     tls = server_context_from_args(parser, args)
     args.data_dir.mkdir(parents=True, exist_ok=True)
 

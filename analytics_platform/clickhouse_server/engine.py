@@ -67,10 +67,16 @@ class _Applied:
 class EngineConnection:
     """A chdb connection with the per-query behaviour of a ClickHouse TCP session."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: str, config_file: str | None = None) -> None:
+        target = data_dir
+        if config_file is not None:
+            if any(char in data_dir + config_file for char in "?&#"):
+                raise ValueError("chdb's connection string cannot carry '?', '&' or '#' in these paths")
+            target = f"file:{data_dir}?config-file={config_file}"
         with _CONNECT_LOCK:
-            self._conn: Any = cast(Any, _chdb).connect(data_dir)
+            self._conn: Any = cast(Any, _chdb).connect(target)
         self._data_dir = data_dir
+        self._config_file = config_file
         # Query-scoped settings currently applied with SET, restored lazily: clients usually send
         # the same settings with every query, so most queries need no extra statement.
         self._applied: dict[str, _Applied] = {}
@@ -145,7 +151,7 @@ class EngineConnection:
         target = self
         if while_streaming:
             if self._side is None:
-                self._side = EngineConnection(self._data_dir)
+                self._side = EngineConnection(self._data_dir, self._config_file)
             target = self._side
             if target.database != self.database:
                 target.execute(f"USE {quote_identifier(self.database)}")
@@ -305,3 +311,77 @@ def engine_identity(conn: EngineConnection) -> tuple[str, tuple[int, int, int]]:
     timezone, version = rows[0]
     parts = [int(p) for p in re.findall(r"\d+", version)[:3]] + [0, 0, 0]
     return timezone, (parts[0], parts[1], parts[2])
+
+
+# The grants of chdb's one user, ``default``, for every connection of the process (chdb reads the
+# config at its first connection): everything but the sources (FILE, URL, REMOTE, S3, HDFS, MYSQL,
+# POSTGRES, ...: table functions, and engines like File or URL when read or written), BACKUP,
+# SYSTEM SHUTDOWN and access management. TABLE ENGINE stays granted: without it chdb checks it
+# before it looks the engine up, and an unknown engine answers 497 instead of UNKNOWN_STORAGE. The engine enforces these
+# whatever the statement gate lets through; the gate covers what grants do not reach in
+# clickhouse-local (INTO OUTFILE, FROM INFILE and the scalar ``file()`` pass any grant: measured).
+_ACCESS_USERS = """<clickhouse>
+  <users><default>
+    <password></password><networks><ip>::1</ip><ip>127.0.0.1</ip></networks>
+    <profile>default</profile><quota>default</quota>
+    <grants>
+      <query>GRANT ALL ON *.*</query>
+      <query>REVOKE SOURCES, BACKUP, SYSTEM SHUTDOWN, ACCESS MANAGEMENT ON *.*</query>
+    </grants>
+  </default></users>
+  <profiles><default/></profiles>
+  <quotas><default/></quotas>
+</clickhouse>
+"""
+
+
+def access_config_write(data_dir: str) -> str:
+    """Write the config that gives chdb's ``default`` user ``_ACCESS_USERS``; return its path.
+
+    Beside the data dir's own folders (chdb ignores others), rewritten at every start so an edit
+    of the code applies to existing data dirs.
+    """
+    folder = Path(data_dir) / "server_access"
+    folder.mkdir(parents=True, exist_ok=True)
+    users = folder / "users.xml"
+    users.write_text(_ACCESS_USERS)
+    config = folder / "config.xml"
+    config.write_text(
+        f"<clickhouse><user_directories><users_xml><path>{users}</path></users_xml></user_directories></clickhouse>\n"
+    )
+    return str(config)
+
+
+def table_function_names(conn: EngineConnection) -> list[str]:
+    """Every table function this engine knows: what the statement gate refuses unless allowed."""
+    return [str(row[0]) for row in conn.execute_text("SELECT name FROM system.table_functions")]
+
+
+def engine_names(conn: EngineConnection) -> list[str]:
+    """Every table and database engine this engine knows (the gate refuses those not allowed)."""
+    rows = conn.execute_text("SELECT name FROM system.table_engines UNION ALL SELECT name FROM system.database_engines")
+    return [str(row[0]) for row in rows]
+
+
+def default_database_detach_filesystem(conn: EngineConnection, data_dir: str) -> None:
+    """Make ``default`` a plain Atomic database for this process.
+
+    chdb (clickhouse-local) serves ``default`` as an Overlay of the Atomic database and a
+    Filesystem one, so any name that is not a table there is read as a file relative to the
+    working directory: ``SELECT * FROM Makefile``, ``FROM '/etc/passwd'``, ``default.`/etc/passwd```
+    (measured in chdb 26.9). No statement check can tell a file name from a table name, so the
+    server re-attaches the Atomic part alone, under its own UUID, before any client connects. The
+    catalog is per process and the Overlay is rebuilt at each start, so this runs at each start;
+    data and tables are unchanged.
+    """
+    rows = conn.execute_text("SELECT engine, toString(uuid) FROM system.databases WHERE name = 'default'")
+    if not rows or rows[0][0] != "Overlay":
+        return
+    # The Overlay reports its Atomic part's UUID (the target of metadata/default once a table
+    # exists); attaching that UUID keeps every table. Fail closed: a server that cannot remove
+    # the overlay would serve files as tables.
+    uuid = str(rows[0][1])
+    if not re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", uuid) or not uuid.strip("0-"):
+        raise RuntimeError(f"default database reports UUID {uuid!r}: cannot detach the Filesystem overlay")
+    conn.execute("DETACH DATABASE default")
+    conn.execute(f"ATTACH DATABASE default UUID {quote_literal(uuid)} ENGINE = Atomic")

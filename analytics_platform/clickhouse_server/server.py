@@ -21,10 +21,18 @@ import threading
 import time
 from pathlib import Path
 
-from .engine import EngineConnection, engine_identity
+from .engine import (
+    EngineConnection,
+    access_config_write,
+    default_database_detach_filesystem,
+    engine_identity,
+    engine_names,
+    table_function_names,
+)
 from .limits import DEFAULT_LIMITS, AcceptBackoff, ServerLimits
 from .protocol import ErrorCode, ServerError, exception_packet
 from .session import Session, SessionConfig
+from .sql import StatementGate
 
 # Connections over the cap being told so at once; past that they are closed without a word.
 _MAX_REFUSING = 32
@@ -53,7 +61,9 @@ class ClickHouseServer:
         self.shutdown_grace = shutdown_grace
         spool_dir = Path(data_dir) / "insert_spool"
         shutil.rmtree(spool_dir, ignore_errors=True)  # leftovers of a killed server
-        self._primary = EngineConnection(data_dir)
+        engine_config = access_config_write(data_dir)  # before the first connection: chdb reads it once
+        self._primary = EngineConnection(data_dir, engine_config)
+        default_database_detach_filesystem(self._primary, data_dir)  # before any session connects
         timezone, version = engine_identity(self._primary)
         self._config = SessionConfig(
             data_dir=data_dir,
@@ -63,6 +73,8 @@ class ClickHouseServer:
             display_name=socket.gethostname(),
             user=user,
             password=password,
+            gate=StatementGate(table_function_names(self._primary), engine_names(self._primary)),
+            engine_config=engine_config,
             limits=limits,
             tls=tls,
         )

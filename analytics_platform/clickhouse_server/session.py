@@ -61,7 +61,7 @@ from .protocol import (
     read_query,
     server_hello,
 )
-from .sql import InlineInsert, InsertTarget, first_keyword, inline_insert, insert_target
+from .sql import InlineInsert, InsertTarget, StatementGate, first_keyword, inline_insert, insert_target
 
 logger = logging.getLogger(__name__)
 
@@ -79,8 +79,10 @@ class SessionConfig:
     version: tuple[int, int, int]
     display_name: str
     spool_dir: Path
+    gate: StatementGate  # what clients may not run (see sql.StatementGate); internal queries skip it
     user: str | None = None
     password: str | None = None
+    engine_config: str | None = None  # chdb config file (the engine user's grants), see engine.py
     limits: ServerLimits = DEFAULT_LIMITS
     tls: ssl.SSLContext | None = None  # wrap each connection (the handshake runs in its thread)
 
@@ -290,7 +292,7 @@ class Session:
                 )
             )
             return False
-        self.engine = EngineConnection(self.config.data_dir)
+        self.engine = EngineConnection(self.config.data_dir, self.config.engine_config)
         if hello.database:
             try:
                 self.engine.execute(f"USE {quote_identifier(hello.database)}")
@@ -380,6 +382,9 @@ class Session:
     def _dispatch(self, packet: QueryPacket, blocks: ByteReader) -> None:
         assert self.engine is not None
         sql = packet.query
+        refusal = self.config.gate.refusal(sql) or self.config.gate.setting_refusal(packet.settings)
+        if refusal is not None:
+            raise refusal
         keyword = first_keyword(sql)
         if keyword == "SET":
             self.engine.reset_settings()  # the client changes session settings itself

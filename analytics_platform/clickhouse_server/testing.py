@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -96,6 +97,7 @@ def start_server_process(
     port: int | None = None,
     user: str | None = None,
     password: str | None = None,
+    insecure_no_password: bool = False,
     timeout: float = 60.0,
     log_file: Path | None = None,
     log_level: str = "INFO",
@@ -106,11 +108,15 @@ def start_server_process(
 ) -> ServerProcess:
     """Launch ``python -m analytics_platform.clickhouse_server`` and wait until it answers a ping.
 
-    ``port=None`` lets the server pick a free port. Server logs go to ``log_file`` (appended) or
-    to this process's stderr. ``extra_args`` are more command-line flags (limits, timeouts). With
-    ``tls_cert``/``tls_key`` the server speaks TLS, and ``ca_certs`` is what the readiness ping and
-    ``client_kwargs()`` verify it with.
+    ``port=None`` lets the server pick a free port. ``password=None`` generates one (the server
+    requires a password; ``insecure_no_password`` starts it without), handed to clients by
+    ``ServerProcess.client_kwargs``; it travels in the environment, not argv (``ps`` shows argv).
+    Server logs go to ``log_file`` (appended) or to this process's stderr. ``extra_args`` are more
+    command-line flags (limits, timeouts). With ``tls_cert``/``tls_key`` the server speaks TLS, and
+    ``ca_certs`` is what the readiness ping and ``client_kwargs()`` verify it with.
     """
+    if password is None and not insecure_no_password:
+        password = secrets.token_urlsafe(24)
     port_dir = tempfile.TemporaryDirectory(prefix="chs-port-")
     port_file = Path(port_dir.name) / "port"
     cmd = [
@@ -130,12 +136,15 @@ def start_server_process(
     ]
     if user is not None:
         cmd += ["--user", user]
-    if password is not None:
-        cmd += ["--password", password]
     if tls_cert is not None and tls_key is not None:
         cmd += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
     cmd += list(extra_args)
     env = dict(os.environ)
+    env.pop("CLICKHOUSE_SERVER_PASSWORD", None)
+    if password is not None:
+        env["CLICKHOUSE_SERVER_PASSWORD"] = password
+    if insecure_no_password:
+        cmd.append("--insecure-no-password")
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     stderr: IO[bytes] | None = open(log_file, "ab") if log_file is not None else None  # noqa: SIM115

@@ -88,9 +88,12 @@ def broker_start(
     return ManagedProcess("broker", process, host, port)
 
 
-def clickhouse_start(*, data_dir: Path, host: str = "127.0.0.1", port: int | None = None) -> ServerProcess:
+def clickhouse_start(
+    *, data_dir: Path, host: str = "127.0.0.1", port: int | None = None, password: str | None = None
+) -> ServerProcess:
     """Start the embedded ClickHouse server (chdb behind the native protocol) on ``data_dir``.
 
-    Returns once the server completes a native handshake and answers a ping.
+    Returns once the server completes a native handshake and answers a ping. ``password=None``
+    generates one; clients get it from ``ServerProcess.password`` / ``client_kwargs()``.
     """
-    return start_server_process(data_dir=data_dir, host=host, port=port)
+    return start_server_process(data_dir=data_dir, host=host, port=port, password=password)

@@ -126,7 +126,13 @@ def runtime_dirs_prepare() -> dict[str, str]:
     prom = var / "prometheus"
     shutil.rmtree(prom, ignore_errors=True)
     prom.mkdir(parents=True)
-    return {"PROMETHEUS_MULTIPROC_DIR": str(prom), "ANALYTICS_VAR_DIR": str(var)}
+    return {
+        "PROMETHEUS_MULTIPROC_DIR": str(prom),
+        "ANALYTICS_VAR_DIR": str(var),
+        # Every child that talks to ClickHouse (web, streams, Celery) gets the password the
+        # embedded server is started with, whatever var/ its settings would find.
+        "CLICKHOUSE_PASSWORD": str(settings.DATABASES["clickhouse"]["PASSWORD"]),
+    }
 
 
 def schema_registry_address() -> tuple[str, int]:

@@ -60,6 +60,7 @@ def web(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "DATABASE_CONN_MAX_AGE": "0",  # the test run drops this database at the end
         "CLICKHOUSE_HOST": str(ch["HOST"]),
         "CLICKHOUSE_PORT": str(ch["PORT"]),
+        "CLICKHOUSE_PASSWORD": str(ch["PASSWORD"]),
         "CLICKHOUSE_DATABASE": str(ch["NAME"]),
         "DJANGO_SECRET_KEY": SECRET_KEY,
         "JWT_SIGNING_KEY": SIGNING_KEY,

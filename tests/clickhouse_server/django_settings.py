@@ -1,7 +1,8 @@
 """Minimal Django settings for the django-clickhouse-backend checks (independent of the project's).
 
-The embedded server's port comes from ``CH_TEST_PORT``; the ClickHouse database name from
-``CH_TEST_DB`` (pytest-django prefixes it with ``test_`` for the test database).
+The embedded server's port comes from ``CH_TEST_PORT``, its password from ``CH_TEST_PASSWORD``;
+the ClickHouse database name from ``CH_TEST_DB`` (pytest-django prefixes it with ``test_`` for the
+test database).
 """
 
 import os
@@ -18,6 +19,7 @@ DATABASES = {
         "HOST": "127.0.0.1",
         "PORT": int(os.environ.get("CH_TEST_PORT", "9000")),
         "NAME": os.environ.get("CH_TEST_DB", "chapp"),
+        "PASSWORD": os.environ.get("CH_TEST_PASSWORD", ""),
         "OPTIONS": {"settings": {"mutations_sync": 1}},
     },
 }

@@ -76,8 +76,9 @@ class RawClient:
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
-    def handshake(self) -> None:
-        self.send(hello_packet())
+    def handshake(self, password: str = "") -> None:
+        """Hello with ``password`` (the server's, ``ServerProcess.password``), then its Hello."""
+        self.send(hello_packet(password=password))
         assert self.reader.read_varint() == ServerPacket.HELLO
         self.reader.read_str()
         for _ in range(3):

@@ -37,3 +37,28 @@ def test_the_password_check_sees_the_environment(tmp_path: Path) -> None:
     )
     assert "a password is required" not in result.stderr
     assert "port must be 0-65535" in result.stderr
+
+
+def test_a_loopback_server_also_refuses_to_start_without_a_password(tmp_path: Path) -> None:
+    # Any local process or user could otherwise read and drop every table.
+    result = _serve(tmp_path, "--host", "127.0.0.1", "--port", "0")
+    assert result.returncode == 2
+    assert "a password is required" in result.stderr and "--insecure-no-password" in result.stderr
+    assert not (tmp_path / "ch").exists()
+
+
+def test_insecure_no_password_is_for_loopback_only(tmp_path: Path) -> None:
+    refused = _serve(tmp_path, "--host", "0.0.0.0", "--port", "0", "--insecure-no-password")
+    assert refused.returncode == 2 and "a password is required" in refused.stderr
+    # On loopback the flag lifts the refusal: the server gets as far as its bad port.
+    allowed = _serve(tmp_path, "--host", "127.0.0.1", "--port", "-1", "--insecure-no-password")
+    assert "a password is required" not in allowed.stderr
+    assert "port must be 0-65535" in allowed.stderr
+    both = _serve(
+        tmp_path,
+        "--port",
+        "0",
+        "--insecure-no-password",
+        env={"PATH": "/usr/bin:/bin", "CLICKHOUSE_SERVER_PASSWORD": "s3cret-pw"},
+    )
+    assert both.returncode == 2 and "contradicts" in both.stderr

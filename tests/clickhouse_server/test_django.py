@@ -32,6 +32,7 @@ def _env(server: ServerProcess, database: str) -> dict[str, str]:
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
         CH_TEST_PORT=str(server.port),
         CH_TEST_DB=database,
+        CH_TEST_PASSWORD=server.password or "",
         DJANGO_SETTINGS_MODULE=SETTINGS,
         PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",  # only the plugins named below
     )

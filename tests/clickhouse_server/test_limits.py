@@ -189,7 +189,7 @@ def test_a_client_trickling_its_hello_is_dropped_at_the_handshake_deadline(short
 
 def test_an_idle_connection_is_closed_and_the_driver_reconnects(short_timeouts: ServerProcess) -> None:
     raw = RawClient(short_timeouts.host, short_timeouts.port)
-    raw.handshake()
+    raw.handshake(short_timeouts.password or "")
     assert 2.5 < raw.seconds_until_closed(10) < 6  # idle timeout 3 s, not the 1 s packet timeout
 
     client = Client(**short_timeouts.client_kwargs())
@@ -201,7 +201,7 @@ def test_an_idle_connection_is_closed_and_the_driver_reconnects(short_timeouts: 
 
 def test_a_half_sent_packet_is_dropped_at_the_packet_timeout(short_timeouts: ServerProcess) -> None:
     raw = RawClient(short_timeouts.host, short_timeouts.port)
-    raw.handshake()
+    raw.handshake(short_timeouts.password or "")
     raw.send(query_packet("SELECT 1")[:5])
     assert 0.8 < raw.seconds_until_closed(10) < 2.5
 
@@ -209,7 +209,7 @@ def test_a_half_sent_packet_is_dropped_at_the_packet_timeout(short_timeouts: Ser
 def test_an_insert_waiting_for_data_times_out_with_socket_timeout(short_timeouts: ServerProcess) -> None:
     Client(**short_timeouts.client_kwargs()).execute("CREATE TABLE IF NOT EXISTS waits (x UInt8) ENGINE = Memory")
     raw = RawClient(short_timeouts.host, short_timeouts.port)
-    raw.handshake()
+    raw.handshake(short_timeouts.password or "")
     started = time.monotonic()
     raw.send(query_packet("INSERT INTO waits VALUES") + EMPTY_DATA)  # then no blocks, no end
     raw.sock.settimeout(10)
@@ -227,7 +227,7 @@ def test_a_client_that_does_not_read_its_results_is_dropped_at_the_send_timeout(
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect((short_timeouts.host, short_timeouts.port))
-    sock.sendall(hello_packet())
+    sock.sendall(hello_packet(password=short_timeouts.password or ""))
     time.sleep(0.2)
     sock.sendall(query_packet("SELECT toString(number) FROM numbers(1000000000)") + EMPTY_DATA)
     deadline = time.monotonic() + 15
@@ -275,7 +275,7 @@ def test_a_lying_length_is_refused_without_allocating_and_the_server_goes_on(
 ) -> None:
     before = _rss_mib(short_timeouts.pid)
     raw = RawClient(short_timeouts.host, short_timeouts.port)
-    raw.handshake()
+    raw.handshake(short_timeouts.password or "")
     raw.send(packet)
 
     assert raw.read_exception()[0] == code
@@ -297,7 +297,7 @@ def test_a_decompression_bomb_is_refused_and_the_server_goes_on(short_timeouts: 
     # A compressed query whose data frame claims to inflate to 4 GiB.
     body = struct.pack("<BII", METHOD_LZ4, 9 + 4, 0xFFFF_FFFF) + b"\x00" * 4
     raw = RawClient(short_timeouts.host, short_timeouts.port)
-    raw.handshake()
+    raw.handshake(short_timeouts.password or "")
     raw.send(query_packet("SELECT 1", compression=True) + encode_varint(ClientPacket.DATA) + encode_str(""))
     raw.send(_checksum(body) + body)
 
@@ -373,5 +373,5 @@ def test_the_per_address_cap_refuses_one_address_and_serves_another(tmp_path: Pa
                 sock.close()
         time.sleep(0.5)  # the five sessions end; the address may connect again
         again = RawClient(server.host, server.port, source_address=("127.0.0.2", 0))
-        again.handshake()
+        again.handshake(server.password or "")
         again.close()

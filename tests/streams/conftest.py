@@ -203,6 +203,7 @@ def stream_env(
         "CLICKHOUSE_HOST": str(ch["HOST"]),
         "CLICKHOUSE_PORT": str(ch["PORT"]),
         "CLICKHOUSE_DATABASE": str(ch["NAME"]),
+        "CLICKHOUSE_PASSWORD": str(ch["PASSWORD"]),
         "ANALYTICS_VAR_DIR": str(tmp_path / "var"),
         # Workers started together would race to create var/secret_key (settings.local_secret).
         "DJANGO_SECRET_KEY": "streams-tests-not-secret",

@@ -239,7 +239,13 @@ def test_clickhouse_outage_raises_backpressure_and_the_retry_writes_each_row_onc
     settings_dict = tables.connection
 
     def factory() -> Client:
-        return Client(host=settings_dict.host, port=target["port"], database=settings_dict.database, connect_timeout=1)
+        return Client(
+            host=settings_dict.host,
+            port=target["port"],
+            database=settings_dict.database,
+            password=settings_dict.password,
+            connect_timeout=1,
+        )
 
     batch = [Output(partition=3, offset=o, events=[_event(o)], views=[_view(o)]) for o in range(6)]
     sink = _sink(factory, chunk_rows=3)
@@ -601,7 +607,13 @@ def test_a_server_that_is_down_is_retried_and_the_failing_gauge_grows(tables):
     settings_dict = tables.connection
 
     def factory() -> Client:
-        return Client(host=settings_dict.host, port=target["port"], database=settings_dict.database, connect_timeout=1)
+        return Client(
+            host=settings_dict.host,
+            port=target["port"],
+            database=settings_dict.database,
+            password=settings_dict.password,
+            connect_timeout=1,
+        )
 
     recorder = Recorder()
     batch = [Output(partition=3, offset=o, events=[_event(o)]) for o in range(4)]

@@ -149,7 +149,10 @@ def test_clickhouse_down_for_thirty_seconds_loses_nothing(stream_env, clickhouse
     stream_env.produce(stream.messages[half:])  # events keep arriving while ClickHouse is down
     time.sleep(30)
     restarted = processes.clickhouse_start(
-        data_dir=__import__("pathlib").Path(data_dir), host=clickhouse_server.host, port=clickhouse_server.port
+        data_dir=__import__("pathlib").Path(data_dir),
+        host=clickhouse_server.host,
+        port=clickhouse_server.port,
+        password=clickhouse_server.password,  # the clients' settings hold the session's password
     )
     clickhouse_server.process = restarted.process  # the session fixture stops it at the end
 

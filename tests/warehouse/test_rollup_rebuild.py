@@ -203,6 +203,7 @@ def test_a_killed_command_resumes_where_it_stopped(client: Any, fed: Contents, t
         "CLICKHOUSE_HOST": str(ch["HOST"]),
         "CLICKHOUSE_PORT": str(ch["PORT"]),
         "CLICKHOUSE_DATABASE": str(ch["NAME"]),
+        "CLICKHOUSE_PASSWORD": str(ch["PASSWORD"]),
         "LOG_LEVEL": "WARNING",
         "CLICKHOUSE_REBUILD_LEASE_SECONDS": "3",  # the killed run's lease blocks the rerun that long
     }

@@ -14,7 +14,8 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=9000)
         parser.add_argument("--data-dir", required=True)
         parser.add_argument("--user", default=None)
-        parser.add_argument("--password", default=None)
+        parser.add_argument("--password", default=None, help="prefer $CLICKHOUSE_SERVER_PASSWORD (argv shows in ps)")
+        parser.add_argument("--insecure-no-password", action="store_true")
 
     def handle(self, *args: Any, **options: Any) -> None:
         from analytics_platform.clickhouse_server.cli import main
@@ -24,5 +25,7 @@ class Command(BaseCommand):
             argv += ["--user", options["user"]]
         if options["password"]:
             argv += ["--password", options["password"]]
+        if options["insecure_no_password"]:
+            argv.append("--insecure-no-password")
         # Django already configured structlog + JSON logging for this process.
         main(argv, configure_logging=False)

@@ -82,7 +82,11 @@ class Command(BaseCommand):
                 str(ch["PORT"]),
                 "--data-dir",
                 str(settings.VAR_DIR / "clickhouse"),
+                "--user",
+                ch["USER"],
             ),
+            # The server requires it (in the environment: argv shows in ps); see settings.py.
+            {"CLICKHOUSE_SERVER_PASSWORD": str(ch["PASSWORD"])},
         )
         registry_host, registry_port = stack.schema_registry_address()
         sup.start(
