@@ -1,8 +1,9 @@
 """Reads of the metrics capability: definitions from Django's database, series from ClickHouse.
 
-``metric_answer`` is the single path the API, the dashboards and the admin preview share, so they
+``metric_answers`` is the single path the API, the dashboards and the admin preview share, so they
 all see the same numbers, the same validation and the same cache: the API through
-``metric_timeseries_json`` (rendered JSON), the pages through ``metric_timeseries_get`` (data).
+``metric_timeseries_json`` (rendered JSON), the pages through ``metric_timeseries_get`` and, for
+the several questions of one page at once, ``metric_timeseries_get_many`` (data).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Required, TypedDict, Unpack
 
@@ -38,7 +40,8 @@ logger = logging.getLogger(__name__)
 _local = threading.local()
 # Metrics of one request run side by side, each on its own connection (the server answers
 # connections in parallel): a dashboard row of three metrics costs about one query, not three.
-_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="metrics-query")
+_POOL_PREFIX = "metrics-query"
+_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix=_POOL_PREFIX)
 _SOCKET_MARGIN_SECONDS = 10
 
 
@@ -241,12 +244,24 @@ class Question(TypedDict, total=False):
 
 def metric_timeseries_get(**question: Unpack[Question]) -> MetricsResult:
     """The body of ``GET /metrics`` as data (dashboards, admin preview); arguments as :func:`metric_answer`."""
-    body, rendered = metric_answer(**question)
-    if body is None:
-        assert rendered is not None
-        cached: MetricsResult = orjson.loads(rendered)
-        return cached
-    return body
+    return metric_timeseries_get_many([question])[0]
+
+
+def metric_timeseries_get_many(questions: Sequence[Question]) -> list[MetricsResult]:
+    """The bodies of several questions of one page, in order, their queries run side by side.
+
+    A page's questions are independent, so asking them one after another cost the sum of their
+    slowest queries; here all their queries share the pool at once (see :func:`metric_answers`).
+    """
+    bodies = []
+    for body, rendered in metric_answers(questions):
+        if body is None:
+            assert rendered is not None
+            cached: MetricsResult = orjson.loads(rendered)
+            bodies.append(cached)
+        else:
+            bodies.append(body)
+    return bodies
 
 
 def metric_timeseries_json(**question: Unpack[Question]) -> bytes:
@@ -255,18 +270,20 @@ def metric_timeseries_json(**question: Unpack[Question]) -> bytes:
     return rendered if rendered is not None else orjson.dumps(body)
 
 
-def metric_answer(
-    *,
-    metrics: Sequence[str],
-    start: datetime | None = None,
-    end: datetime | None = None,
-    interval: str | None = None,
-    group_by: Sequence[str] = (),
-    filters: Sequence[tuple[str, str]] = (),
-    limit: int = 100,
-    use_cache: bool = True,
-    definitions: Sequence[query.CompiledMetric] = (),
-) -> tuple[MetricsResult | None, bytes | None]:
+@dataclass(frozen=True)
+class _Prepared:
+    """A question validated and built, with its cache entry's key and, on a hit, the stored answer."""
+
+    compiled: list[query.CompiledMetric]
+    request: query.MetricRequest
+    built: list[query.BuiltQuery]
+    interval: str | None
+    key: str
+    caching: bool
+    hit: bytes | None
+
+
+def metric_answer(**question: Unpack[Question]) -> tuple[MetricsResult | None, bytes | None]:
     """The body of ``GET /metrics``: each metric's series over [start, end), UTC buckets; as data
     and, when it came from or went to the cache, rendered (one of the two is None).
 
@@ -279,6 +296,43 @@ def metric_answer(
     holds the rendered JSON, not the data: pickling a day of minutes for two metrics took longer
     than the orjson rendering the API needs anyway, and a hit is then returned without any work.
     """
+    return metric_answers([question])[0]
+
+
+def metric_answers(questions: Sequence[Question]) -> list[tuple[MetricsResult | None, bytes | None]]:
+    """:func:`metric_answer` for several questions at once, answers in the order asked.
+
+    Every question is validated (and looked up in the cache) before any query runs, so an invalid
+    one fails the batch with its own error and costs ClickHouse nothing, as it did alone. The
+    queries of all the questions the cache did not answer go to the pool in one ``map``, never one
+    submission per question from inside the pool: a pool thread waiting on work queued behind it
+    in the same bounded pool would deadlock. They share one time budget, the batch's: a page is one
+    request. A query that fails fails the batch with its own error (the first in question order).
+    """
+    prepared = [_question_prepare(**question) for question in questions]
+    pending = [p for p in prepared if p.hit is None]
+    results = iter(_queries_run([built for p in pending for built in p.built]))
+    answers: list[tuple[MetricsResult | None, bytes | None]] = []
+    for p in prepared:
+        if p.hit is not None:
+            answers.append((None, p.hit))
+        else:
+            answers.append(_answer_assemble(p, [next(results) for _ in p.built]))
+    return answers
+
+
+def _question_prepare(
+    *,
+    metrics: Sequence[str],
+    start: datetime | None = None,
+    end: datetime | None = None,
+    interval: str | None = None,
+    group_by: Sequence[str] = (),
+    filters: Sequence[tuple[str, str]] = (),
+    limit: int = 100,
+    use_cache: bool = True,
+    definitions: Sequence[query.CompiledMetric] = (),
+) -> _Prepared:
     if not metrics and not definitions:
         raise ApplicationError("at least one metric is required", code="required", field="metric")
     compiled = list(definitions) or metric_definitions_get(names=metrics)
@@ -305,7 +359,6 @@ def metric_answer(
     except query.QueryError as exc:
         raise ApplicationError(exc.message, code="invalid_parameter", field=exc.field) from exc
 
-    timeout = settings.METRICS_QUERY_CACHE_SECONDS
     key = _cache_key(
         {
             "metrics": [(m.name, m.spec) for m in compiled],
@@ -316,26 +369,32 @@ def metric_answer(
             "limit": limit,
         }
     )
-    caching = use_cache and timeout > 0
-    if caching:
-        hit = cache.get(key)
-        if isinstance(hit, bytes):  # anything else (an entry of an older release) is a miss
-            return None, hit
+    caching = use_cache and settings.METRICS_QUERY_CACHE_SECONDS > 0
+    hit = cache.get(key) if caching else None
+    # Anything but bytes (an entry of an older release) is a miss.
+    return _Prepared(compiled, request, built, interval, key, caching, hit if isinstance(hit, bytes) else None)
 
-    body: MetricsResult = {"from": _iso(start), "to": _iso(end), "interval": interval, "metrics": []}
+
+def _queries_run(built: list[query.BuiltQuery]) -> list[list[tuple[Any, ...]]]:
+    """The rows of each query, in order, under one deadline; side by side on the pool when several."""
     deadline = time.monotonic() + settings.METRICS_QUERY_MAX_EXECUTION_SECONDS
-    if len(built) == 1:
-        results = [query_execute(built[0], deadline=deadline)]
-    else:
-        # The pool's threads do not inherit this thread's context: each query span joins the request's trace.
-        ctx = otel_context.get_current()
+    if len(built) <= 1 or threading.current_thread().name.startswith(_POOL_PREFIX):
+        # One query needs no thread; a caller already on a pool thread must not wait on the pool.
+        return [query_execute(one, deadline=deadline) for one in built]
+    # The pool's threads do not inherit this thread's context: each query span joins the request's trace.
+    ctx = otel_context.get_current()
 
-        def run(one: query.BuiltQuery) -> list[tuple[Any, ...]]:
-            with tracing.context_attached(ctx):
-                return query_execute(one, deadline=deadline)
+    def run(one: query.BuiltQuery) -> list[tuple[Any, ...]]:
+        with tracing.context_attached(ctx):
+            return query_execute(one, deadline=deadline)
 
-        results = list(_pool.map(run, built))
-    for metric, rows in zip(compiled, results, strict=True):
+    return list(_pool.map(run, built))
+
+
+def _answer_assemble(p: _Prepared, results: list[list[tuple[Any, ...]]]) -> tuple[MetricsResult | None, bytes | None]:
+    request = p.request
+    body: MetricsResult = {"from": _iso(request.start), "to": _iso(request.end), "interval": p.interval, "metrics": []}
+    for metric, rows in zip(p.compiled, results, strict=True):
         body["metrics"].append(
             {
                 "metric": metric.name,
@@ -343,9 +402,9 @@ def metric_answer(
                 "series": query.series_assemble(metric, request, rows),
             }
         )
-    if caching:
+    if p.caching:
         rendered = orjson.dumps(body)
-        cache.set(key, rendered, timeout)
+        cache.set(p.key, rendered, settings.METRICS_QUERY_CACHE_SECONDS)
         return body, rendered
     return body, None
 

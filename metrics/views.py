@@ -24,7 +24,7 @@ from accounts.models import READ_METRICS
 from analytics_platform.errors import ApplicationError
 from metrics import bounds, query, units
 from metrics.models import MetricDefinition
-from metrics.selectors import ingestion_lag_get, metric_timeseries_get
+from metrics.selectors import Question, ingestion_lag_get, metric_timeseries_get, metric_timeseries_get_many
 from streams import error_search
 
 
@@ -221,31 +221,33 @@ def _dashboard(request: HttpRequest, *, video_id: str | None) -> HttpResponse:
     if breakdown not in BREAKDOWN_DIMENSIONS or (video_id and breakdown == "videoId"):
         breakdown = "country"
     filters = [("videoId", video_id)] if video_id else []
-    start, end = window.start, window.end
+    # The page's questions are independent: asked together, all their queries share the pool.
+    available = set(_available((*QOE_METRICS, *BREAKDOWN_METRICS, "views", CONTRIBUTION_SCORE)))
+    common: Question = {"metrics": (), "start": window.start, "end": window.end, "filters": filters}
+    questions: list[Question] = [
+        {**common, "metrics": [m for m in QOE_METRICS if m in available], "interval": window.interval},
+        {
+            **common,
+            "metrics": [m for m in BREAKDOWN_METRICS if m in available],
+            "group_by": [breakdown],
+            "limit": 10,
+        },
+        {
+            **common,
+            "metrics": [m for m in ("views", CONTRIBUTION_SCORE) if m in available],
+            "group_by": [breakdown],
+            "limit": CONTRIBUTORS_GROUPS,
+        },
+    ]
+    if not video_id:
+        questions.append(
+            {**common, "metrics": [m for m in ("views",) if m in available], "group_by": ["videoId"], "limit": 20}
+        )
     try:
-        series = metric_timeseries_get(
-            metrics=_available(QOE_METRICS), start=start, end=end, filters=filters, interval=window.interval
-        )
-        by_dim = metric_timeseries_get(
-            metrics=_available(BREAKDOWN_METRICS), start=start, end=end, filters=filters, group_by=[breakdown], limit=10
-        )
-        contributions = metric_timeseries_get(
-            metrics=_available(("views", CONTRIBUTION_SCORE)),
-            start=start,
-            end=end,
-            filters=filters,
-            group_by=[breakdown],
-            limit=CONTRIBUTORS_GROUPS,
-        )
-        top_videos = (
-            None
-            if video_id
-            else metric_timeseries_get(
-                metrics=_available(("views",)), start=start, end=end, filters=filters, group_by=["videoId"], limit=20
-            )
-        )
+        series, by_dim, contributions, *rest = metric_timeseries_get_many(questions)
     except ApplicationError as exc:
         return render(request, "metrics/error.html", {"message": exc.message}, status=exc.status_code)
+    top_videos = rest[0] if rest else None
     charts = _definitions_attach(_line_charts(series) + _bar_charts(by_dim, breakdown))
     videos = []
     if top_videos and top_videos["metrics"]:
