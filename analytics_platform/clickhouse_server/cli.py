@@ -7,6 +7,8 @@ A password is required, on loopback too: any local process or user could otherwi
 every table (and, before the statement gate, read the server's files). Give it in
 ``$CLICKHOUSE_SERVER_PASSWORD`` rather than ``--password``, which other local users see in
 ``ps``. ``--insecure-no-password`` lets any client in, and only on a loopback address.
+``$CLICKHOUSE_SERVER_ENCRYPTION_KEY`` (64 hex digits) encrypts a new data dir at rest
+(``encryption.py``); only the environment carries it, for the same reason.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from .encryption import KEY_ENV, EncryptionError, data_dir_prepare, key_check
 from .limits import add_limit_arguments, limits_from_args
 from .tls import add_tls_arguments, server_context_from_args
 
@@ -89,7 +92,13 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
             " (or pass --insecure-no-password to let any local client in)"
         )
     tls = server_context_from_args(parser, args)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # The key only from the environment (argv shows in ps); chdb reads it there too.
+        key = key_check(os.environ.get(KEY_ENV))
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+        encrypted = data_dir_prepare(args.data_dir, key=key)
+    except EncryptionError as exc:
+        parser.error(str(exc))
 
     from .server import ClickHouseServer  # imports chdb: slow, so after argument errors
 
@@ -102,6 +111,7 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
         shutdown_grace=args.shutdown_grace,
         limits=limits_from_args(args),
         tls=tls,
+        encrypted=encrypted,
     )
 
     def stop(signum: int, _frame: FrameType | None) -> None:

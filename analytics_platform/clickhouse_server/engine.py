@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, cast
 
 from chdb import _chdb
 
+from .encryption import storage_config
 from .protocol import ErrorCode, ServerError, Setting
 
 _CODE = re.compile(r"Code:\s*(\d+)\.\s*(.*)", re.DOTALL)
@@ -335,19 +336,22 @@ _ACCESS_USERS = """<clickhouse>
 """
 
 
-def access_config_write(data_dir: str) -> str:
+def access_config_write(data_dir: str, *, encrypted: bool = False) -> str:
     """Write the config that gives chdb's ``default`` user ``_ACCESS_USERS``; return its path.
 
     Beside the data dir's own folders (chdb ignores others), rewritten at every start so an edit
-    of the code applies to existing data dirs.
+    of the code applies to existing data dirs. ``encrypted``: the default storage policy on an
+    encrypted disk (``encryption.py``; the key stays in the environment).
     """
     folder = Path(data_dir) / "server_access"
     folder.mkdir(parents=True, exist_ok=True)
     users = folder / "users.xml"
     users.write_text(_ACCESS_USERS)
     config = folder / "config.xml"
+    storage = storage_config(data_dir) if encrypted else ""
     config.write_text(
-        f"<clickhouse><user_directories><users_xml><path>{users}</path></users_xml></user_directories></clickhouse>\n"
+        f"<clickhouse><user_directories><users_xml><path>{users}</path></users_xml></user_directories>"
+        f"{storage}</clickhouse>\n"
     )
     return str(config)
 

@@ -55,13 +55,15 @@ class ClickHouseServer:
         shutdown_grace: float = 5.0,
         limits: ServerLimits = DEFAULT_LIMITS,
         tls: ssl.SSLContext | None = None,
+        encrypted: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.limits = limits
         self.shutdown_grace = shutdown_grace
         spool_dir = Path(data_dir) / "insert_spool"
         shutil.rmtree(spool_dir, ignore_errors=True)  # leftovers of a killed server
-        engine_config = access_config_write(data_dir)  # before the first connection: chdb reads it once
+        # Before the first connection: chdb reads it once.
+        engine_config = access_config_write(data_dir, encrypted=encrypted)
         self._primary = EngineConnection(data_dir, engine_config)
         default_database_detach_filesystem(self._primary, data_dir)  # before any session connects
         timezone, version = engine_identity(self._primary)
