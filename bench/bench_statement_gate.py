@@ -2,7 +2,7 @@
 
 Every client statement passes the gate before chdb sees it, so its cost is added to each query.
 Times it in process (no server, no chdb) for statements shaped like the application's own: a
-metric SELECT as ``metrics/query.py`` builds them, the sink's block INSERT head, an inline
+metric SELECT as ``metrics/query/`` builds them, the sink's block INSERT head, an inline
 ``INSERT ... FORMAT JSONEachRow`` carrying 1 MB of data (the gate stops at the data), a
 ``VALUES`` insert of 1000 rows (checked to the end: Values rows are expressions), and a migration.
 The table function and engine lists are the real engine's (one chdb connection at start).

@@ -210,7 +210,7 @@ def _mean(values: list[float]) -> float | None:
 
 
 # The per-view QoE scores of README "QoE scores", written out again from their definitions (a
-# second implementation to hold the SQL in metrics/query.py to).
+# second implementation to hold the SQL in metrics/query/registry.py to).
 def _success_score(r: dict) -> float:
     return 0.0 if r["playback_failure"] else 50.0 if r["exit_before_start"] else 100.0
 
