@@ -189,16 +189,32 @@ class BigQueryDestination:
             return
         self._replace_by_merge(table=table, partition=partition, columns=columns, parquet=parquet)
 
+    def _staging_leftovers_drop(self, prefix: str) -> None:
+        """Drop the staging tables earlier attempts at this partition left behind (killed mid-load).
+
+        Safe because the partition's lease keeps attempts from overlapping; best effort because
+        each table also expires by itself within a day.
+        """
+        try:
+            for item in self.client.list_tables(f"{self.client.project}.{self.dataset}", retry=self.retry):
+                if item.table_id.startswith(prefix):
+                    self.client.delete_table(item.reference, not_found_ok=True, retry=self.retry)
+        except NotFound:
+            return
+
     def _replace_by_merge(
         self, *, table: ExportTable, partition: Partition, columns: list[Column], parquet: Path
     ) -> None:
-        staging_id = (
-            f"{self.client.project}.{self.dataset}._etl_staging_{table.name}_{partition.label.replace('-', '')}"
-        )
+        prefix = f"_etl_staging_{table.name}_{partition.label.replace('-', '')}_"
+        self._staging_leftovers_drop(prefix)
+        # A staging table of this attempt's own: a killed attempt can leave its table half created
+        # (the emulator, SIGKILLed mid-request, kept it in its engine but not in its catalog, and
+        # every retry's CREATE of the same name then failed), and a name never reused cannot collide.
+        staging_id = f"{self.client.project}.{self.dataset}.{prefix}{uuid.uuid4().hex[:12]}"
         staging = bigquery.Table(staging_id, schema=bigquery_schema(columns))
         # If a worker dies between load and cleanup the staging table removes itself.
         staging.expires = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-        self.client.create_table(staging, exists_ok=True, retry=self.retry)
+        self.client.create_table(staging, retry=self.retry)
         try:
             self._load(parquet, staging_id, write_disposition="WRITE_TRUNCATE", partitioned_on=None)
             names = ", ".join(_quote(column.name) for column in columns)

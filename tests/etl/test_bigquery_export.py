@@ -179,3 +179,29 @@ def test_a_column_added_in_clickhouse_widens_the_bigquery_table(clickhouse, bigq
         assert [(row["day"], row["note"], row["n"]) for row in rows] == [(old_day, None, 50), (new_day, "noted", 50)]
     finally:
         clickhouse.execute("ALTER TABLE events DROP COLUMN etl_test_note")
+
+
+def test_a_staging_table_left_by_a_killed_attempt_is_dropped_and_never_reused(
+    clickhouse, bigquery_settings, bigquery_client
+):
+    from google.cloud import bigquery
+
+    day, other = past_day(24), past_day(26)
+    expected = events_insert(clickhouse, day=day, count=1000, seed=6)
+    label = f"{day:%Y%m%d}"
+    # What a worker SIGKILLed between its load and its cleanup leaves: its attempt's staging table,
+    # holding rows. Another partition's leftover belongs to that partition's next attempt.
+    bigquery_client.create_dataset(f"{bigquery_client.project}.{bigquery_settings}", exists_ok=True)
+    for name in (f"_etl_staging_events_{label}_killed", f"_etl_staging_events_{other:%Y%m%d}_killed"):
+        leftover = bigquery.Table(
+            f"{bigquery_client.project}.{bigquery_settings}.{name}", schema=[bigquery.SchemaField("x", "INT64")]
+        )
+        bigquery_client.create_table(leftover)
+
+    partition_export(table="events", day=day)
+
+    assert bigquery_per_video(bigquery_client, dataset=bigquery_settings, table="events", day=day) == expected
+    assert sorted(t.table_id for t in bigquery_client.list_tables(bigquery_settings)) == [
+        f"_etl_staging_events_{other:%Y%m%d}_killed",
+        "events",
+    ]
