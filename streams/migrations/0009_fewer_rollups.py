@@ -11,8 +11,9 @@ minute rollups' insert blocks now read the raw inserts (``events`` -> ``metrics_
 directly: the same sums (the dropped views only added partial sums up). Event breakdowns by a
 dimension read ``events`` (ORDER BY type, video_id, ts).
 
-``event_video_hour`` starts empty here: ``manage.py clickhouse_rollups_rebuild --table
-event_video_hour --include-live`` fills it from ``events`` (README, "Rebuilding rollups").
+History: ``event_video_hour`` is filled from ``event_rollup_hour`` (its 400 days, summed over the
+dimensions: ``history_copy``) before that is dropped, so a video's page keeps its past; the
+per-dimension event counts older than ``events``' 90 days go with the dropped rollup.
 
 Run with ingestion paused, as streams 0004: a row inserted between creating a new view and
 dropping the old one that fed the same table would be counted twice there (no transactional DDL).
@@ -22,6 +23,7 @@ node (``ON CLUSTER``, ``IF [NOT] EXISTS``: a cluster built by 0006 after this sc
 in ``warehouse`` already has it, and a rerun completes a partial run).
 """
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from django.db import migrations
@@ -73,6 +75,43 @@ _OLD_TABLES = ("event_rollup_minute", "event_rollup_hour", "view_rollup_minute")
 DROP = [f"DROP VIEW IF EXISTS {name}" for name in _OLD_VIEWS] + [f"DROP TABLE IF EXISTS {name}" for name in _OLD_TABLES]
 
 
+#: ``event_rollup_hour``'s history (400 days, where ``events`` keeps 90) summed into the new rollup's key.
+HISTORY_COPY = (
+    "INSERT INTO {target} (bucket, type, video_id, events, late_events)"
+    " SELECT bucket, type, video_id, sum(events), sum(late_events) FROM {source} GROUP BY bucket, type, video_id"
+)
+
+
+def history_copy(execute: Callable[[str, Sequence[Any]], list[tuple[Any, ...]]], database: str) -> int:
+    """Keep a video's event counts past the raw retention: copy them from the dropped hour rollup.
+
+    Runs between creating ``event_video_hour`` and creating its view (ingestion paused, as the
+    docstring says), and only into an empty table, so a rerun after a partial run adds nothing.
+    Returns the rows copied (0 when there is no old rollup: a database created after this schema).
+    """
+    present = execute(
+        "SELECT name FROM system.tables WHERE database = %s AND name IN ('event_rollup_hour', 'event_video_hour')",
+        [database],
+    )
+    if len(present) < 2 or execute("SELECT count() FROM event_video_hour", [])[0][0]:
+        return 0
+    execute(HISTORY_COPY.format(target="event_video_hour", source="event_rollup_hour"), [])
+    return int(execute("SELECT count() FROM event_video_hour", [])[0][0])
+
+
+def _executor(schema_editor: Any) -> Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]:
+    def execute(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute(sql, list(params))
+            return list(cursor.fetchall()) if cursor.description else []
+
+    return execute
+
+
+def single_node_history(apps: Any, schema_editor: Any) -> None:
+    history_copy(_executor(schema_editor), schema_editor.connection.settings_dict["NAME"])
+
+
 def cluster_apply(apps: Any, schema_editor: Any) -> None:
     database = schema_editor.connection.settings_dict["NAME"]
     cluster = warehouse.cluster_name()
@@ -80,6 +119,8 @@ def cluster_apply(apps: Any, schema_editor: Any) -> None:
         warehouse.table_named(warehouse.EVENT_VIDEO_HOUR), cluster, database
     ):
         schema_editor.execute(statement)
+    # No history copy here: cluster mode is as young as this migration (0006), so no cluster holds
+    # an old event_rollup_hour with history to keep.
     for name in _NEW_VIEWS:
         schema_editor.execute(warehouse.cluster_view_statement(warehouse.view_named(name), cluster, database))
     for statement in warehouse.drop_named_statements(_OLD_VIEWS, _OLD_TABLES, cluster, database):
@@ -99,6 +140,8 @@ class Migration(migrations.Migration):
             ],
         ),
         # Irreversible: the dropped rollups' rows are gone (a rebuild re-derives them from history).
-        migrations.RunSQL(CREATE + DROP, hints={"clickhouse": True}),
+        migrations.RunSQL(CREATE[:1], hints={"clickhouse": True}),
+        migrations.RunPython(single_node_history, hints={"clickhouse": True}),
+        migrations.RunSQL(CREATE[1:] + DROP, hints={"clickhouse": True}),
         migrations.RunPython(cluster_apply, hints={"clickhouse": True, "cluster_schema": True}),
     ]
