@@ -47,9 +47,7 @@ from django.conf import settings
 EVENTS = "events"
 VIEW_SUMMARIES = "view_summaries"
 VIEW_MINUTES = "view_minutes"
-EVENT_ROLLUP_MINUTE = "event_rollup_minute"
-EVENT_ROLLUP_HOUR = "event_rollup_hour"
-VIEW_ROLLUP_MINUTE = "view_rollup_minute"
+EVENT_VIDEO_HOUR = "event_video_hour"
 VIEW_ROLLUP_HOUR = "view_rollup_hour"
 METRICS_EVENT_TYPE_MINUTE = "metrics_event_type_minute"
 METRICS_EVENT_TYPE_HOUR = "metrics_event_type_hour"
@@ -195,7 +193,6 @@ _VIEW_MINUTE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("kafka_topic_id", _LC),
 )
 
-_EVENT_COUNTS = tuple((name, "UInt64") for name in ("events", "errors", "fatal_errors", "late_events"))
 _VIEW_SUMS_COLUMNS = tuple(
     (name, "UInt64")
     for name in (
@@ -256,31 +253,13 @@ def tables() -> tuple[Table, ...]:
             sharding_key="kafka_partition",
         ),
         Table(
-            EVENT_ROLLUP_MINUTE,
-            (*_BUCKET, ("type", _LC), ("video_id", "String"), *_DIM_COLUMNS, *_EVENT_COUNTS),
+            EVENT_VIDEO_HOUR,
+            (*_BUCKET, ("type", _LC), ("video_id", "String"), ("events", "UInt64"), ("late_events", "UInt64")),
             "SummingMergeTree",
-            ("bucket", "type", "video_id", *_ROLLUP_DIM_KEY),
-            "toYYYYMMDD(bucket)",
-            _rollup_ttl(MINUTE_TTL_DAYS),
-            "events/errors per minute with any breakdown (type, video, dimensions), up to 30 days",
-        ),
-        Table(
-            EVENT_ROLLUP_HOUR,
-            (*_BUCKET, ("type", _LC), ("video_id", "String"), *_DIM_COLUMNS, *_EVENT_COUNTS),
-            "SummingMergeTree",
-            ("bucket", "type", "video_id", *_ROLLUP_DIM_KEY),
+            ("bucket", "type", "video_id"),
             "toYYYYMM(bucket)",
             _rollup_ttl(LONG_TTL_DAYS),
-            "events/errors per hour or day with any breakdown, up to 400 days",
-        ),
-        Table(
-            VIEW_ROLLUP_MINUTE,
-            (*_BUCKET, ("video_id", "String"), *_DIM_COLUMNS, *_VIEW_SUMS_COLUMNS),
-            "SummingMergeTree",
-            ("bucket", "video_id", *_ROLLUP_DIM_KEY),
-            "toYYYYMMDD(bucket)",
-            _rollup_ttl(MINUTE_TTL_DAYS),
-            "view QoE sums (views, watch time, rebuffering, failure rates) per minute with any breakdown",
+            "event counts per hour or day by type and video (a video's page), up to 400 days",
         ),
         Table(
             VIEW_ROLLUP_HOUR,
@@ -289,7 +268,7 @@ def tables() -> tuple[Table, ...]:
             ("bucket", "video_id", *_ROLLUP_DIM_KEY),
             "toYYYYMM(bucket)",
             _rollup_ttl(LONG_TTL_DAYS),
-            "view QoE sums per hour or day with any breakdown, up to 400 days",
+            "view QoE sums per hour or day with any breakdown (and videoId with another), up to 400 days",
         ),
         Table(
             METRICS_EVENT_TYPE_MINUTE,
@@ -347,51 +326,25 @@ _VIEW_RAW_SUMS = (
     " countIf(exit_before_start) AS exits_before_start, sumIf(startup_time_ms, started) AS startup_time_ms_sum"
 )
 _VIEW_SUMS = ", ".join(f"sum({name}) AS {name}" for name, _ in _VIEW_SUMS_COLUMNS)
-_EVENT_SUMS = ", ".join(f"sum({name}) AS {name}" for name, _ in _EVENT_COUNTS)
 
 
 def _grain(grain: str) -> str:
     return f"toDateTime(toStartOf{grain}(bucket, 'UTC'), 'UTC') AS bucket"
 
 
-# Only the two minute rollups read raw rows; every other rollup reads a finer rollup's insert
-# blocks (streams 0004, metrics 0004): the same sums, far fewer rows aggregated per insert.
+# What the rollups cost the server is mostly the rows their views write per sink INSERT (and
+# later merge): a rollup keyed by video and all six dimensions writes nearly a row per raw row
+# (a minute or an hour rarely repeats such a key), so only the view summaries (a row per view,
+# a tenth of the events) keep one, per hour; event breakdowns by a dimension read ``events``,
+# whose ORDER BY starts with type and video_id (streams 0009, README "ClickHouse schema"). Each
+# rollup with a coarser grain of the same key reads the finer one's insert blocks.
 MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = (
     MaterializedView(
-        "events_to_event_rollup_minute",
+        "events_to_metrics_event_type_minute",
         EVENTS,
-        EVENT_ROLLUP_MINUTE,
-        f"toDateTime(toStartOfMinute(ts), 'UTC') AS bucket, type, {_DIM_LIST}, count() AS events,"
-        " countIf(type = 'error') AS errors, countIf(type = 'error' AND fatal) AS fatal_errors,"
-        " countIf(late) AS late_events",
-        f"bucket, type, {_DIM_LIST}",
-    ),
-    MaterializedView(
-        "event_rollup_minute_to_event_rollup_hour",
-        EVENT_ROLLUP_MINUTE,
-        EVENT_ROLLUP_HOUR,
-        f"{_grain('Hour')}, type, {_DIM_LIST}, {_EVENT_SUMS}",
-        f"bucket, type, {_DIM_LIST}",
-    ),
-    MaterializedView(
-        "view_summaries_to_view_rollup_minute",
-        VIEW_SUMMARIES,
-        VIEW_ROLLUP_MINUTE,
-        f"toDateTime(toStartOfMinute(start_ts), 'UTC') AS bucket, {_DIM_LIST}, {_VIEW_RAW_SUMS}",
-        f"bucket, {_DIM_LIST}",
-    ),
-    MaterializedView(
-        "view_rollup_minute_to_view_rollup_hour",
-        VIEW_ROLLUP_MINUTE,
-        VIEW_ROLLUP_HOUR,
-        f"{_grain('Hour')}, {_DIM_LIST}, {_VIEW_SUMS}",
-        f"bucket, {_DIM_LIST}",
-    ),
-    MaterializedView(
-        "metrics_event_type_minute_chained_mv",
-        EVENT_ROLLUP_MINUTE,
         METRICS_EVENT_TYPE_MINUTE,
-        "bucket, type, sum(events) AS events, sum(late_events) AS late_events",
+        "toDateTime(toStartOfMinute(ts, 'UTC'), 'UTC') AS bucket, type, count() AS events,"
+        " countIf(late) AS late_events",
         "bucket, type",
     ),
     MaterializedView(
@@ -402,10 +355,18 @@ MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = (
         "bucket, type",
     ),
     MaterializedView(
-        "metrics_view_minute_chained_mv",
-        VIEW_ROLLUP_MINUTE,
+        "events_to_event_video_hour",
+        EVENTS,
+        EVENT_VIDEO_HOUR,
+        "toDateTime(toStartOfHour(ts, 'UTC'), 'UTC') AS bucket, type, video_id, count() AS events,"
+        " countIf(late) AS late_events",
+        "bucket, type, video_id",
+    ),
+    MaterializedView(
+        "view_summaries_to_metrics_view_minute",
+        VIEW_SUMMARIES,
         METRICS_VIEW_MINUTE,
-        f"bucket, {_VIEW_SUMS}",
+        f"toDateTime(toStartOfMinute(start_ts, 'UTC'), 'UTC') AS bucket, {_VIEW_RAW_SUMS}",
         "bucket",
     ),
     MaterializedView(
@@ -414,6 +375,13 @@ MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = (
         METRICS_VIEW_HOUR,
         f"{_grain('Hour')}, {_VIEW_SUMS}",
         "bucket",
+    ),
+    MaterializedView(
+        "view_summaries_to_view_rollup_hour",
+        VIEW_SUMMARIES,
+        VIEW_ROLLUP_HOUR,
+        f"toDateTime(toStartOfHour(start_ts, 'UTC'), 'UTC') AS bucket, {_DIM_LIST}, {_VIEW_RAW_SUMS}",
+        f"bucket, {_DIM_LIST}",
     ),
     MaterializedView(
         "metrics_view_video_day_chained_mv",
@@ -484,21 +452,33 @@ def statements(cluster: str | None, database: str | None = None) -> list[str]:
             for v in MATERIALIZED_VIEWS
         ]
         return out
-    on_cluster = f" ON CLUSTER {_quote(cluster)}"
     out = []
     for t in tables():
         out += cluster_table_statements(t, cluster, db)
-    for v in MATERIALIZED_VIEWS:
-        out.append(
-            _create_view(
-                v,
-                name=qualified(v.name),
-                target=qualified(v.target + LOCAL_SUFFIX),
-                source=qualified(v.source + LOCAL_SUFFIX),
-                on_cluster=on_cluster,
-            )
-        )
+    out += [cluster_view_statement(v, cluster, db) for v in MATERIALIZED_VIEWS]
     return out
+
+
+def cluster_view_statement(view: MaterializedView, cluster: str, database: str) -> str:
+    """One materialized view in cluster mode: on every node, from the local source to the local target."""
+
+    def qualified(name: str) -> str:
+        return f"{_ident(database)}.{_ident(name)}" if database else _ident(name)
+
+    return _create_view(
+        view,
+        name=qualified(view.name),
+        target=qualified(view.target + LOCAL_SUFFIX),
+        source=qualified(view.source + LOCAL_SUFFIX),
+        on_cluster=f" ON CLUSTER {_quote(cluster)}",
+    )
+
+
+def view_named(name: str) -> MaterializedView:
+    for view in MATERIALIZED_VIEWS:
+        if view.name == name:
+            return view
+    raise KeyError(name)
 
 
 def cluster_table_statements(table: Table, cluster: str, database: str) -> list[str]:
@@ -572,14 +552,22 @@ def names() -> Iterable[str]:
 
 def drop_statements(cluster: str | None, database: str | None = None) -> list[str]:
     """Undo ``statements``: views first, then Distributed and local tables (data is lost)."""
+    views = [v.name for v in reversed(MATERIALIZED_VIEWS)]
+    return drop_named_statements(views, [t.name for t in reversed(tables())], cluster, database)
+
+
+def drop_named_statements(
+    views: Iterable[str], table_names: Iterable[str], cluster: str | None, database: str | None = None
+) -> list[str]:
+    """``DROP ... IF EXISTS`` of these views, then these tables (in cluster mode also ``<t>_local``)."""
     db = database if database is not None else str(settings.DATABASES["clickhouse"]["NAME"])
     prefix = f"{_ident(db)}." if db else ""
     on_cluster = f" ON CLUSTER {_quote(cluster)}" if cluster else ""
-    out = [f"DROP VIEW IF EXISTS {prefix}{_ident(v.name)}{on_cluster}" for v in reversed(MATERIALIZED_VIEWS)]
-    for t in reversed(tables()):
-        out.append(f"DROP TABLE IF EXISTS {prefix}{_ident(t.name)}{on_cluster}")
+    out = [f"DROP VIEW IF EXISTS {prefix}{_ident(name)}{on_cluster}" for name in views]
+    for name in table_names:
+        out.append(f"DROP TABLE IF EXISTS {prefix}{_ident(name)}{on_cluster}")
         if cluster:
-            out.append(f"DROP TABLE IF EXISTS {prefix}{_ident(t.local)}{on_cluster}")
+            out.append(f"DROP TABLE IF EXISTS {prefix}{_ident(name + LOCAL_SUFFIX)}{on_cluster}")
     return out
 
 

@@ -4,7 +4,9 @@ Run: ``PYTHONPATH=. python bench/bench_metrics.py [--events 24000] [--requests 2
 (24,000 events are the issue's 800 views, where a query's SQL takes 5-15 ms; ``--events 1000000``
 makes ClickHouse the bottleneck instead.)
 (``--shapes`` adds the per-shape table; ``--ab DIR`` also serves another checkout, e.g. a
-``git worktree`` of the commit before a change, and alternates requests between the two).
+``git worktree`` of the commit before a change, and alternates requests between the two; B reads
+a ClickHouse database of its own, migrated by B and holding the same raw rows, so a schema change
+is compared too).
 
 What it does, all on this machine and in a temporary directory:
 1. starts ``manage.py devstack`` (what ``make run`` runs: broker, ClickHouse server, schema
@@ -354,6 +356,39 @@ def web_start(checkout: Path, env: dict[str, str], log: Path) -> tuple[subproces
     return web, port
 
 
+RAW_TABLES = ("events", "view_summaries", "view_minutes")  # written by the sink, not by views
+
+
+def schema_b_load(checkout: Path, env: dict[str, str], *, reuse: bool) -> str:
+    """A ClickHouse database for B: migrated by B's checkout (its schema, e.g. other rollups), the
+    raw rows copied from A's, so B's materialized views fill B's rollups from the same data."""
+    from analytics_platform.clickhouse import client_get
+
+    database = "bench_b"
+    client = client_get()
+    try:
+        if not reuse:
+            client.execute(f"DROP DATABASE IF EXISTS {database}")
+            client.execute(f"CREATE DATABASE {database}")
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--database", "clickhouse", "-v", "0"],
+                cwd=checkout,
+                env={**env, "CLICKHOUSE_DATABASE": database, "PYTHONPATH": str(checkout)},
+                check=True,
+            )
+            for table in RAW_TABLES:
+                client.execute(f"INSERT INTO {database}.{table} SELECT * FROM {table}")
+            rollups = client.execute(
+                "SELECT name FROM system.tables WHERE database = %(db)s AND engine LIKE '%%SummingMergeTree'",
+                {"db": database},
+            )
+            for (table,) in rollups:  # what background merges do over time, as for A
+                client.execute(f"OPTIMIZE TABLE {database}.`{table}` FINAL")
+    finally:
+        client.disconnect()
+    return database
+
+
 def token_get(port: int, username: str, password: str) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request(
@@ -460,10 +495,14 @@ def main() -> None:
             webs.append(web)
         targets = [Web("A", port, token_get(port, "bench", "bench-password-123"))]
         if args.ab is not None:
-            web_b, port_b = web_start(args.ab.resolve(), env, log)
+            env_b = {**env, "CLICKHOUSE_DATABASE": schema_b_load(args.ab.resolve(), env, reuse=reuse)}
+            web_b, port_b = web_start(args.ab.resolve(), env_b, log)
             webs.append(web_b)
             targets.append(Web("B", port_b, token_get(port_b, "bench", "bench-password-123")))
-            print(f"A: {ROOT}, B: {args.ab.resolve()} (same databases, both gunicorn_conf)")
+            print(
+                f"A: {ROOT}, B: {args.ab.resolve()} (same Django database and raw rows; B's ClickHouse"
+                f" schema migrated by B, its rollups filled by B's views; both gunicorn_conf)"
+            )
 
         definitions = {d.name: d.compile() for d in MetricDefinition.objects.all()}
         mix = dashboard_mix(n=args.requests, end=end)

@@ -2,6 +2,11 @@
 
     PYTHONPATH=. python bench/bench_streams.py [--events 300000] [--rate 20000] [--seconds 30] [--repeat 3]
     PYTHONPATH=. python bench/bench_streams.py --worker-only --repeat 3 --variant "STREAMS_X=1 STREAMS_Y=2"
+    PYTHONPATH=. python bench/bench_streams.py --variant "BENCH_CHECKOUT=../base CLICKHOUSE_DATABASE=bench_base"
+
+A variant with its own ``CLICKHOUSE_DATABASE`` gets that database migrated by its own checkout
+(a schema A/B: each worker writes the schema of its version). Each worker run also prints, from
+``system.part_log``, the parts and rows inserted and the merges and their CPU per table.
 
 Starts its own Tansu broker, embedded ClickHouse server and schema registry (free ports, temporary
 dirs; the derived events are Avro through the registry, as in production), then:
@@ -103,8 +108,8 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def thread_cpu(pid: int) -> str:
-    """CPU seconds of a process's threads: the main thread, other Python threads, librdkafka's."""
+def thread_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads by name (the main thread as ``main``, librdkafka's as one)."""
     groups: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -115,7 +120,59 @@ def thread_cpu(pid: int) -> str:
         seconds = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
         name = "main" if task.name == str(pid) else ("librdkafka" if comm.startswith("rdk:") else comm)
         groups[name] = groups.get(name, 0.0) + seconds
-    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in sorted(groups.items(), key=lambda kv: -kv[1]))
+    return groups
+
+
+def thread_cpu(pid: int, before: dict[str, float] | None = None) -> str:
+    """CPU seconds of a process's threads (since ``before``, a ``thread_seconds`` of it): the main
+    thread, other Python threads, librdkafka's; ClickHouse's pools by name (MergeMutate...)."""
+    groups = thread_seconds(pid)
+    if before is not None:
+        groups = {name: seconds - before.get(name, 0.0) for name, seconds in groups.items()}
+    shown = sorted(((n, s) for n, s in groups.items() if s >= 0.05), key=lambda kv: -kv[1])
+    return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in shown)
+
+
+def merges_settle(client: Any, limit_s: float = 20.0) -> None:
+    """Wait (at most ``limit_s``) until the server runs no merge of this database: the merges a
+    run caused belong to its cost, and a schema that merges later must not look cheaper."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if not client.execute("SELECT count() FROM system.merges WHERE database = currentDatabase()")[0][0]:
+            return
+        time.sleep(0.25)
+
+
+def parts_by_table(client: Any, since: float) -> list[tuple[str, int, int, int, int, float]]:
+    """Per table, from ``system.part_log`` since ``since`` (epoch seconds): parts inserted, rows
+    inserted, merges, rows read by merges, merge CPU seconds (user + system).
+
+    The server keeps the log when started with ``CLICKHOUSE_SERVER_PART_LOG=1`` (this benchmark
+    does); the insert side of a materialized view's target shows as its new parts.
+    """
+    client.execute("SYSTEM FLUSH LOGS")
+    rows = client.execute(
+        "SELECT table, countIf(event_type = 'NewPart'), sumIf(rows, event_type = 'NewPart'),"
+        " countIf(event_type = 'MergeParts'), sumIf(read_rows, event_type = 'MergeParts'),"
+        " sumIf(ProfileEvents['UserTimeMicroseconds'] + ProfileEvents['SystemTimeMicroseconds'],"
+        " event_type = 'MergeParts') / 1e6"
+        " FROM system.part_log WHERE database = currentDatabase()"
+        " AND event_time_microseconds >= fromUnixTimestamp64Micro(%(since)s) GROUP BY table",
+        {"since": int(since * 1e6)},
+    )
+    out = [(str(r[0]), int(r[1]), int(r[2]), int(r[3]), int(r[4]), float(r[5])) for r in rows]
+    return sorted(out, key=lambda r: -r[5])
+
+
+def parts_print(rows: list[tuple[str, int, int, int, int, float]], total_events: int) -> None:
+    merge_cpu = sum(r[5] for r in rows)
+    print(
+        f"  per table (system.part_log): merge CPU {merge_cpu:.1f} s in all "
+        f"({merge_cpu / total_events * 1e6:.1f} CPU-us/event); "
+        "table: inserted parts / rows, merges / rows read, merge CPU"
+    )
+    for table, parts, rows_in, merges, merged, cpu in rows:
+        print(f"    {table}: {parts:,} / {rows_in:,}, {merges:,} / {merged:,}, {cpu:.2f} s")
 
 
 def tables_truncate(client: Any) -> None:
@@ -164,8 +221,10 @@ def worker_measure(
         return int(a), int(b)
 
     ch_cpu_before = cpu_of(clickhouse_pid)
+    ch_threads_before = thread_seconds(clickhouse_pid)
     broker_cpu_before = cpu_of(broker_pid)
     launch = time.monotonic()
+    since = time.time()
     marks: dict[float, tuple[float, float, float]] = {}  # fraction -> (time, events counted, worker CPU)
     while True:
         got = counts()
@@ -182,14 +241,23 @@ def worker_measure(
     done = time.monotonic()
     assert got == expected, (got, expected)
     cpu = cpu_of(worker.pid)
+    ch_cpu_done = cpu_of(clickhouse_pid)
+    merges_settle(client)
+    ch_cpu_settled = cpu_of(clickhouse_pid)
     print(f"  worker CPU by thread: {thread_cpu(worker.pid)}")
+    print(f"  ClickHouse server CPU by thread: {thread_cpu(clickhouse_pid, ch_threads_before)}")
+    parts = parts_by_table(client, since)
+    parts_print(parts, total_events)
     (t10, n10, cpu10), (t90, n90, cpu90) = marks[0.1], marks[0.9]
     return {
         "events_per_s": total_events / (done - launch),
         "steady_events_per_s": (n90 - n10) / max(1e-6, t90 - t10),
         "cpu_us": cpu / total_events * 1e6,
         "steady_cpu_us": (cpu90 - cpu10) / max(1.0, n90 - n10) * 1e6,
-        "clickhouse_us": (cpu_of(clickhouse_pid) - ch_cpu_before) / total_events * 1e6,
+        "clickhouse_us": (ch_cpu_done - ch_cpu_before) / total_events * 1e6,
+        # Including the merges still running when the last row arrived (until none runs, 20 s at most).
+        "clickhouse_settled_us": (ch_cpu_settled - ch_cpu_before) / total_events * 1e6,
+        "merge_cpu_us": sum(r[5] for r in parts) / total_events * 1e6,
         "broker_us": (cpu_of(broker_pid) - broker_cpu_before) / total_events * 1e6,
         "peak_rss_mb": peak_rss_mb(worker.pid),
     }
@@ -230,6 +298,7 @@ def main() -> None:
     from analytics_platform.devstack import processes
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-streams-"))
+    os.environ["CLICKHOUSE_SERVER_PART_LOG"] = "1"  # the per-table breakdown (parts_by_table)
     broker = processes.broker_start()
     clickhouse = processes.clickhouse_start(data_dir=tmp / "clickhouse")
     from analytics_platform.schema_registry.testing import start_registry_process
@@ -344,14 +413,40 @@ def main() -> None:
         expected = (len(stream.truth.event_ids), len(stream.truth.views))
         variant = dict(item.split("=", 1) for item in args.variant.split())
         configs = {"default": {}, **({f"variant {args.variant}": variant} if variant else {})}
+        clients = {name: client for name in configs}
+        for name, extra_env in configs.items():
+            if extra_env.get("CLICKHOUSE_DATABASE", "bench") != "bench":
+                # A schema of its own (version against version): the variant's checkout migrates it.
+                database = extra_env["CLICKHOUSE_DATABASE"]
+                clients[name] = client_get(database=database)
+                client.execute(f"CREATE DATABASE IF NOT EXISTS `{database.replace('`', '')}`")
+                checkout = Path(extra_env.get("BENCH_CHECKOUT", ROOT))
+                subprocess.run(
+                    [sys.executable, str(checkout / "manage.py"), "migrate", "--database", "clickhouse", "-v", "0"],
+                    env={**child_env, **extra_env},
+                    cwd=checkout,
+                    check=True,
+                )
+                if extra_env.get("BENCH_DROP_VIEWS") == "1":
+                    # The floor: the raw tables alone, no materialized view (what every rollup costs).
+                    for (view,) in clients[name].execute(
+                        "SELECT name FROM system.tables"
+                        " WHERE database = currentDatabase() AND engine = 'MaterializedView'"
+                    ):
+                        clients[name].execute(f"DROP VIEW `{view}`")
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
+        previous = "default"
         for run in range(args.repeat):
-            for name, extra_env in configs.items():
+            # Alternate the order, the last round ending with the default (the freshness phase's worker).
+            order = list(configs) if (args.repeat - 1 - run) % 2 else list(reversed(configs))
+            for name in order:
+                extra_env = configs[name]
                 if workers:
                     worker = workers.pop()
                     worker.send_signal(signal.SIGTERM)
                     worker.wait(60)
-                    tables_truncate(client)
+                    tables_truncate(clients[previous])
+                previous = name
                 group = f"bench-worker-{run}-{len(runs[name])}-{name.split()[0]}"
                 metrics_port = processes.free_port()
                 checkout = Path(extra_env.get("BENCH_CHECKOUT", ROOT))
@@ -363,9 +458,16 @@ def main() -> None:
                     cwd=checkout,
                 )
                 workers.append(worker)
+                print(f"  {name} run {run + 1}:")
                 runs[name].append(
                     worker_measure(
-                        worker, metrics_port, client, expected, total_events, clickhouse.process.pid, broker.process.pid
+                        worker,
+                        metrics_port,
+                        clients[name],
+                        expected,
+                        total_events,
+                        clickhouse.process.pid,
+                        broker.process.pid,
                     )
                 )
                 print(f"  {name} run {run + 1}: " + ", ".join(f"{k} {v:,.1f}" for k, v in runs[name][-1].items()))
@@ -386,7 +488,9 @@ def main() -> None:
             f"(1 / CPU per event between 10% and 90%); peak RSS {median['peak_rss_mb']:.0f} MiB"
         )
         print(
-            f"  co-located services per event: ClickHouse server {median['clickhouse_us']:.1f} CPU-us, broker "
+            f"  co-located services per event: ClickHouse server {median['clickhouse_us']:.1f} CPU-us "
+            f"({median['clickhouse_settled_us']:.1f} until its merges settled, "
+            f"merges {median['merge_cpu_us']:.1f}), broker "
             f"{median['broker_us']:.1f} CPU-us; on this machine's {os.cpu_count()} cores they alone cap the "
             f"pipeline at {(os.cpu_count() or 1) * 1e6 / services:,.0f} events/s, and with the worker at "
             f"{(os.cpu_count() or 1) * 1e6 / (services + median['steady_cpu_us']):,.0f} events/s"
@@ -398,7 +502,11 @@ def main() -> None:
                     f"{other['events_per_s']:,.0f} events/s including start "
                     f"({other['events_per_s'] / median['events_per_s']:.2f}x), {other['steady_events_per_s']:,.0f} "
                     f"processing ({other['steady_events_per_s'] / median['steady_events_per_s']:.2f}x), "
-                    f"{other['steady_cpu_us']:.1f} CPU-us/event steady, ClickHouse {other['clickhouse_us']:.1f}, "
+                    f"{other['steady_cpu_us']:.1f} CPU-us/event steady, ClickHouse {other['clickhouse_us']:.1f} "
+                    f"({other['clickhouse_us'] / median['clickhouse_us']:.2f}x; settled "
+                    f"{other['clickhouse_settled_us']:.1f}, "
+                    f"{other['clickhouse_settled_us'] / median['clickhouse_settled_us']:.2f}x; "
+                    f"merges {other['merge_cpu_us']:.1f}), "
                     f"broker {other['broker_us']:.1f}, peak RSS {other['peak_rss_mb']:.0f} MiB"
                 )
         if args.worker_only:

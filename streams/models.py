@@ -22,24 +22,23 @@ Tables (all ``MergeTree`` family, event times ``DateTime64(3, 'UTC')``):
     toYYYYMMDD(minute_ts)``, ``ORDER BY (minute_ts, video_id, session_id)``, TTL 30 days.
     ``concurrent_viewers``: ``uniqExact(session_id)`` per bucket of ``minute_ts``.
 
-``event_rollup_minute`` / ``event_rollup_hour`` -- SummingMergeTree fed by materialized views
-    on ``events``: ``events``, ``errors`` (``type = 'error'``), ``fatal_errors``, ``late_events``
-    per (bucket, type, video_id, device, os, browser, country, cdn, player). TTL 30 days / 400 days.
+The rollups (every one, with its key and the view feeding it: analytics_platform/warehouse.py and
+README "ClickHouse schema"; streams 0009 dropped ``event_rollup_minute``/``_hour`` and
+``view_rollup_minute``, which held about a row per raw row). Only ``view_rollup_hour`` has a model:
 
-``view_rollup_minute`` / ``view_rollup_hour`` -- SummingMergeTree fed by materialized views on
-    ``view_summaries``:
-    per (minute of view start, video_id, dimensions): ``views`` (views with a ``view_start``),
+``view_rollup_hour`` -- SummingMergeTree fed by a materialized view on ``view_summaries``:
+    per (hour of view start, video_id, dimensions): ``views`` (views with a ``view_start``),
     ``started_views``, ``watch_time_ms``, ``rebuffer_duration_ms``, ``rebuffer_count``,
     ``start_failures``, ``playback_failures``, ``exits_before_start``, ``startup_time_ms_sum``.
-    TTL 30 days / 400 days.
+    TTL 400 days.
 
 How the metrics should query them (always ``sum()`` + ``GROUP BY``: a SummingMergeTree may hold
 several not-yet-merged rows per key, so never read a rollup row as final):
 
-* ``events``: ``sum(events)`` from ``event_rollup_minute`` (minute buckets, ranges up to ~2 days)
-  or ``event_rollup_hour`` (hour/day buckets); ``errors``: ``sum(errors)``. ``type`` is a dimension
-  of these rollups only (views have no type).
-* ``views``: ``sum(views)`` from ``view_rollup_minute`` (or ``_hour``); ``watch_time_ms``: ``sum(watch_time_ms)``;
+* ``events``: ``sum(events)`` from ``metrics_event_type_minute``/``_hour`` (by type) or
+  ``event_video_hour`` (by type and video); ``errors``: the same where ``type = 'error'``.
+* ``views``: ``sum(views)`` from ``metrics_view_minute``/``_hour`` or ``view_rollup_hour`` (by
+  dimension); ``watch_time_ms``: ``sum(watch_time_ms)``;
   ``rebuffer_ratio``: ``sum(rebuffer_duration_ms) / sum(watch_time_ms)``;
   ``video_start_failure_rate``: ``sum(start_failures) / sum(views)``;
   ``playback_failure_rate``: ``sum(playback_failures) / sum(views)``;
@@ -157,44 +156,6 @@ class ViewSummary(models.ClickhouseModel):
         )
 
 
-class _EventRollup(models.ClickhouseModel):
-    bucket = models.DateTimeField(primary_key=True)
-    type = models.StringField(low_cardinality=True)
-    video_id = models.StringField()
-    device = models.StringField(low_cardinality=True)
-    os = models.StringField(low_cardinality=True)
-    browser = models.StringField(low_cardinality=True)
-    country = models.StringField(low_cardinality=True)
-    cdn = models.StringField(low_cardinality=True)
-    player = models.StringField(low_cardinality=True)
-    events = models.UInt64Field()
-    errors = models.UInt64Field()
-    fatal_errors = models.UInt64Field()
-    late_events = models.UInt64Field()
-
-    class Meta:
-        abstract = True
-
-
-_ROLLUP_KEY = ("bucket", "type", "video_id", "country", "device", "os", "browser", "cdn", "player")
-
-
-class EventRollupMinute(_EventRollup):
-    """Event counts per minute (fed by the ``events_to_event_rollup_minute`` materialized view)."""
-
-    class Meta:
-        db_table = "event_rollup_minute"
-        engine = models.SummingMergeTree(order_by=_ROLLUP_KEY, partition_by=Func("bucket", function="toYYYYMMDD"))
-
-
-class EventRollupHour(_EventRollup):
-    """Event counts per hour (fed by the ``events_to_event_rollup_hour`` materialized view)."""
-
-    class Meta:
-        db_table = "event_rollup_hour"
-        engine = models.SummingMergeTree(order_by=_ROLLUP_KEY, partition_by=Func("bucket", function="toYYYYMM"))
-
-
 class _ViewRollup(models.ClickhouseModel):
     bucket = models.DateTimeField(primary_key=True)
     video_id = models.StringField()
@@ -221,16 +182,8 @@ class _ViewRollup(models.ClickhouseModel):
 _VIEW_ROLLUP_KEY = ("bucket", "video_id", "country", "device", "os", "browser", "cdn", "player")
 
 
-class ViewRollupMinute(_ViewRollup):
-    """View QoE sums per minute of view start (fed by ``view_summaries_to_view_rollup_minute``)."""
-
-    class Meta:
-        db_table = "view_rollup_minute"
-        engine = models.SummingMergeTree(order_by=_VIEW_ROLLUP_KEY, partition_by=Func("bucket", function="toYYYYMMDD"))
-
-
 class ViewRollupHour(_ViewRollup):
-    """View QoE sums per hour of view start (fed by ``view_summaries_to_view_rollup_hour``)."""
+    """View QoE sums per hour of view start (fed by ``view_summaries_to_view_rollup_hour``, streams 0009)."""
 
     class Meta:
         db_table = "view_rollup_hour"

@@ -133,8 +133,10 @@ class _Table:
 
 
 # Partitions touched by an INSERT, per table and materialized-view target (streams/models.py):
-#   events: toYYYYMMDD(ts) -> event_rollup_minute: toYYYYMMDD(bucket of ts), event_rollup_hour: toYYYYMM
-#   view_summaries: toYYYYMM(start_ts) -> view_rollup_minute: toYYYYMMDD(bucket of start_ts), _hour: toYYYYMM
+#   events: toYYYYMMDD(ts) -> metrics_event_type_minute: toYYYYMMDD(bucket of ts), event_video_hour
+#     and metrics_event_type_hour: toYYYYMM
+#   view_summaries: toYYYYMM(start_ts) -> metrics_view_minute: toYYYYMMDD(bucket of start_ts),
+#     view_rollup_hour, metrics_view_hour and metrics_view_video_day: toYYYYMM
 # Every one is a function of the UTC day of ``ts`` / ``start_ts`` (months are unions of days; past
 # 2106 the rollups' DateTime buckets saturate to one day), so bounding the distinct days of a block
 # bounds the partitions of every table it reaches.

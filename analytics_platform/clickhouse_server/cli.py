@@ -9,6 +9,7 @@ every table (and, before the statement gate, read the server's files). Give it i
 ``ps``. ``--insecure-no-password`` lets any client in, and only on a loopback address.
 ``$CLICKHOUSE_SERVER_ENCRYPTION_KEY`` (64 hex digits) encrypts a new data dir at rest
 (``encryption.py``); only the environment carries it, for the same reason.
+``$CLICKHOUSE_SERVER_PART_LOG=1`` keeps ``system.part_log`` (what the stream benchmark reads).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from .limits import add_limit_arguments, limits_from_args
 from .tls import add_tls_arguments, server_context_from_args
 
 logger = logging.getLogger(__name__)
+
+#: ``1`` keeps ``system.part_log`` (engine.access_config_write): per-table insert and merge cost.
+PART_LOG_ENV = "CLICKHOUSE_SERVER_PART_LOG"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +116,8 @@ def main(argv: Sequence[str] | None = None, *, configure_logging: bool = True) -
         limits=limits_from_args(args),
         tls=tls,
         encrypted=encrypted,
+        # Diagnostics for benchmarks (bench/bench_streams.py), never needed to serve.
+        part_log=os.environ.get(PART_LOG_ENV, "") == "1",
     )
 
     def stop(signum: int, _frame: FrameType | None) -> None:

@@ -336,12 +336,22 @@ _ACCESS_USERS = """<clickhouse>
 """
 
 
-def access_config_write(data_dir: str, *, encrypted: bool = False) -> str:
+# ``system.part_log``: one row per part written, merged or removed, with the merge's CPU in its
+# ProfileEvents. Off by default (the log is a table of its own that merges too); the stream
+# benchmark turns it on to report insert and merge cost per table.
+_PART_LOG = (
+    "<part_log><database>system</database><table>part_log</table>"
+    "<flush_interval_milliseconds>1000</flush_interval_milliseconds></part_log>"
+)
+
+
+def access_config_write(data_dir: str, *, encrypted: bool = False, part_log: bool = False) -> str:
     """Write the config that gives chdb's ``default`` user ``_ACCESS_USERS``; return its path.
 
     Beside the data dir's own folders (chdb ignores others), rewritten at every start so an edit
     of the code applies to existing data dirs. ``encrypted``: the default storage policy on an
-    encrypted disk (``encryption.py``; the key stays in the environment).
+    encrypted disk (``encryption.py``; the key stays in the environment). ``part_log``: keep
+    ``system.part_log`` (``_PART_LOG``).
     """
     folder = Path(data_dir) / "server_access"
     folder.mkdir(parents=True, exist_ok=True)
@@ -351,7 +361,7 @@ def access_config_write(data_dir: str, *, encrypted: bool = False) -> str:
     storage = storage_config(data_dir) if encrypted else ""
     config.write_text(
         f"<clickhouse><user_directories><users_xml><path>{users}</path></users_xml></user_directories>"
-        f"{storage}</clickhouse>\n"
+        f"{storage}{_PART_LOG if part_log else ''}</clickhouse>\n"
     )
     return str(config)
 

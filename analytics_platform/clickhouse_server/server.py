@@ -56,6 +56,7 @@ class ClickHouseServer:
         limits: ServerLimits = DEFAULT_LIMITS,
         tls: ssl.SSLContext | None = None,
         encrypted: bool = False,
+        part_log: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.limits = limits
@@ -63,7 +64,7 @@ class ClickHouseServer:
         spool_dir = Path(data_dir) / "insert_spool"
         shutil.rmtree(spool_dir, ignore_errors=True)  # leftovers of a killed server
         # Before the first connection: chdb reads it once.
-        engine_config = access_config_write(data_dir, encrypted=encrypted)
+        engine_config = access_config_write(data_dir, encrypted=encrypted, part_log=part_log)
         self._primary = EngineConnection(data_dir, engine_config)
         default_database_detach_filesystem(self._primary, data_dir)  # before any session connects
         timezone, version = engine_identity(self._primary)

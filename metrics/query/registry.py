@@ -194,101 +194,108 @@ _VIEW_SUMS: dict[tuple[str, tuple[str, ...]], str] = {
     ("rebuffer_count", ()): "rebuffer_count",
     ("startup_time_ms", ("started",)): "startup_time_ms_sum",
 }
-_GRAINS = {"minute": (60, warehouse.MINUTE_TTL_DAYS), "hour": (3600, warehouse.LONG_TTL_DAYS)}  # seconds, TTL days
-# The rollup tables of each grain (analytics_platform/warehouse.py owns the names).
-_GRAIN_TABLES = {
-    "minute": (
-        warehouse.EVENT_ROLLUP_MINUTE,
-        warehouse.VIEW_ROLLUP_MINUTE,
-        warehouse.METRICS_EVENT_TYPE_MINUTE,
-        warehouse.METRICS_VIEW_MINUTE,
-    ),
-    "hour": (
-        warehouse.EVENT_ROLLUP_HOUR,
-        warehouse.VIEW_ROLLUP_HOUR,
-        warehouse.METRICS_EVENT_TYPE_HOUR,
-        warehouse.METRICS_VIEW_HOUR,
-    ),
-}
-# Planner hints, in the units of Source.rows_per_second (1000 events/s, 30 views/s): rows per bucket
-# of the rollups keyed by every dimension, which barely collapse the rows they aggregate.
-_FULL_KEY_ROWS = {("events", 60): 20_000, ("events", 3600): 300_000, ("views", 60): 1_500, ("views", 3600): 60_000}
+_EVENT_COUNTS: dict[tuple[str, ...], str] = {(): "events", ("late",): "late_events"}
+# The rollup tables (analytics_platform/warehouse.py owns names, keys and views). One chain per
+# key, minute -> hour -> day where a grain is kept; a full-dimension key only for the view
+# summaries and only per hour: keyed by video and every dimension, a minute rollup holds about a
+# row per raw row, and its inserts and merges cost the server more than the raw table's (README
+# "ClickHouse schema"). Questions no rollup holds read the raw tables.
+_MINUTE, _HOUR, _DAY = 60, 3600, 86400
+_SHORT, _LONG = warehouse.MINUTE_TTL_DAYS, warehouse.LONG_TTL_DAYS
 
 
 def _rollups() -> list[Rollup]:
-    rollups = []
-    for grain, (seconds, ttl) in _GRAINS.items():
-        event_table, view_table, event_type_table, view_total_table = _GRAIN_TABLES[grain]
-        rollups += [
-            # streams: every dimension in the key (streams/migrations/0002_ttl_and_rollup_views.py)
-            Rollup(
-                key=f"event_rollup_{grain}",
-                label=f"Event counts per {grain} and every dimension",
-                table=event_table,
-                base="events",
-                granularity=seconds,
-                time_column="bucket",
-                dimensions=_EVENT_DIMENSIONS,
-                counts={(): "events", ("late",): "late_events"},
-                retention_days=ttl,
-                rows_per_bucket=_FULL_KEY_ROWS["events", seconds],
-            ),
-            Rollup(
-                key=f"view_rollup_{grain}",
-                label=f"View QoE sums per {grain} of view start and every dimension",
-                table=view_table,
-                base="views",
-                granularity=seconds,
-                time_column="bucket",
-                dimensions=_VIEW_DIMENSIONS,
-                counts=_VIEW_COUNTS,
-                sums=_VIEW_SUMS,
-                retention_days=ttl,
-                rows_per_bucket=_FULL_KEY_ROWS["views", seconds],
-            ),
-            # metrics: coarse keys for dashboard-sized questions (metrics/migrations/0003_...)
-            Rollup(
-                key=f"metrics_event_type_{grain}",
-                label=f"Event counts per {grain} and type",
-                table=event_type_table,
-                base="events",
-                granularity=seconds,
-                time_column="bucket",
-                dimensions={"type": "type"},
-                counts={(): "events", ("late",): "late_events"},
-                retention_days=ttl,
-                rows_per_bucket=10,
-            ),
-            Rollup(
-                key=f"metrics_view_{grain}",
-                label=f"View QoE sums per {grain} of view start",
-                table=view_total_table,
-                base="views",
-                granularity=seconds,
-                time_column="bucket",
-                dimensions={},
-                counts=_VIEW_COUNTS,
-                sums=_VIEW_SUMS,
-                retention_days=ttl,
-                rows_per_bucket=1,
-            ),
-        ]
-    rollups.append(
+    return [
+        Rollup(
+            key="metrics_event_type_minute",
+            label="Event counts per minute and type",
+            table=warehouse.METRICS_EVENT_TYPE_MINUTE,
+            base="events",
+            granularity=_MINUTE,
+            time_column="bucket",
+            dimensions={"type": "type"},
+            counts=_EVENT_COUNTS,
+            retention_days=_SHORT,
+            rows_per_bucket=10,
+        ),
+        Rollup(
+            key="metrics_event_type_hour",
+            label="Event counts per hour and type",
+            table=warehouse.METRICS_EVENT_TYPE_HOUR,
+            base="events",
+            granularity=_HOUR,
+            time_column="bucket",
+            dimensions={"type": "type"},
+            counts=_EVENT_COUNTS,
+            retention_days=_LONG,
+            rows_per_bucket=10,
+        ),
+        Rollup(
+            key="event_video_hour",
+            label="Event counts per hour, type and video",
+            table=warehouse.EVENT_VIDEO_HOUR,
+            base="events",
+            granularity=_HOUR,
+            time_column="bucket",
+            dimensions={"type": "type", "videoId": "video_id"},
+            counts=_EVENT_COUNTS,
+            retention_days=_LONG,
+            rows_per_bucket=10_000,
+        ),
+        Rollup(
+            key="metrics_view_minute",
+            label="View QoE sums per minute of view start",
+            table=warehouse.METRICS_VIEW_MINUTE,
+            base="views",
+            granularity=_MINUTE,
+            time_column="bucket",
+            dimensions={},
+            counts=_VIEW_COUNTS,
+            sums=_VIEW_SUMS,
+            retention_days=_SHORT,
+            rows_per_bucket=1,
+        ),
+        Rollup(
+            key="metrics_view_hour",
+            label="View QoE sums per hour of view start",
+            table=warehouse.METRICS_VIEW_HOUR,
+            base="views",
+            granularity=_HOUR,
+            time_column="bucket",
+            dimensions={},
+            counts=_VIEW_COUNTS,
+            sums=_VIEW_SUMS,
+            retention_days=_LONG,
+            rows_per_bucket=1,
+        ),
+        Rollup(
+            key="view_rollup_hour",
+            label="View QoE sums per hour of view start and every dimension",
+            table=warehouse.VIEW_ROLLUP_HOUR,
+            base="views",
+            granularity=_HOUR,
+            time_column="bucket",
+            dimensions=_VIEW_DIMENSIONS,
+            counts=_VIEW_COUNTS,
+            sums=_VIEW_SUMS,
+            retention_days=_LONG,
+            # Units of Source.rows_per_second (30 views/s): barely fewer rows than views.
+            rows_per_bucket=60_000,
+        ),
         Rollup(
             key="metrics_view_video_day",
             label="View QoE sums per day of view start and video",
             table=warehouse.METRICS_VIEW_VIDEO_DAY,
             base="views",
-            granularity=86400,
+            granularity=_DAY,
             time_column="bucket",
             dimensions={"videoId": "video_id"},
             counts=_VIEW_COUNTS,
             sums=_VIEW_SUMS,
-            retention_days=400,
+            retention_days=_LONG,
             rows_per_bucket=1_000,
-        )
-    )
-    return rollups
+        ),
+    ]
 
 
 ROLLUPS: dict[str, Rollup] = {r.key: r for r in _rollups()}

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.test import override_settings
 
 from analytics_platform import warehouse
 from tests.clickhouse_cluster.conftest import CLUSTER, REPLICA, SHARD, ZooKeeper, chdb_config, chdb_run, zk_ls
@@ -84,6 +85,22 @@ def _upgrade_statements() -> list[str]:
     return [*parse, *(warehouse.without_on_cluster(s) for s in (local, distributed, *adds, *adds))]
 
 
+def _migration_0009_statements() -> list[str]:
+    """What streams 0009's cluster operation executes (recorded by a stand-in schema editor)."""
+    migration = importlib.import_module("streams.migrations.0009_fewer_rollups")
+    executed: list[str] = []
+
+    class Editor:
+        connection = type("Connection", (), {"settings_dict": {"NAME": DB}})()
+
+        def execute(self, statement: str) -> None:
+            executed.append(statement)
+
+    with override_settings(CLICKHOUSE_CLUSTER=CLUSTER):
+        migration.cluster_apply(None, Editor())
+    return executed
+
+
 @pytest.fixture(scope="module")
 def run(zookeeper: ZooKeeper, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Everything in one chdb process (a chdb start is seconds): tagged statements -> results."""
@@ -112,6 +129,11 @@ def run(zookeeper: ZooKeeper, tmp_path_factory: pytest.TempPathFactory) -> dict[
     for case, statements in _broken_cases().items():
         tagged += [(f"case:{case}:{i}", s) for i, s in enumerate(statements)]
     tagged += [(f"upgrade:{i}", s) for i, s in enumerate(_upgrade_statements())]
+    migration_0009 = _migration_0009_statements()
+    tagged += [(f"0009:parse:{i}", f"SELECT formatQuery({_literal(s)})") for i, s in enumerate(migration_0009)]
+    # On a cluster 0006 built with this schema (above), twice: IF [NOT] EXISTS, a rerun completes.
+    tagged += [(f"0009:apply:{i}", warehouse.without_on_cluster(s)) for i, s in enumerate(migration_0009 * 2)]
+    tagged.append(("0009:tables", f"SELECT name FROM system.tables WHERE database = '{DB}'"))
     tagged.append(
         (
             "upgrade:columns",
@@ -123,6 +145,7 @@ def run(zookeeper: ZooKeeper, tmp_path_factory: pytest.TempPathFactory) -> dict[
     results = chdb_run(Path(root / "db"), config, [s for _, s in tagged])
     return {
         "ddl": cluster_ddl,
+        "0009": migration_0009,
         "results": dict(zip((tag for tag, _ in tagged), results, strict=True)),
         # chdb has no system.zookeeper: ask ZooKeeper itself what the tables registered.
         "registered": zk_ls(zookeeper, f"/clickhouse/tables/{SHARD}/{DB}"),
@@ -156,6 +179,18 @@ def test_every_cluster_statement_runs_against_zookeeper(run: dict[str, Any]) -> 
     replicas = {table: (path, replica) for table, path, replica in _ok(run["results"]["replicas"])}
     assert replicas == {t.local: (f"/clickhouse/tables/{SHARD}/{DB}/{t.local}", REPLICA) for t in warehouse.tables()}
     assert {t.local for t in warehouse.tables()} <= set(run["registered"])
+
+
+def test_the_0009_cluster_operation_parses_and_reruns(run: dict[str, Any]) -> None:
+    statements = run["0009"]
+    assert any(s.startswith("DROP TABLE IF EXISTS") and "`event_rollup_minute_local`" in s for s in statements)
+    for i, statement in enumerate(statements):
+        assert f"ON CLUSTER {CLUSTER}" in _ok(run["results"][f"0009:parse:{i}"])[0][0], statement
+    for i, statement in enumerate(statements * 2):
+        assert run["results"][f"0009:apply:{i}"]["ok"], (statement, run["results"][f"0009:apply:{i}"]["error"])
+    names = {row[0] for row in _ok(run["results"]["0009:tables"])}
+    assert {t.name for t in warehouse.tables()} | {v.name for v in warehouse.MATERIALIZED_VIEWS} <= names
+    assert not names & {"event_rollup_minute", "event_rollup_hour_local", "events_to_event_rollup_minute"}
 
 
 def test_distributed_tables_have_the_local_tables_columns(run: dict[str, Any]) -> None:

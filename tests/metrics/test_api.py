@@ -188,7 +188,7 @@ def test_rollups_are_used_when_they_answer(loaded: gen.Dataset) -> None:
     assert query.query_build(p95, aligned).table == "view_summaries"  # quantiles need rows
     errors = MetricDefinition.objects.get(name="errors").compile()
     assert query.query_build(errors, aligned).table == "metrics_event_type_hour"
-    assert query.query_build(errors, by_video).table == "event_rollup_hour"
+    assert query.query_build(errors, by_video).table == "event_video_hour"
 
 
 def test_metric_added_in_admin_is_queryable_at_once(loaded: gen.Dataset, staff_user: Any, api: APIClient) -> None:

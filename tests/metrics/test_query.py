@@ -35,7 +35,7 @@ def spec(**overrides: object) -> query.MetricSpec:
         ({"event_types": ("view_start",)}, "event_types"),  # view summaries have no event type
         ({"dimensions": ("type",)}, "dimensions"),
         ({"source": "events", "event_types": ("x' OR '1",), "conditions": ()}, "event_types"),
-        ({"source": "event_rollup_hour"}, "source"),  # rollups are chosen, not named, unless selectable
+        ({"source": "event_video_hour"}, "source"),  # rollups are chosen, not named, unless selectable
     ],
 )
 def test_definitions_that_do_not_compile_name_the_field(overrides: dict, field: str) -> None:
@@ -82,10 +82,19 @@ def test_rollup_choice() -> None:
     assert table(views, start=day - timedelta(days=7), end=day, group_by=("country",)) == "view_rollup_hour"
     assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="minute") == "metrics_view_minute"
     assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="hour") == "metrics_view_minute"
+    # No minute rollup holds a dimension (streams 0009): per minute by country is read raw.
     assert (
         table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="minute", filters=(("country", "US"),))
-        == "view_rollup_minute"
+        == "view_summaries"
     )
+    by_country = table(views, start=day - timedelta(days=2, minutes=5), end=day, filters=(("country", "US"),))
+    assert "FROM view_rollup_hour" in by_country and "FROM view_summaries" in by_country
+    errors = query.metric_compile(spec(source="events", event_types=("error",), conditions=()))
+    assert table(errors, start=day - timedelta(days=7), end=day, interval="hour") == "metrics_event_type_hour"
+    assert table(errors, start=NOW - timedelta(minutes=90), end=NOW, interval="minute") == "metrics_event_type_minute"
+    video = (("videoId", "v1"),)
+    assert table(errors, start=day - timedelta(days=7), end=day, interval="day", filters=video) == "event_video_hour"
+    assert table(errors, start=day - timedelta(days=7), end=day, filters=(("country", "US"),)) == "events"
     # Not aligned on any rollup: whole buckets from a rollup, the edges from the raw rows.
     split = table(views, start=NOW - timedelta(minutes=90, seconds=1), end=NOW, interval="hour")
     assert "FROM metrics_view_minute" in split and "FROM view_summaries" in split

@@ -27,22 +27,14 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from django.conf import settings
 from django.db import connections
 
-from analytics_platform import event_format, kafka
+from analytics_platform import event_format, kafka, warehouse
 from analytics_platform.clickhouse import client_get
 from analytics_platform.devstack import processes
 from analytics_platform.schema_registry.testing import RegistryProcess
 from streams import processors, topic_schemas
 from tests.support.simulate import Message, Truth
 
-STREAM_TABLES = (
-    "events",
-    "view_summaries",
-    "view_minutes",
-    "event_rollup_minute",
-    "event_rollup_hour",
-    "view_rollup_minute",
-    "view_rollup_hour",
-)
+STREAM_TABLES = tuple(warehouse.names())  # the raw tables and every rollup
 
 
 @dataclass
@@ -272,8 +264,8 @@ def assert_clickhouse_matches_truth(client: Any, truth: Truth) -> None:
     )
     assert {r[0] for r in rows if r[1]} == truth.late_ids
 
-    for table in ("event_rollup_minute", "event_rollup_hour"):
-        sums = client.execute(f"SELECT sum(events), sum(errors), sum(late_events) FROM {table}")[0]
+    for table in (warehouse.METRICS_EVENT_TYPE_MINUTE, warehouse.METRICS_EVENT_TYPE_HOUR, warehouse.EVENT_VIDEO_HOUR):
+        sums = client.execute(f"SELECT sum(events), sumIf(events, type = 'error'), sum(late_events) FROM {table}")[0]
         assert tuple(sums) == (len(truth.event_ids), truth.error_events, len(truth.late_ids)), table
 
     columns = ", ".join(("session_id", *VIEW_FIGURES))
@@ -307,7 +299,12 @@ def assert_clickhouse_matches_truth(client: Any, truth: Truth) -> None:
         sum(v["exit_before_start"] for v in views),
         sum(v["startup_time_ms"] for v in views if v["started"]),
     )
-    for table in ("view_rollup_minute", "view_rollup_hour"):
+    for table in (
+        warehouse.METRICS_VIEW_MINUTE,
+        warehouse.METRICS_VIEW_HOUR,
+        warehouse.VIEW_ROLLUP_HOUR,
+        warehouse.METRICS_VIEW_VIDEO_DAY,
+    ):
         got_sums = client.execute(
             "SELECT sum(views), sum(watch_time_ms), sum(rebuffer_duration_ms), sum(start_failures),"
             f" sum(playback_failures), sum(exits_before_start), sum(startup_time_ms_sum) FROM {table}"

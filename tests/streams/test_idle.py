@@ -95,8 +95,8 @@ def test_a_finished_view_with_no_later_traffic_closes_within_thirty_seconds(stre
         assert row == [(session, "ended", 11_000, 1_000, "FR")]
         # Ticks are no events: the raw table and the rollups hold the three posted events only.
         assert sorted(r[0] for r in client.execute("SELECT type FROM events")) == ["ended", "playing", "view_start"]
-        assert client.execute("SELECT sum(events) FROM event_rollup_minute")[0][0] == 3
-        assert client.execute("SELECT sum(views) FROM view_rollup_minute")[0][0] == 1
+        assert client.execute("SELECT sum(events) FROM metrics_event_type_minute")[0][0] == 3
+        assert client.execute("SELECT sum(views) FROM metrics_view_minute")[0][0] == 1
 
         watched = stream_env.consume(event_format.VIDEO_WATCHED_TOPIC, timeout=15)
         assert [w["id"] for w in watched] == [str(processors.video_watched_id(session))]

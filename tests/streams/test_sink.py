@@ -439,7 +439,7 @@ def test_a_chunk_spanning_150_days_is_written_fully(tables):
     """The incident of issue 14: one message of 150 events on 150 days, then normal traffic."""
     recorder = Recorder()
     spread = Output(partition=3, offset=0, events=_message_events(0, 150, day_step=DAY_MS))
-    views = [_view(o, start_ts=NOW + o * DAY_MS) for o in range(1, 151)]  # view_rollup_minute is daily too
+    views = [_view(o, start_ts=NOW + o * DAY_MS) for o in range(1, 151)]  # metrics_view_minute is daily too
     normal = [Output(partition=3, offset=o, events=[_event(o)], views=[views[o - 1]]) for o in range(1, 151)]
     other = Output(partition=5, offset=0, events=_message_events(0, 120, partition=5, day_step=DAY_MS))
     sink = _sink(recorder.factory, rejected_rows=recorder)
@@ -448,10 +448,11 @@ def test_a_chunk_spanning_150_days_is_written_fully(tables):
 
     stored = tables.execute("SELECT count(), uniqExact(event_id), uniqExact(toDate(ts)) FROM events")[0]
     assert stored == (420, 420, 150)
-    assert tables.execute("SELECT sum(events) FROM event_rollup_minute")[0][0] == 420
-    assert tables.execute("SELECT sum(events) FROM event_rollup_hour")[0][0] == 420
+    assert tables.execute("SELECT sum(events) FROM metrics_event_type_minute")[0][0] == 420
+    assert tables.execute("SELECT sum(events) FROM event_video_hour")[0][0] == 420
     assert tables.execute("SELECT count() FROM view_summaries")[0][0] == 150
-    assert tables.execute("SELECT sum(views) FROM view_rollup_minute")[0][0] == 150
+    assert tables.execute("SELECT sum(views) FROM metrics_view_minute")[0][0] == 150
+    assert tables.execute("SELECT sum(views) FROM view_rollup_hour")[0][0] == 150
     assert not recorder.acknowledged, "nothing is dead-lettered for spanning days"
     # Days 0-149 then 0-119 again: cut at 95 days (the default), in order, with nothing refused.
     assert all(ok for entry in recorder.log if entry[0] == "insert" for ok in [entry[3]])
@@ -479,7 +480,7 @@ def test_a_message_cut_across_inserts_is_completed_after_a_crash(tables):
     _add(restarted, outputs)
     restarted.flush()
     assert tables.execute("SELECT count(), uniqExact(event_id) FROM events")[0] == (152, 152)
-    assert tables.execute("SELECT sum(events) FROM event_rollup_minute")[0][0] == 152
+    assert tables.execute("SELECT sum(events) FROM metrics_event_type_minute")[0][0] == 152
 
 
 @pytest.mark.kafka
@@ -508,7 +509,7 @@ def test_a_rejected_row_is_dead_lettered_alone_and_the_rest_is_written(tables, s
         6,
         7,
     ]
-    assert tables.execute("SELECT sum(events) FROM event_rollup_minute")[0][0] == 23
+    assert tables.execute("SELECT sum(events) FROM event_video_hour")[0][0] == 23
 
     letters = stream_env.consume(event_format.EVENTS_DLQ_TOPIC)
     assert sorted((d["offset"], d["table"]) for d in letters) == [

@@ -85,7 +85,7 @@ def fed(client: Any) -> Contents:
 
 
 def _damage(client: Any) -> datetime:
-    client.execute(f"TRUNCATE TABLE `{warehouse.EVENT_ROLLUP_MINUTE}`")
+    client.execute(f"TRUNCATE TABLE `{warehouse.METRICS_EVENT_TYPE_MINUTE}`")
     client.execute(f"TRUNCATE TABLE `{warehouse.VIEW_ROLLUP_HOUR}`")
     # Doubled rows (a replayed insert) and a partition whose sources hold nothing at all.
     client.execute(f"INSERT INTO `{warehouse.METRICS_VIEW_MINUTE}` SELECT * FROM `{warehouse.METRICS_VIEW_MINUTE}`")
@@ -239,12 +239,11 @@ def test_live_partitions_are_left_alone_by_default(client: Any, fed: Contents) -
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
     live = gen.generate(base=today, n_views=10, days=1, seed=13)
     gen.insert(client, live)
-    client.execute(f"TRUNCATE TABLE `{warehouse.EVENT_ROLLUP_MINUTE}`")
-    out = _run("--table", warehouse.EVENT_ROLLUP_MINUTE, "--settle-hours", "0")
+    client.execute(f"TRUNCATE TABLE `{warehouse.METRICS_EVENT_TYPE_MINUTE}`")
+    out = _run("--table", warehouse.METRICS_EVENT_TYPE_MINUTE, "--settle-hours", "0")
     assert "skipped: 0 done before, 1 live" in out
-    rebuilt = dict(
-        client.execute(f"SELECT toDate(bucket) AS day, sum(events) FROM `{warehouse.EVENT_ROLLUP_MINUTE}` GROUP BY day")
-    )
+    minute = warehouse.METRICS_EVENT_TYPE_MINUTE
+    rebuilt = dict(client.execute(f"SELECT toDate(bucket) AS day, sum(events) FROM `{minute}` GROUP BY day"))
     raw = dict(client.execute("SELECT toDate(ts) AS day, count() FROM events GROUP BY day"))
     assert today.date() not in rebuilt and raw[today.date()] > 0
     assert rebuilt == {day: count for day, count in raw.items() if day != today.date()}
@@ -302,7 +301,7 @@ def test_rows_inserted_during_a_rebuild_are_counted_once(client: Any, fed: Conte
         finally:
             extra.disconnect()
 
-    client.execute(f"TRUNCATE TABLE `{warehouse.EVENT_ROLLUP_MINUTE}`")
+    client.execute(f"TRUNCATE TABLE `{warehouse.METRICS_EVENT_TYPE_MINUTE}`")
     thread = threading.Thread(target=writer)
     thread.start()
     try:
@@ -311,9 +310,9 @@ def test_rows_inserted_during_a_rebuild_are_counted_once(client: Any, fed: Conte
             "--quiet-seconds",
             "1",
             "--table",
-            warehouse.EVENT_ROLLUP_MINUTE,
+            warehouse.METRICS_EVENT_TYPE_MINUTE,
             "--table",
-            warehouse.EVENT_ROLLUP_HOUR,
+            warehouse.EVENT_VIDEO_HOUR,
         )
     finally:
         stop.set()
@@ -321,7 +320,7 @@ def test_rows_inserted_during_a_rebuild_are_counted_once(client: Any, fed: Conte
     assert "partition(s) rebuilt" in out
     # Truth: the raw rows now stored, each counted once.
     raw = dict(client.execute("SELECT toStartOfHour(ts) AS h, count() FROM events GROUP BY h"))
-    for name in (warehouse.EVENT_ROLLUP_MINUTE, warehouse.EVENT_ROLLUP_HOUR):
+    for name in (warehouse.METRICS_EVENT_TYPE_MINUTE, warehouse.EVENT_VIDEO_HOUR):
         hourly = dict(client.execute(f"SELECT toStartOfHour(bucket) AS h, sum(events) FROM `{name}` GROUP BY h"))
         assert {h.replace(tzinfo=None): n for h, n in hourly.items()} == {
             h.replace(tzinfo=None): n for h, n in raw.items()
@@ -345,8 +344,8 @@ def test_every_rollup_can_be_derived_from_raw_tables() -> None:
 
 
 def test_partition_spans() -> None:
-    daily = warehouse.partitioning(warehouse.table_named(warehouse.EVENT_ROLLUP_MINUTE))
-    monthly = warehouse.partitioning(warehouse.table_named(warehouse.EVENT_ROLLUP_HOUR))
+    daily = warehouse.partitioning(warehouse.table_named(warehouse.METRICS_EVENT_TYPE_MINUTE))
+    monthly = warehouse.partitioning(warehouse.table_named(warehouse.EVENT_VIDEO_HOUR))
     assert (daily.column, daily.daily, monthly.daily) == ("bucket", True, False)
     assert daily.partition_id(date(2026, 12, 31)) == "20261231"
     assert daily.span(date(2026, 12, 31)) == (datetime(2026, 12, 31, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC))
