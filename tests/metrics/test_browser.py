@@ -49,6 +49,26 @@ def _ensure_builtins() -> None:
             importlib.import_module(f"metrics.migrations.{name}").create_builtins(django_apps, None)
 
 
+#: Run before each page's scripts: the ids of the charts in the order they get data-drawn.
+DRAWN_ORDER = """window.__drawnOrder = [];
+new MutationObserver(records => records.forEach(r => {
+  const id = r.target.id;
+  if (r.target.dataset.drawn === "1" && !window.__drawnOrder.includes(id)) { window.__drawnOrder.push(id); }
+})).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-drawn"]});"""
+#: Resolves with that order once every chart of the page is drawn.
+ALL_DRAWN = """() => new Promise(resolve => {
+  const ids = JSON.parse(document.getElementById("charts-data").textContent).map(c => c.id);
+  const order = window.__drawnOrder;
+  const done = () => order.length < ids.length ? requestAnimationFrame(done) : resolve(order);
+  done();
+})"""
+#: The charts the viewport shows.
+IN_VIEW = """() => Array.from(document.querySelectorAll(".chart")).filter(el => {
+  const r = el.getBoundingClientRect();
+  return r.bottom > 0 && r.top < innerHeight;
+}).map(el => el.id)"""
+
+
 def _window(span: timedelta, step: int) -> tuple[datetime, datetime]:
     now = int(datetime.now(UTC).timestamp())
     end = datetime.fromtimestamp((now // step + 1) * step, UTC)
@@ -171,6 +191,15 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
             assert lone, "the data set leaves per-minute ratios with gaps around single points"
             assert dense["lone"] == [list(p) for p in lone]
             assert dense["markers"] == len(lone)
+
+            # Opened scrolled to its bottom (the fragment): the charts in view are drawn before the
+            # others, although they come last in the page (the idle slices draw in page order).
+            page.add_init_script(DRAWN_ORDER)
+            page.goto(f"{live_server.url}/dashboards/?range=7d#top-videos")
+            order = page.evaluate(ALL_DRAWN)
+            in_view = page.evaluate(IN_VIEW)
+            assert in_view and "chart-views" not in in_view and all(i.startswith("breakdown-") for i in in_view)
+            assert set(order[: len(in_view)]) == set(in_view), (order, in_view)
             page.goto(f"{live_server.url}/dashboards/?range=7d")  # the form below starts from auto intervals
 
             # Change the range: 30 days, per day.
