@@ -1,7 +1,8 @@
 """Server-rendered dashboards for staff: overview, per-video page, live view, player errors.
 
 The pages call the same selector as ``GET /metrics`` (so numbers match the API) and embed the
-series as JSON that a few lines of inline JavaScript hand to plotly.js. plotly.js itself is a static
+series as JSON that metrics/static/metrics/charts.js hands to plotly.js (both loaded ``defer``; the
+charts in view first, the others as they scroll into view or the browser is idle). plotly.js itself is a static
 file taken from the installed ``plotly`` wheel (metrics/staticfiles.py): no CDN, no vendored copy,
 no front-end build.
 """

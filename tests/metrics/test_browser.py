@@ -49,6 +49,26 @@ def _ensure_builtins() -> None:
             importlib.import_module(f"metrics.migrations.{name}").create_builtins(django_apps, None)
 
 
+#: Run before each page's scripts: the ids of the charts in the order they get data-drawn.
+DRAWN_ORDER = """window.__drawnOrder = [];
+new MutationObserver(records => records.forEach(r => {
+  const id = r.target.id;
+  if (r.target.dataset.drawn === "1" && !window.__drawnOrder.includes(id)) { window.__drawnOrder.push(id); }
+})).observe(document, {subtree: true, attributes: true, attributeFilter: ["data-drawn"]});"""
+#: Resolves with that order once every chart of the page is drawn.
+ALL_DRAWN = """() => new Promise(resolve => {
+  const ids = JSON.parse(document.getElementById("charts-data").textContent).map(c => c.id);
+  const order = window.__drawnOrder;
+  const done = () => order.length < ids.length ? requestAnimationFrame(done) : resolve(order);
+  done();
+})"""
+#: The charts the viewport shows.
+IN_VIEW = """() => Array.from(document.querySelectorAll(".chart")).filter(el => {
+  const r = el.getBoundingClientRect();
+  return r.bottom > 0 && r.top < innerHeight;
+}).map(el => el.id)"""
+
+
 def _window(span: timedelta, step: int) -> tuple[datetime, datetime]:
     now = int(datetime.now(UTC).timestamp())
     end = datetime.fromtimestamp((now // step + 1) * step, UTC)
@@ -67,6 +87,24 @@ def _chart(page: Any, chart_id: str) -> dict:
     page.wait_for_selector(f"#{chart_id}[data-drawn='1']", timeout=20_000)
     result: dict = page.evaluate(
         "id => { const d = document.getElementById(id).data[0]; return {x: Array.from(d.x), y: Array.from(d.y)}; }",
+        chart_id,
+    )
+    return result
+
+
+def _dense_chart(page: Any, chart_id: str) -> dict:
+    """A chart's first trace, the series the server sent for it, its second trace and how many markers it drew."""
+    page.wait_for_selector(f"#{chart_id}[data-drawn='1']", timeout=20_000)
+    result: dict = page.evaluate(
+        """id => {
+          const el = document.getElementById(id), d = el.data;
+          const sent = JSON.parse(document.getElementById("charts-data").textContent).find(c => c.id === id);
+          return {
+            x: Array.from(d[0].x), y: Array.from(d[0].y), mode: d[0].mode, server_x: sent.x, server_y: sent.y,
+            lone: d[1] ? Array.from(d[1].x).map((x, i) => [x, d[1].y[i]]) : null,
+            markers: el.querySelectorAll(".scatterlayer .point").length,
+          };
+        }""",
         chart_id,
     )
     return result
@@ -133,7 +171,36 @@ def test_dashboards_in_headless_chromium(live_server: Any, loaded: gen.Dataset) 
             want = [p["value"] for p in _truth(loaded, "video_quality_score", start, end, "hour")]
             assert [v is None for v in quality["y"]] == [v is None for v in want] and any(v is not None for v in want)
             assert all(g is None or math.isclose(g, w, rel_tol=1e-9) for g, w in zip(quality["y"], want, strict=True))
+            # 168 points fit the plot's width: a line with a marker per point.
+            assert page.evaluate("document.getElementById('chart-views').data[0].mode") == "lines+markers"
             page.screenshot(path=str(SCREENSHOTS / "overview-7d.png"), full_page=True)
+
+            # 24 h per minute (chosen; auto is per hour): 1,440 points, more than the plot is wide.
+            # Every point is still the series (hover included), drawn as the line alone, with
+            # markers on the points between two gaps (which a line cannot show) and nowhere else.
+            page.goto(f"{live_server.url}/dashboards/?range=24h&interval=minute")
+            dense = _dense_chart(page, "chart-rebuffer_ratio")
+            assert len(dense["x"]) == 1440 and dense["mode"] == "lines"
+            assert (dense["x"], dense["y"]) == (dense["server_x"], dense["server_y"])
+            y = dense["y"]
+            lone = [
+                (dense["x"][i], v)
+                for i, v in enumerate(y)
+                if v is not None and (i == 0 or y[i - 1] is None) and (i == len(y) - 1 or y[i + 1] is None)
+            ]
+            assert lone, "the data set leaves per-minute ratios with gaps around single points"
+            assert dense["lone"] == [list(p) for p in lone]
+            assert dense["markers"] == len(lone)
+
+            # Opened scrolled to its bottom (the fragment): the charts in view are drawn before the
+            # others, although they come last in the page (the idle slices draw in page order).
+            page.add_init_script(DRAWN_ORDER)
+            page.goto(f"{live_server.url}/dashboards/?range=7d#top-videos")
+            order = page.evaluate(ALL_DRAWN)
+            in_view = page.evaluate(IN_VIEW)
+            assert in_view and "chart-views" not in in_view and all(i.startswith("breakdown-") for i in in_view)
+            assert set(order[: len(in_view)]) == set(in_view), (order, in_view)
+            page.goto(f"{live_server.url}/dashboards/?range=7d")  # the form below starts from auto intervals
 
             # Change the range: 30 days, per day.
             page.select_option("#range", "30d")
