@@ -48,6 +48,7 @@ EVENTS = "events"
 VIEW_SUMMARIES = "view_summaries"
 VIEW_MINUTES = "view_minutes"
 EVENT_VIDEO_HOUR = "event_video_hour"
+EVENT_DIMENSION_HOUR = "event_dimension_hour"
 VIEW_ROLLUP_HOUR = "view_rollup_hour"
 METRICS_EVENT_TYPE_MINUTE = "metrics_event_type_minute"
 METRICS_EVENT_TYPE_HOUR = "metrics_event_type_hour"
@@ -101,6 +102,8 @@ class MaterializedView:
     target: str
     select: str
     group_by: str
+    #: An ``ARRAY JOIN`` clause: each source row becomes several rows before the GROUP BY.
+    array_join: str = ""
 
     def query(self, source: str, *, where: str = "") -> str:
         """The view's SELECT over ``source`` (a table, or a parenthesised subquery).
@@ -109,7 +112,8 @@ class MaterializedView:
         rebuild of its target from history (``rollup_selects``), which must produce the same rows.
         """
         condition = f" WHERE {where}" if where else ""
-        return f"SELECT {self.select} FROM {source}{condition} GROUP BY {self.group_by}"  # noqa: S608 - code constants
+        joined = f" {self.array_join}" if self.array_join else ""
+        return f"SELECT {self.select} FROM {source}{joined}{condition} GROUP BY {self.group_by}"  # noqa: S608 - code constants
 
 
 def _events_columns() -> tuple[tuple[str, str], ...]:
@@ -262,6 +266,23 @@ def tables() -> tuple[Table, ...]:
             "event counts per hour or day by type and video (a video's page), up to 400 days",
         ),
         Table(
+            EVENT_DIMENSION_HOUR,
+            (
+                *_BUCKET,
+                ("dimension", _LC),
+                ("type", _LC),
+                ("value", _LC),
+                ("events", "UInt64"),
+                ("late_events", "UInt64"),
+            ),
+            "SummingMergeTree",
+            ("dimension", "bucket", "type", "value"),
+            "toYYYYMM(bucket)",
+            _rollup_ttl(LONG_TTL_DAYS),
+            "event counts per hour or day by type and one dimension at a time (a row per dimension and"
+            " value: events by country, errors on one CDN), up to 400 days (streams 0010)",
+        ),
+        Table(
             VIEW_ROLLUP_HOUR,
             (*_BUCKET, ("video_id", "String"), *_DIM_COLUMNS, *_VIEW_SUMS_COLUMNS),
             "SummingMergeTree",
@@ -361,6 +382,21 @@ MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = (
         "toDateTime(toStartOfHour(ts, 'UTC'), 'UTC') AS bucket, type, video_id, count() AS events,"
         " countIf(late) AS late_events",
         "bucket, type, video_id",
+    ),
+    # Each event counted once per dimension, under (dimension name, its value): an hour holds a row
+    # per type and value of each dimension (hundreds), not one per combination of all six (about a
+    # row per raw row, why event_rollup_hour was dropped). It answers a breakdown or filter on one
+    # dimension; two dimensions at once still read ``events``.
+    MaterializedView(
+        "events_to_event_dimension_hour",
+        EVENTS,
+        EVENT_DIMENSION_HOUR,
+        "toDateTime(toStartOfHour(ts, 'UTC'), 'UTC') AS bucket, dimension, type, value, count() AS events,"
+        " countIf(late) AS late_events",
+        "bucket, dimension, type, value",
+        array_join=(
+            f"ARRAY JOIN [{', '.join(repr(dim) for dim in _DIMS)}] AS dimension, [{', '.join(_DIMS)}] AS value"
+        ),
     ),
     MaterializedView(
         "view_summaries_to_metrics_view_minute",

@@ -162,13 +162,19 @@ def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
     start_ms, end_ms = _epoch_ms(request.start), _epoch_ms(request.end)
     now = request.now
     usable = []
-    for rollup in ROLLUPS.values():
+    for registered in ROLLUPS.values():
+        rollup = registered
         if rollup.base != metric.source.key:
             continue
         if request.interval is not None and INTERVALS[request.interval][0] % rollup.granularity:
             continue
         if not needed <= set(rollup.dimensions):
             continue
+        if rollup.pivot is not None:
+            one = needed - {"type"}
+            if len(one) != 1:
+                continue
+            rollup = registered.pivoted(one.pop())
         # A day of margin: TTL drops whole partitions, possibly a little late, never early.
         if rollup.retention_days is not None and request.start < now - timedelta(days=rollup.retention_days - 1):
             continue

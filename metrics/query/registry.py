@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from analytics_platform import warehouse
 
@@ -61,6 +61,21 @@ class Rollup:
     rows_per_bucket: int = 1
     #: Analysts may name it as a definition's source (otherwise only chosen automatically).
     selectable: bool = False
+    #: One dimension at a time: (name column, value column). A base row is counted once per
+    #: dimension, under its name, so the rollup answers only questions on exactly one of
+    #: ``dimensions`` besides ``type`` (``pivoted``); summed over every name it would count a row
+    #: six times.
+    pivot: tuple[str, str] | None = None
+
+    def pivoted(self, dimension: str) -> Rollup:
+        """This pivot rollup as a table of one dimension: its rows of ``dimension``, the value
+        column named as the dimension's column. ``dimension`` is a registry key (code, not input)."""
+        assert self.pivot is not None and dimension in self.dimensions and dimension != "type"
+        name, value = self.pivot
+        column = _EVENT_DIMENSIONS[dimension]
+        kept = [self.time_column, "type", f"{value} AS {column}", *self.counts.values(), *self.sums.values()]
+        table = f"(SELECT {', '.join(kept)} FROM {self.table} WHERE {name} = '{column}')"  # noqa: S608 - code constants
+        return replace(self, table=table, dimensions={"type": "type", dimension: column}, pivot=None)
 
 
 _EVENT_DIMENSIONS = {
@@ -241,6 +256,21 @@ def _rollups() -> list[Rollup]:
             counts=_EVENT_COUNTS,
             retention_days=_LONG,
             rows_per_bucket=10_000,
+        ),
+        Rollup(
+            key="event_dimension_hour",
+            label="Event counts per hour, type and one dimension",
+            table=warehouse.EVENT_DIMENSION_HOUR,
+            base="events",
+            granularity=_HOUR,
+            time_column="bucket",
+            dimensions={"type": "type", **{k: v for k, v in _EVENT_DIMENSIONS.items() if k not in ("type", "videoId")}},
+            counts=_EVENT_COUNTS,
+            retention_days=_LONG,
+            # Types times one dimension's values (the pivot's rows of other dimensions are skipped
+            # by the ORDER BY's leading ``dimension``).
+            rows_per_bucket=1_000,
+            pivot=("dimension", "value"),
         ),
         Rollup(
             key="metrics_view_minute",

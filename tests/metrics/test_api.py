@@ -110,6 +110,17 @@ CASES = [
         [("cdn", "cdn-a"), ("os", "ios"), ("os", "linux")],
         100,
     ),
+    # One dimension (event metrics from the pivot rollup, streams 0010), aligned and not.
+    ("daily-by-os", BASE, BASE + timedelta(days=3), "day", ["os"], [], 100),
+    (
+        "unaligned-hourly-two-countries-by-country",
+        BASE + timedelta(hours=3, minutes=20),
+        BASE + timedelta(days=1, hours=1, seconds=9),
+        "hour",
+        ["country"],
+        [("country", "DE"), ("country", "US")],
+        100,
+    ),
     # Ranges not aligned on the coarse rollup: whole days/hours from it, the edges from a finer one.
     (
         "split-days-and-hours-by-video",
@@ -189,6 +200,7 @@ def test_rollups_are_used_when_they_answer(loaded: gen.Dataset) -> None:
     errors = MetricDefinition.objects.get(name="errors").compile()
     assert query.query_build(errors, aligned).table == "metrics_event_type_hour"
     assert query.query_build(errors, by_video).table == "event_video_hour"
+    assert "FROM event_dimension_hour WHERE dimension = 'country'" in query.query_build(errors, by_country).table
 
 
 def test_metric_added_in_admin_is_queryable_at_once(loaded: gen.Dataset, staff_user: Any, api: APIClient) -> None:

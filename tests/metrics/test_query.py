@@ -94,7 +94,22 @@ def test_rollup_choice() -> None:
     assert table(errors, start=NOW - timedelta(minutes=90), end=NOW, interval="minute") == "metrics_event_type_minute"
     video = (("videoId", "v1"),)
     assert table(errors, start=day - timedelta(days=7), end=day, interval="day", filters=video) == "event_video_hour"
-    assert table(errors, start=day - timedelta(days=7), end=day, filters=(("country", "US"),)) == "events"
+    # One dimension besides type: the pivot rollup's rows of that dimension (streams 0010).
+    one = table(errors, start=day - timedelta(days=7), end=day, filters=(("country", "US"),))
+    assert one.startswith("(SELECT") and "FROM event_dimension_hour WHERE dimension = 'country'" in one
+    assert "value AS country" in one
+    by_os = table(errors, start=day - timedelta(days=7), end=day, interval="hour", group_by=("os",))
+    assert "FROM event_dimension_hour WHERE dimension = 'os'" in by_os
+    # Two dimensions at once, or per minute: the raw rows (summed over names a row would count 6 times).
+    two = (("country", "US"), ("device", "tv"))
+    assert table(errors, start=day - timedelta(days=7), end=day, filters=two) == "events"
+    assert table(errors, start=NOW - timedelta(minutes=90), end=NOW, interval="minute", group_by=("os",)) == "events"
+    # Unaligned: whole hours from the pivot, the edges from the raw rows, both by country.
+    cut = table(errors, start=day - timedelta(days=1, minutes=7), end=day, group_by=("country",))
+    assert "FROM event_dimension_hour WHERE dimension = 'country'" in cut and "FROM events" in cut
+    # Without any dimension the pivot is never read: it holds each event six times.
+    events = query.metric_compile(spec(source="events", conditions=()))
+    assert "event_dimension_hour" not in table(events, start=day - timedelta(days=7), end=day, interval="hour")
     # Not aligned on any rollup: whole buckets from a rollup, the edges from the raw rows.
     split = table(views, start=NOW - timedelta(minutes=90, seconds=1), end=NOW, interval="hour")
     assert "FROM metrics_view_minute" in split and "FROM view_summaries" in split

@@ -12,7 +12,8 @@ import pytest
 from analytics_platform import warehouse
 from analytics_platform.clickhouse import client_get
 
-pytestmark = pytest.mark.clickhouse
+# django_db: the test databases (and the session's ClickHouse server) exist even when run alone.
+pytestmark = [pytest.mark.clickhouse, pytest.mark.django_db(databases=["default", "clickhouse"])]
 
 DB = "migration_0009_history"
 migration = importlib.import_module("streams.migrations.0009_fewer_rollups")
