@@ -356,8 +356,8 @@ def _grain(grain: str) -> str:
 # What the rollups cost the server is mostly the rows their views write per sink INSERT (and
 # later merge): a rollup keyed by video and all six dimensions writes nearly a row per raw row
 # (a minute or an hour rarely repeats such a key), so only the view summaries (a row per view,
-# a tenth of the events) keep one, per hour; event breakdowns by a dimension read ``events``,
-# whose ORDER BY starts with type and video_id (streams 0009, README "ClickHouse schema"). Each
+# a tenth of the events) keep one, per hour; event breakdowns by one dimension read
+# ``event_dimension_hour`` (streams 0010), by two ``events`` (README "ClickHouse schema"). Each
 # rollup with a coarser grain of the same key reads the finer one's insert blocks.
 MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = (
     MaterializedView(

@@ -528,6 +528,8 @@ def main() -> None:
                 line += f"   {statistics.median(diff):6.1f} / {percentiles(diff)[1]:6.1f}"
             print(line, flush=True)
 
+        slowest_print(mix, built, seq["driver"])
+
         print(f"{f'{args.clients} concurrent clients':42} {'p50':>7} {'p95':>7} {'p99':>7}   requests/s")
         conc: dict[str, list[float]] = {}
         rates: dict[str, list[float]] = {}
@@ -553,6 +555,20 @@ def main() -> None:
             ch.stop()
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def slowest_print(mix: list[dict[str, Any]], built: list[list[Any]], driver_ms: list[float], n: int = 8) -> None:
+    """The questions whose SQL took longest (what sets the p95), with the tables each query read."""
+    print(f"  slowest {n} questions through the driver (ms, range, interval, groupBy, metrics: tables read)")
+    for i in sorted(range(len(mix)), key=lambda i: -driver_ms[i])[:n]:
+        params = mix[i]
+        span = datetime.fromisoformat(params["to"]) - datetime.fromisoformat(params["from"])
+        tables = ["+".join(sorted(set(re.findall(r"FROM (\w+)", b.sql)))) for b in built[i]]
+        metrics = ", ".join(f"{m}: {t}" for m, t in zip(params["metric"], tables, strict=True))
+        print(
+            f"    {driver_ms[i]:7.1f} {span.total_seconds() / 3600:6.0f} h {params.get('interval', '-'):>6}"
+            f" {params.get('groupBy', '-'):>8}  {metrics}"
+        )
 
 
 def _request(params: dict[str, Any], query: Any) -> Any:

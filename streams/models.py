@@ -36,7 +36,8 @@ How the metrics should query them (always ``sum()`` + ``GROUP BY``: a SummingMer
 several not-yet-merged rows per key, so never read a rollup row as final):
 
 * ``events``: ``sum(events)`` from ``metrics_event_type_minute``/``_hour`` (by type) or
-  ``event_video_hour`` (by type and video); ``errors``: the same where ``type = 'error'``.
+  ``event_video_hour`` (by type and video) or ``event_dimension_hour`` (by type and one dimension:
+  ``WHERE dimension = 'country'``, its ``value``); ``errors``: the same where ``type = 'error'``.
 * ``views``: ``sum(views)`` from ``metrics_view_minute``/``_hour`` or ``view_rollup_hour`` (by
   dimension); ``watch_time_ms``: ``sum(watch_time_ms)``;
   ``rebuffer_ratio``: ``sum(rebuffer_duration_ms) / sum(watch_time_ms)``;

@@ -133,8 +133,8 @@ class _Table:
 
 
 # Partitions touched by an INSERT, per table and materialized-view target (streams/models.py):
-#   events: toYYYYMMDD(ts) -> metrics_event_type_minute: toYYYYMMDD(bucket of ts), event_video_hour
-#     and metrics_event_type_hour: toYYYYMM
+#   events: toYYYYMMDD(ts) -> metrics_event_type_minute: toYYYYMMDD(bucket of ts), event_video_hour,
+#     event_dimension_hour and metrics_event_type_hour: toYYYYMM
 #   view_summaries: toYYYYMM(start_ts) -> metrics_view_minute: toYYYYMMDD(bucket of start_ts),
 #     view_rollup_hour, metrics_view_hour and metrics_view_video_day: toYYYYMM
 # Every one is a function of the UTC day of ``ts`` / ``start_ts`` (months are unions of days; past

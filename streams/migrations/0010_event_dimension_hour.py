@@ -16,7 +16,8 @@ into an empty table, so a rerun after a partial run adds nothing. Run with inges
 Cluster mode (the router runs only the operation hinted ``cluster_schema``): the Replicated
 ``event_dimension_hour_local``, the Distributed table and the view on every node (``ON CLUSTER``,
 ``IF NOT EXISTS``: a cluster built by 0006 after this table was declared in ``warehouse`` already
-has it); no history copy there (a cluster's rollups are rebuilt with the command above).
+has it); no history copy there (nor does the rebuild command run on a cluster): a cluster's
+rollup counts from this migration on.
 """
 
 from collections.abc import Callable, Sequence
