@@ -49,6 +49,7 @@ VIEW_SUMMARIES = "view_summaries"
 VIEW_MINUTES = "view_minutes"
 EVENT_VIDEO_HOUR = "event_video_hour"
 EVENT_DIMENSION_HOUR = "event_dimension_hour"
+VIEW_DIMENSION_HOUR = "view_dimension_hour"
 VIEW_ROLLUP_HOUR = "view_rollup_hour"
 METRICS_EVENT_TYPE_MINUTE = "metrics_event_type_minute"
 METRICS_EVENT_TYPE_HOUR = "metrics_event_type_hour"
@@ -292,6 +293,16 @@ def tables() -> tuple[Table, ...]:
             "view QoE sums per hour or day with any breakdown (and videoId with another), up to 400 days",
         ),
         Table(
+            VIEW_DIMENSION_HOUR,
+            (*_BUCKET, ("dimension", _LC), ("value", "String"), *_VIEW_SUMS_COLUMNS),
+            "SummingMergeTree",
+            ("dimension", "bucket", "value"),
+            "toYYYYMM(bucket)",
+            _rollup_ttl(LONG_TTL_DAYS),
+            "view QoE sums per hour or day by one dimension or video at a time (a row per dimension"
+            " and value), up to 400 days (streams 0011)",
+        ),
+        Table(
             METRICS_EVENT_TYPE_MINUTE,
             (*_BUCKET, ("type", _LC), ("events", "UInt64"), ("late_events", "UInt64")),
             "SummingMergeTree",
@@ -418,6 +429,19 @@ MATERIALIZED_VIEWS: tuple[MaterializedView, ...] = (
         VIEW_ROLLUP_HOUR,
         f"toDateTime(toStartOfHour(start_ts, 'UTC'), 'UTC') AS bucket, {_DIM_LIST}, {_VIEW_RAW_SUMS}",
         f"bucket, {_DIM_LIST}",
+    ),
+    # As events_to_event_dimension_hour, for the view sums and with the video as a dimension: an
+    # hour holds a row per value of each dimension and per video watched, where view_rollup_hour
+    # holds about a row per view; it answers a breakdown or filter on one of them.
+    MaterializedView(
+        "view_summaries_to_view_dimension_hour",
+        VIEW_SUMMARIES,
+        VIEW_DIMENSION_HOUR,
+        f"toDateTime(toStartOfHour(start_ts, 'UTC'), 'UTC') AS bucket, dimension, value, {_VIEW_RAW_SUMS}",
+        "bucket, dimension, value",
+        array_join=(
+            f"ARRAY JOIN [{', '.join(repr(dim) for dim in ('video_id', *_DIMS))}] AS dimension, [{_DIM_LIST}] AS value"
+        ),
     ),
     MaterializedView(
         "metrics_view_video_day_chained_mv",

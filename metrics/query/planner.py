@@ -171,7 +171,7 @@ def _targets(metric: CompiledMetric, request: MetricRequest) -> list[_Target]:
         if not needed <= set(rollup.dimensions):
             continue
         if rollup.pivot is not None:
-            one = needed - {"type"}
+            one = needed & set(rollup.pivot.dimensions)
             if len(one) != 1:
                 continue
             rollup = registered.pivoted(one.pop())

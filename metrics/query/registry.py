@@ -61,21 +61,36 @@ class Rollup:
     rows_per_bucket: int = 1
     #: Analysts may name it as a definition's source (otherwise only chosen automatically).
     selectable: bool = False
-    #: One dimension at a time: (name column, value column). A base row is counted once per
-    #: dimension, under its name, so the rollup answers only questions on exactly one of
-    #: ``dimensions`` besides ``type`` (``pivoted``); summed over every name it would count a row
-    #: six times.
-    pivot: tuple[str, str] | None = None
+    #: One dimension at a time (``Pivot``): a base row is counted once per pivoted dimension, under
+    #: its name, so the rollup answers only questions on exactly one of them (``pivoted``), besides
+    #: the dimensions it holds as columns; summed over every name it would count a row once per
+    #: dimension.
+    pivot: Pivot | None = None
 
     def pivoted(self, dimension: str) -> Rollup:
         """This pivot rollup as a table of one dimension: its rows of ``dimension``, the value
         column named as the dimension's column. ``dimension`` is a registry key (code, not input)."""
-        assert self.pivot is not None and dimension in self.dimensions and dimension != "type"
-        name, value = self.pivot
-        column = _EVENT_DIMENSIONS[dimension]
-        kept = [self.time_column, "type", f"{value} AS {column}", *self.counts.values(), *self.sums.values()]
-        table = f"(SELECT {', '.join(kept)} FROM {self.table} WHERE {name} = '{column}')"  # noqa: S608 - code constants
-        return replace(self, table=table, dimensions={"type": "type", dimension: column}, pivot=None)
+        assert self.pivot is not None and dimension in self.pivot.dimensions
+        column = self.dimensions[dimension]
+        fixed = {key: col for key, col in self.dimensions.items() if key not in self.pivot.dimensions}
+        kept = [
+            self.time_column,
+            *fixed.values(),
+            f"{self.pivot.value_column} AS {column}",
+            *dict.fromkeys([*self.counts.values(), *self.sums.values()]),
+        ]
+        table = f"(SELECT {', '.join(kept)} FROM {self.table} WHERE {self.pivot.name_column} = '{column}')"  # noqa: S608 - code constants
+        return replace(self, table=table, dimensions={**fixed, dimension: column}, pivot=None)
+
+
+@dataclass(frozen=True)
+class Pivot:
+    """How a rollup holds several dimensions in two columns: each dimension's column name in
+    ``name_column``, its value in ``value_column`` (``warehouse``'s ``ARRAY JOIN`` views)."""
+
+    name_column: str
+    value_column: str
+    dimensions: tuple[str, ...]  # the registry keys pivoted
 
 
 _EVENT_DIMENSIONS = {
@@ -210,6 +225,7 @@ _VIEW_SUMS: dict[tuple[str, tuple[str, ...]], str] = {
     ("startup_time_ms", ("started",)): "startup_time_ms_sum",
 }
 _EVENT_COUNTS: dict[tuple[str, ...], str] = {(): "events", ("late",): "late_events"}
+_EVENT_PIVOT = ("country", "device", "os", "browser", "cdn", "player")
 # The rollup tables (analytics_platform/warehouse.py owns names, keys and views). One chain per
 # key, minute -> hour -> day where a grain is kept; a full-dimension key only for the view
 # summaries and only per hour: keyed by video and every dimension, a minute rollup holds about a
@@ -264,13 +280,13 @@ def _rollups() -> list[Rollup]:
             base="events",
             granularity=_HOUR,
             time_column="bucket",
-            dimensions={"type": "type", **{k: v for k, v in _EVENT_DIMENSIONS.items() if k not in ("type", "videoId")}},
+            dimensions={"type": "type", **{k: _EVENT_DIMENSIONS[k] for k in _EVENT_PIVOT}},
             counts=_EVENT_COUNTS,
             retention_days=_LONG,
             # Types times one dimension's values (the pivot's rows of other dimensions are skipped
             # by the ORDER BY's leading ``dimension``).
             rows_per_bucket=1_000,
-            pivot=("dimension", "value"),
+            pivot=Pivot("dimension", "value", _EVENT_PIVOT),
         ),
         Rollup(
             key="metrics_view_minute",
@@ -311,6 +327,22 @@ def _rollups() -> list[Rollup]:
             retention_days=_LONG,
             # Units of Source.rows_per_second (30 views/s): barely fewer rows than views.
             rows_per_bucket=60_000,
+        ),
+        Rollup(
+            key="view_dimension_hour",
+            label="View QoE sums per hour of view start and one dimension (or video)",
+            table=warehouse.VIEW_DIMENSION_HOUR,
+            base="views",
+            granularity=_HOUR,
+            time_column="bucket",
+            dimensions=_VIEW_DIMENSIONS,
+            counts=_VIEW_COUNTS,
+            sums=_VIEW_SUMS,
+            retention_days=_LONG,
+            # One dimension's values per hour: a few for most, the videos watched that hour for
+            # videoId; well under view_rollup_hour's row per view.
+            rows_per_bucket=5_000,
+            pivot=Pivot("dimension", "value", tuple(_VIEW_DIMENSIONS)),
         ),
         Rollup(
             key="metrics_view_video_day",

@@ -112,6 +112,7 @@ CASES = [
     ),
     # One dimension (event metrics from the pivot rollup, streams 0010), aligned and not.
     ("daily-by-os", BASE, BASE + timedelta(days=3), "day", ["os"], [], 100),
+    ("hourly-by-video-top5", BASE + timedelta(hours=2), BASE + timedelta(days=1, hours=2), "hour", ["videoId"], [], 5),
     (
         "unaligned-hourly-two-countries-by-country",
         BASE + timedelta(hours=3, minutes=20),
@@ -192,7 +193,7 @@ def test_rollups_are_used_when_they_answer(loaded: gen.Dataset) -> None:
     by_video = query.MetricRequest(start=BASE, end=BASE + timedelta(days=2), group_by=("videoId",))
     assert query.query_build(views, aligned).table == "metrics_view_hour"
     assert query.query_build(views, minute).table == "metrics_view_minute"
-    assert query.query_build(views, by_country).table == "view_rollup_hour"
+    assert "FROM view_dimension_hour WHERE dimension = 'country'" in query.query_build(views, by_country).table
     assert query.query_build(views, by_video).table == "metrics_view_video_day"
     cut_table = query.query_build(views, cut).table
     assert "FROM metrics_view_" in cut_table and "FROM view_summaries" in cut_table

@@ -76,10 +76,19 @@ def test_rollup_choice() -> None:
     assert table(views, start=day - timedelta(days=7), end=day, group_by=("videoId",)) == "metrics_view_video_day"
     hour = day + timedelta(hours=5)  # hour-aligned, not day-aligned
     split = table(views, start=hour - timedelta(days=7), end=hour, group_by=("videoId",))
-    assert split.startswith("(SELECT") and "FROM metrics_view_video_day" in split and "FROM view_rollup_hour" in split
+    assert (
+        split.startswith("(SELECT") and "FROM metrics_view_video_day" in split and "FROM view_dimension_hour" in split
+    )
     split = table(views, start=hour - timedelta(days=3, minutes=3), end=hour, interval="hour")
     assert "FROM metrics_view_hour" in split and "FROM metrics_view_minute" in split
-    assert table(views, start=day - timedelta(days=7), end=day, group_by=("country",)) == "view_rollup_hour"
+    # One dimension (or the video) per hour: the views' pivot rollup (streams 0011); two: view_rollup_hour.
+    by_country = table(views, start=day - timedelta(days=7), end=day, group_by=("country",))
+    assert "FROM view_dimension_hour WHERE dimension = 'country'" in by_country
+    hourly_by_video = table(views, start=day - timedelta(days=7), end=day, interval="hour", group_by=("videoId",))
+    assert "FROM view_dimension_hour WHERE dimension = 'video_id'" in hourly_by_video
+    assert "value AS video_id" in hourly_by_video
+    two = (("country", "US"), ("device", "tv"))
+    assert table(views, start=day - timedelta(days=7), end=day, group_by=("os",), filters=two) == "view_rollup_hour"
     assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="minute") == "metrics_view_minute"
     assert table(views, start=NOW - timedelta(minutes=90), end=NOW, interval="hour") == "metrics_view_minute"
     # No minute rollup holds a dimension (streams 0009): per minute by country is read raw.
@@ -88,7 +97,9 @@ def test_rollup_choice() -> None:
         == "view_summaries"
     )
     by_country = table(views, start=day - timedelta(days=2, minutes=5), end=day, filters=(("country", "US"),))
-    assert "FROM view_rollup_hour" in by_country and "FROM view_summaries" in by_country
+    assert "FROM view_dimension_hour" in by_country and "FROM view_summaries" in by_country
+    # Without a dimension the pivot is never read: it holds each view seven times.
+    assert "view_dimension_hour" not in table(views, start=day - timedelta(days=7), end=day, interval="hour")
     errors = query.metric_compile(spec(source="events", event_types=("error",), conditions=()))
     assert table(errors, start=day - timedelta(days=7), end=day, interval="hour") == "metrics_event_type_hour"
     assert table(errors, start=NOW - timedelta(minutes=90), end=NOW, interval="minute") == "metrics_event_type_minute"
