@@ -85,9 +85,17 @@ def _upgrade_statements() -> list[str]:
     return [*parse, *(warehouse.without_on_cluster(s) for s in (local, distributed, *adds, *adds))]
 
 
-def _migration_0009_statements() -> list[str]:
-    """What streams 0009's cluster operation executes (recorded by a stand-in schema editor)."""
-    migration = importlib.import_module("streams.migrations.0009_fewer_rollups")
+# The streams migrations with a cluster operation of their own (after 0006 built the cluster schema).
+CLUSTER_OPERATIONS = {
+    "0009": "0009_fewer_rollups",
+    "0010": "0010_event_dimension_hour",
+    "0011": "0011_view_dimension_hour",
+}
+
+
+def _cluster_operation_statements(module: str) -> list[str]:
+    """What a streams migration's cluster operation executes (recorded by a stand-in schema editor)."""
+    migration = importlib.import_module(f"streams.migrations.{module}")
     executed: list[str] = []
 
     class Editor:
@@ -129,11 +137,12 @@ def run(zookeeper: ZooKeeper, tmp_path_factory: pytest.TempPathFactory) -> dict[
     for case, statements in _broken_cases().items():
         tagged += [(f"case:{case}:{i}", s) for i, s in enumerate(statements)]
     tagged += [(f"upgrade:{i}", s) for i, s in enumerate(_upgrade_statements())]
-    migration_0009 = _migration_0009_statements()
-    tagged += [(f"0009:parse:{i}", f"SELECT formatQuery({_literal(s)})") for i, s in enumerate(migration_0009)]
-    # On a cluster 0006 built with this schema (above), twice: IF [NOT] EXISTS, a rerun completes.
-    tagged += [(f"0009:apply:{i}", warehouse.without_on_cluster(s)) for i, s in enumerate(migration_0009 * 2)]
-    tagged.append(("0009:tables", f"SELECT name FROM system.tables WHERE database = '{DB}'"))
+    operations = {number: _cluster_operation_statements(module) for number, module in CLUSTER_OPERATIONS.items()}
+    for number, statements in operations.items():
+        tagged += [(f"{number}:parse:{i}", f"SELECT formatQuery({_literal(s)})") for i, s in enumerate(statements)]
+        # On a cluster 0006 built with this schema (above), twice: IF [NOT] EXISTS, a rerun completes.
+        tagged += [(f"{number}:apply:{i}", warehouse.without_on_cluster(s)) for i, s in enumerate(statements * 2)]
+        tagged.append((f"{number}:tables", f"SELECT name FROM system.tables WHERE database = '{DB}'"))
     tagged.append(
         (
             "upgrade:columns",
@@ -145,7 +154,7 @@ def run(zookeeper: ZooKeeper, tmp_path_factory: pytest.TempPathFactory) -> dict[
     results = chdb_run(Path(root / "db"), config, [s for _, s in tagged])
     return {
         "ddl": cluster_ddl,
-        "0009": migration_0009,
+        "operations": operations,
         "results": dict(zip((tag for tag, _ in tagged), results, strict=True)),
         # chdb has no system.zookeeper: ask ZooKeeper itself what the tables registered.
         "registered": zk_ls(zookeeper, f"/clickhouse/tables/{SHARD}/{DB}"),
@@ -181,16 +190,39 @@ def test_every_cluster_statement_runs_against_zookeeper(run: dict[str, Any]) -> 
     assert {t.local for t in warehouse.tables()} <= set(run["registered"])
 
 
-def test_the_0009_cluster_operation_parses_and_reruns(run: dict[str, Any]) -> None:
-    statements = run["0009"]
-    assert any(s.startswith("DROP TABLE IF EXISTS") and "`event_rollup_minute_local`" in s for s in statements)
+@pytest.mark.parametrize("number", CLUSTER_OPERATIONS)
+def test_a_migrations_cluster_operation_parses_and_reruns(run: dict[str, Any], number: str) -> None:
+    statements = run["operations"][number]
+    assert statements, f"{number}'s cluster operation executed nothing"
     for i, statement in enumerate(statements):
-        assert f"ON CLUSTER {CLUSTER}" in _ok(run["results"][f"0009:parse:{i}"])[0][0], statement
+        assert f"ON CLUSTER {CLUSTER}" in _ok(run["results"][f"{number}:parse:{i}"])[0][0], statement
     for i, statement in enumerate(statements * 2):
-        assert run["results"][f"0009:apply:{i}"]["ok"], (statement, run["results"][f"0009:apply:{i}"]["error"])
-    names = {row[0] for row in _ok(run["results"]["0009:tables"])}
+        result = run["results"][f"{number}:apply:{i}"]
+        assert result["ok"], (statement, result["error"])
+    names = {row[0] for row in _ok(run["results"][f"{number}:tables"])}
     assert {t.name for t in warehouse.tables()} | {v.name for v in warehouse.MATERIALIZED_VIEWS} <= names
+
+
+def test_0009_drops_the_rollups_it_replaces_on_a_cluster(run: dict[str, Any]) -> None:
+    statements = run["operations"]["0009"]
+    assert any(s.startswith("DROP TABLE IF EXISTS") and "`event_rollup_minute_local`" in s for s in statements)
+    names = {row[0] for row in _ok(run["results"]["0009:tables"])}
     assert not names & {"event_rollup_minute", "event_rollup_hour_local", "events_to_event_rollup_minute"}
+
+
+@pytest.mark.parametrize(
+    ("number", "local", "view"),
+    [
+        ("0010", "event_dimension_hour_local", "events_to_event_dimension_hour"),
+        ("0011", "view_dimension_hour_local", "view_summaries_to_view_dimension_hour"),
+    ],
+)
+def test_the_pivot_migrations_create_their_replicated_table_and_view(
+    run: dict[str, Any], number: str, local: str, view: str
+) -> None:
+    statements = run["operations"][number]
+    assert any(f"`{local}`" in s and "ENGINE = ReplicatedSummingMergeTree(" in s for s in statements)
+    assert any(s.startswith("CREATE MATERIALIZED VIEW") and f"`{view}`" in s for s in statements)
 
 
 def test_distributed_tables_have_the_local_tables_columns(run: dict[str, Any]) -> None:
