@@ -37,15 +37,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 
 from analytics_platform.event_format import TIMESTAMP_MAX_MS, TIMESTAMP_MIN_MS
-from metrics.query import INTERVALS, MAX_LIMIT, MetricRequest, QueryError
+from metrics.query import HIGH_CARDINALITY_DIMENSIONS, INTERVALS, MAX_LIMIT, MetricRequest, QueryError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 #: The stored time range: ``from`` no earlier, ``to`` (exclusive) no later.
 RANGE_MIN = EPOCH + timedelta(milliseconds=TIMESTAMP_MIN_MS)
 RANGE_MAX = EPOCH + timedelta(milliseconds=TIMESTAMP_MAX_MS)
 DEFAULT_SPAN = timedelta(hours=24)
-#: Dimensions with unbounded values, whose group count grows with the range.
-HIGH_CARDINALITY_DIMENSIONS: frozenset[str] = frozenset({"videoId"})
 
 _RFC3339 = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))?",

@@ -78,6 +78,7 @@ def _client_drop() -> None:
 #: TOO_MANY_ROWS, TIMEOUT_EXCEEDED, TOO_SLOW (estimated to exceed the time limit), MEMORY_LIMIT_EXCEEDED,
 #: TOO_MANY_BYTES.
 _LIMIT_CODES = {158: "rows", 159: "time", 160: "time", 241: "memory", 307: "bytes"}
+_TOO_MANY_ROWS = 158
 #: A load condition of the server (its max_concurrent_queries), not of the question: retrying helps.
 _TOO_MANY_SIMULTANEOUS_QUERIES = 202
 
@@ -159,6 +160,11 @@ def _query_run(built: query.BuiltQuery, *, deadline: float | None) -> list[tuple
         rows: list[tuple[Any, ...]] = _client().execute(built.sql, built.params, settings=limits)
     except ServerException as exc:
         kind = _LIMIT_CODES.get(exc.code)
+        if exc.code == _TOO_MANY_ROWS and built.fallback is not None:
+            # The plan's own guard (query.sql.ONE_SCAN_MAX_GROUP_ROWS): more groups than its plan
+            # is for; the fallback answers the same question within the request's limits.
+            logger.info("metrics query over its plan's group guard on %s: running its fallback", built.table)
+            return _query_run(built.fallback, deadline=deadline)
         if exc.code == _TOO_MANY_SIMULTANEOUS_QUERIES:
             raise _unavailable("the metrics store is busy, retry shortly") from exc
         if kind is None:

@@ -39,6 +39,7 @@ from metrics.query.sql import ingestion_lag_build, query_build
 from metrics.query.vocabulary import (
     AGGREGATIONS,
     DIMENSIONS,
+    HIGH_CARDINALITY_DIMENSIONS,
     INTERVALS,
     MAX_LIMIT,
     METRIC_NAME_RE,
@@ -50,6 +51,7 @@ from metrics.query.vocabulary import (
 __all__ = [
     "AGGREGATIONS",
     "DIMENSIONS",
+    "HIGH_CARDINALITY_DIMENSIONS",
     "INTERVALS",
     "MAX_LIMIT",
     "METRIC_NAME_RE",

@@ -45,6 +45,9 @@ class BuiltQuery:
     from_rollup: bool
     group_by: tuple[str, ...]
     has_interval: bool
+    #: The same question planned another way, run when this plan's own guard (a ``SETTINGS``
+    #: clause of its SQL) stops it.
+    fallback: BuiltQuery | None = None
 
 
 def _epoch_ms(moment: datetime) -> int:

@@ -15,6 +15,9 @@ INTERVALS: dict[str, tuple[int, str]] = {
 
 #: The dimensions of the public contract (camelCase, as on the wire).
 DIMENSIONS: tuple[str, ...] = ("videoId", "country", "device", "os", "browser", "cdn", "player", "type")
+#: Dimensions with unbounded values, whose group count grows with the range (and the catalogue):
+#: the request bounds cap their ranges, and the SQL narrows their groups before it aggregates.
+HIGH_CARDINALITY_DIMENSIONS: frozenset[str] = frozenset({"videoId"})
 
 AGGREGATIONS: tuple[str, ...] = ("count", "uniq", "sum", "avg", "quantile", "ratio")
 #: Aggregations allowed as the numerator or denominator of a ratio.

@@ -122,6 +122,17 @@ CASES = [
         [("country", "DE"), ("country", "US")],
         100,
     ),
+    # Top groups of a low-cardinality dimension chosen in the series' one scan (query.sql._top_groups).
+    (
+        "unaligned-hourly-top2-countries",
+        BASE + timedelta(hours=2, minutes=10),
+        BASE + timedelta(days=1, hours=4),
+        "hour",
+        ["country"],
+        [],
+        2,
+    ),
+    ("daily-top1-device", BASE, BASE + timedelta(days=3), "day", ["device"], [("country", "US")], 1),
     # Ranges not aligned on the coarse rollup: whole days/hours from it, the edges from a finer one.
     (
         "split-days-and-hours-by-video",
@@ -181,6 +192,33 @@ def test_builtin_metrics_equal_truth(api: APIClient, loaded: gen.Dataset, case: 
             assert_series_equal(metric["series"], want)
         except AssertionError as exc:
             raise AssertionError(f"{metric['metric']}: {exc}") from exc
+
+
+def test_top_groups_over_their_guard_are_answered_by_the_narrowing_plan(
+    api: APIClient, loaded: gen.Dataset, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A breakdown whose (group, bucket) rows exceed the one-scan plan's guard (a sender inventing
+    countries) is stopped by ClickHouse and answered by the two-scan plan: the same answer, not a 422."""
+    from metrics.query import sql
+
+    cache.clear()
+    params = {
+        "metric": ["views", "events", "unique_viewers"],
+        "from": _iso(BASE + timedelta(hours=1)),
+        "to": _iso(BASE + timedelta(days=2)),
+        "interval": "hour",
+        "groupBy": "country",
+        "limit": 2,
+    }
+    with override_settings(METRICS_QUERY_CACHE_SECONDS=0):
+        one_scan = _query(api, **params)
+        assert "running its fallback" not in caplog.text
+        monkeypatch.setattr(sql, "ONE_SCAN_MAX_GROUP_ROWS", 3)
+        with caplog.at_level("INFO", logger="metrics.selectors"):
+            guarded = _query(api, **params)
+    assert caplog.text.count("running its fallback") == 3
+    assert guarded == one_scan
+    assert all(len(m["series"]) == 2 for m in guarded["metrics"])
 
 
 def test_rollups_are_used_when_they_answer(loaded: gen.Dataset) -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from metrics import query
+from metrics.query import sql as query_sql
 
 NOW = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
@@ -59,6 +60,27 @@ def test_values_are_parameters_never_sql() -> None:
     assert evil not in built.sql and "error" not in built.sql.replace("%(event_types)s", "")
     assert built.params["f0"] == [evil] and built.params["event_types"] == ["error"] and built.params["limit"] == 7
     assert "%(start_ms)s" in built.sql and "%(end_ms)s" in built.sql
+
+
+def test_top_groups_plan_by_cardinality() -> None:
+    """Low-cardinality groups are chosen in the series' one scan, guarded, with the two-scan plan as
+    its fallback; videos (high cardinality) are narrowed first, as the fallback does."""
+    views = query.metric_compile(spec())
+    day = NOW.replace(hour=0)
+    week = {"start": day - timedelta(days=7), "end": day, "interval": "hour", "limit": 3}
+    by_country = query.query_build(views, query.MetricRequest(**week, group_by=("country",)))  # type: ignore[arg-type]
+    assert "ARRAY JOIN m_rows" in by_country.sql and " IN (SELECT" not in by_country.sql
+    assert by_country.sql.endswith(
+        f"SETTINGS max_rows_to_group_by = {query_sql.ONE_SCAN_MAX_GROUP_ROWS}, group_by_overflow_mode = 'throw'"
+    )
+    fallback = by_country.fallback
+    assert fallback is not None and fallback.fallback is None
+    assert " IN (SELECT" in fallback.sql and "ARRAY JOIN m_rows" not in fallback.sql
+    assert fallback.params is by_country.params and fallback.table == by_country.table
+    by_video = query.query_build(views, query.MetricRequest(**week, group_by=("videoId", "country")))  # type: ignore[arg-type]
+    assert by_video.fallback is None and " IN (SELECT" in by_video.sql and "m_rows" not in by_video.sql
+    total = query.query_build(views, query.MetricRequest(start=week["start"], end=day, group_by=("country",)))  # type: ignore[arg-type]
+    assert total.fallback is None and "m_rows" not in total.sql
 
 
 def test_rollup_choice() -> None:
