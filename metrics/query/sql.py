@@ -119,10 +119,11 @@ def _top_groups(series: str, keys: str) -> str:
 
     The other plan (the ``fallback``) first finds the top groups in a scan of their totals, then
     aggregates the series of those groups only: two scans, but its aggregation holds ``limit``
-    groups. Measured at 10M events (bench_metrics): one scan is faster when groups x buckets is
-    small (unique viewers by country over 585 hours, 56-88 -> 38-40 ms; events by country over a
-    week, 24 -> 14 ms) and slower for videos over many hours (23-29 -> 58-73 ms over 720 hours),
-    whose groups are many; hence one scan only without a high-cardinality dimension. Here each
+    groups. Measured at 10M events (bench_metrics, with a window-function form of one scan): one
+    scan is faster when groups x buckets is small (unique viewers by country over 585 hours, 56-88
+    -> 38-40 ms; events by country over a week, 24 -> 14 ms) and slower for videos over many hours
+    (23-29 -> 58-73 ms over 720 hours), whose groups are many; hence one scan only without a
+    high-cardinality dimension. This form sorts groups, not rows, which the window form did. Here each
     group's rows are gathered into an array beside its total (the row with ``m_total = 1``), the
     groups ordered as the narrowing query orders them, and the arrays unrolled again.
     """
