@@ -24,7 +24,7 @@ What it does, all on this machine and in a temporary directory:
    keep-alive connection, then from 20 concurrent clients;
 4. in the same run, interleaved request by request, the same SQL (built by ``metrics.query``)
    straight through clickhouse-driver, a request's queries side by side as the web runs them: the
-   difference is what the web path costs.
+   difference is what the web path costs. (With ``--ab``, the driver runs A's SQL.)
 """
 
 from __future__ import annotations
@@ -507,7 +507,7 @@ def main() -> None:
         definitions = {d.name: d.compile() for d in MetricDefinition.objects.all()}
         mix = dashboard_mix(n=args.requests, end=end)
         built = [
-            [query.query_build(definitions[name], _request(params, query)) for name in params["metric"]]
+            query.queries_build([definitions[name] for name in params["metric"]], _request(params, query))
             for params in mix
         ]
         driver = Driver(built)
@@ -563,8 +563,12 @@ def slowest_print(mix: list[dict[str, Any]], built: list[list[Any]], driver_ms: 
     for i in sorted(range(len(mix)), key=lambda i: -driver_ms[i])[:n]:
         params = mix[i]
         span = datetime.fromisoformat(params["to"]) - datetime.fromisoformat(params["from"])
-        tables = ["+".join(sorted(set(re.findall(r"FROM (\w+)", b.sql)))) for b in built[i]]
-        metrics = ", ".join(f"{m}: {t}" for m, t in zip(params["metric"], tables, strict=True))
+        metrics = "; ".join(
+            "+".join(params["metric"][m] for m in b.members)
+            + ": "
+            + "+".join(sorted(set(re.findall(r"FROM (\w+)", b.sql))))
+            for b in built[i]
+        )
         print(
             f"    {driver_ms[i]:7.1f} {span.total_seconds() / 3600:6.0f} h {params.get('interval', '-'):>6}"
             f" {params.get('groupBy', '-'):>8}  {metrics}"
@@ -646,7 +650,7 @@ def shapes_table(web: Web, *, end: datetime, n: int, definitions: dict[str, Any]
         f"{'driver p50':>10} {'p95':>7} {'p99':>7}"
     )
     for label, params in shapes:
-        built = [query.query_build(definitions[name], _request(params, query)) for name in params["metric"]]
+        built = query.queries_build([definitions[name] for name in params["metric"]], _request(params, query))
         tables = "+".join(sorted({t for b in built for t in re.findall(r"FROM (\w+)", b.sql)}))
         driver = Driver([built])
         http_samples, driver_samples = [], []

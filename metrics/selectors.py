@@ -359,9 +359,9 @@ def _question_prepare(
         now=now,
     )
     try:
-        # The request's bounds here, each metric's dimensions in query_build: every rule checked once.
+        # The request's bounds here, each metric's dimensions in queries_build: every rule checked once.
         bounds.request_check(request, request_bounds())
-        built = [query.query_build(metric, request) for metric in compiled]
+        built = query.queries_build(compiled, request)
     except query.QueryError as exc:
         raise ApplicationError(exc.message, code="invalid_parameter", field=exc.field) from exc
 
@@ -400,12 +400,19 @@ def _queries_run(built: list[query.BuiltQuery]) -> list[list[tuple[Any, ...]]]:
 def _answer_assemble(p: _Prepared, results: list[list[tuple[Any, ...]]]) -> tuple[MetricsResult | None, bytes | None]:
     request = p.request
     body: MetricsResult = {"from": _iso(request.start), "to": _iso(request.end), "interval": p.interval, "metrics": []}
-    for metric, rows in zip(p.compiled, results, strict=True):
+    # A query answers the metrics it fused (its members), each from its own value column.
+    answered = {
+        position: (rows, member)
+        for built, rows in zip(p.built, results, strict=True)
+        for member, position in enumerate(built.members)
+    }
+    for position, metric in enumerate(p.compiled):
+        rows, member = answered[position]
         body["metrics"].append(
             {
                 "metric": metric.name,
                 "unit": metric.spec.unit,
-                "series": query.series_assemble(metric, request, rows),
+                "series": query.series_assemble(metric, request, rows, member),
             }
         )
     if p.caching:

@@ -26,7 +26,7 @@ It is pure (no Django, no connection; only the clock, for TTLs), so it can be te
 The package is split along those steps, imports going one way (``vocabulary`` and ``registry`` <-
 ``definitions`` <- ``planner`` <- ``sql`` / ``series``); this module re-exports the public names, so
 callers keep ``from metrics import query`` and ``query.X``. Callers look names up through it at
-call time (``query.query_build(...)``), which is what lets a test patch ``query.query_build``.
+call time (``query.queries_build(...)``), which is what lets a test patch ``query.queries_build``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from metrics.query.definitions import CompiledMetric, MetricSpec, Term, metric_c
 from metrics.query.planner import BuiltQuery, MetricRequest, request_validate
 from metrics.query.registry import ROLLUPS, SOURCES, Rollup, Source, source_choices
 from metrics.query.series import Point, Series, bucket_starts, series_assemble
-from metrics.query.sql import ingestion_lag_build, query_build
+from metrics.query.sql import ingestion_lag_build, queries_build, query_build
 from metrics.query.vocabulary import (
     AGGREGATIONS,
     DIMENSIONS,
@@ -72,6 +72,7 @@ __all__ = [
     "bucket_starts",
     "ingestion_lag_build",
     "metric_compile",
+    "queries_build",
     "query_build",
     "request_validate",
     "series_assemble",

@@ -173,6 +173,15 @@ class _Target:
         """Parameters ``table`` refers to (none for a plain table)."""
         return {}
 
+    @property
+    def place(self) -> tuple[Any, ...]:
+        """What the rows read are: metrics whose targets share a place are one scan (``queries_build``)."""
+        return (self.source.key, self.rollup.table if self.rollup is not None else None)
+
+    def merged(self, others: Sequence[_Target]) -> _Target:
+        """One target reading what this one and ``others`` (of the same place) read."""
+        return self
+
     def condition(self, conditions: Sequence[str]) -> str:
         """SQL for the conjunction of named flags of the base table."""
         parts = []
@@ -182,7 +191,7 @@ class _Target:
             parts.append(f"NOT ({expr})" if negate else f"({expr})")
         return " AND ".join(parts)
 
-    def term(self, term: Term, params: dict[str, Any], index: int) -> str | None:
+    def term(self, term: Term, params: dict[str, Any], index: str) -> str | None:
         """SQL aggregate for ``term`` on this table, or None when this table cannot answer it."""
         if self.rollup is None:
             source = self.source
@@ -217,8 +226,10 @@ class _Target:
             return f"if(sum({count_col}) = 0, NULL, sum({sum_col}) / sum({count_col}))"
         return None
 
-    def value(self, metric: CompiledMetric, params: dict[str, Any]) -> str | None:
-        rendered = [self.term(term, params, i) for i, term in enumerate(metric.terms)]
+    def value(self, metric: CompiledMetric, params: dict[str, Any], slot: int = 0) -> str | None:
+        """The metric's SQL value on this table (None: it cannot answer); ``slot`` keeps the
+        parameters of several metrics rendered into one query apart."""
+        rendered = [self.term(term, params, f"{slot}_{i}") for i, term in enumerate(metric.terms)]
         if any(r is None for r in rendered):
             return None
         if metric.spec.aggregation == "ratio":

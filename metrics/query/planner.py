@@ -48,6 +48,9 @@ class BuiltQuery:
     #: The same question planned another way, run when this plan's own guard (a ``SETTINGS``
     #: clause of its SQL) stops it.
     fallback: BuiltQuery | None = None
+    #: The positions, in the question, of the metrics whose values are this query's
+    #: ``m_value0..`` columns, in that order (``queries_build``).
+    members: tuple[int, ...] = (0,)
 
 
 def _epoch_ms(moment: datetime) -> int:
@@ -108,6 +111,28 @@ class _SplitTarget(_Target):
     @property
     def params(self) -> dict[str, Any]:
         return {"mid_start_ms": self.mid[0], "mid_end_ms": self.mid[1]}
+
+    @property
+    def place(self) -> tuple[Any, ...]:
+        assert self.rollup is not None
+        fine = self.fine.table if self.fine is not None else None
+        return (self.source.key, self.rollup.table, fine, tuple(self.dims), self.mid)
+
+    def merged(self, others: Sequence[_Target]) -> _Target:
+        """The union reading every column that this and ``others`` read (each its own metric's)."""
+        columns = dict(self.columns)
+        for other in others:
+            assert isinstance(other, _SplitTarget) and other.place == self.place
+            columns.update(other.columns)
+        assert self.rollup is not None
+        return _SplitTarget(
+            source=self.source,
+            coarse=self.rollup,
+            fine=self.fine,
+            dims=self.dims,
+            columns=list(columns.items()),
+            mid=self.mid,
+        )
 
     @property
     def table(self) -> str:

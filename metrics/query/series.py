@@ -1,4 +1,4 @@
-"""Results: rows of ``query_build``'s SQL -> the API's series, empty buckets filled."""
+"""Results: rows of ``queries_build``'s SQL -> the API's series, empty buckets filled."""
 
 from __future__ import annotations
 
@@ -62,15 +62,19 @@ def _json_number(value: Any) -> float | int | None:
     return int(value)
 
 
-def series_assemble(metric: CompiledMetric, request: MetricRequest, rows: Sequence[Sequence[Any]]) -> list[Series]:
-    """Rows of :func:`query_build`'s SQL -> API series, empty buckets filled per the metric."""
+def series_assemble(
+    metric: CompiledMetric, request: MetricRequest, rows: Sequence[Sequence[Any]], member: int = 0
+) -> list[Series]:
+    """Rows of a query of ``queries_build`` -> the API series of its ``member``-th metric (its
+    ``m_value<member>`` column), empty buckets filled per the metric; its own ``limit`` largest groups."""
     n = len(request.group_by)
+    column = n + 2 + member
     empty: float | int | None = 0 if metric.zero_filled else None
     groups: dict[tuple[Any, ...], dict[str, Any]] = {}
     order: list[tuple[Any, ...]] = []
     for row in rows:
         key = tuple(row[:n])
-        bucket, is_total, value = row[n], row[n + 1], row[n + 2]
+        bucket, is_total, value = row[n], row[n + 1], row[column]
         entry = groups.get(key)
         if entry is None:
             entry = groups[key] = {"points": {}, "total": empty}

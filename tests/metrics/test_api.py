@@ -194,6 +194,32 @@ def test_builtin_metrics_equal_truth(api: APIClient, loaded: gen.Dataset, case: 
             raise AssertionError(f"{metric['metric']}: {exc}") from exc
 
 
+@pytest.mark.parametrize(
+    ("group_by", "interval"), [("videoId", "hour"), ("country", "hour"), ("videoId", None)], ids=str
+)
+def test_fused_metrics_keep_each_their_own_top_groups(
+    api: APIClient, loaded: gen.Dataset, group_by: str, interval: str | None
+) -> None:
+    """Metrics of one question read in one query (``query.queries_build``) answer as each asked
+    alone, each with its own top groups, which differ between them here."""
+    cache.clear()
+    metrics = ["views", "watch_time_ms", "video_start_failure_rate", "rebuffer_ratio", "video_startup_time_ms_p95"]
+    params: dict[str, Any] = {
+        "from": _iso(BASE + timedelta(hours=2, minutes=10)),
+        "to": _iso(BASE + timedelta(days=2, hours=4)),
+        "groupBy": group_by,
+        "limit": 2,
+    }
+    if interval:
+        params["interval"] = interval
+    with override_settings(METRICS_QUERY_CACHE_SECONDS=0):
+        together = _query(api, metric=metrics, **params)["metrics"]
+        alone = [_query(api, metric=[name], **params)["metrics"][0] for name in metrics]
+    assert together == alone
+    tops = {tuple(s["group"][group_by] for s in m["series"]) for m in together}
+    assert len(tops) > 1, tops  # the members' top groups differ: each kept its own
+
+
 def test_top_groups_over_their_guard_are_answered_by_the_narrowing_plan(
     api: APIClient, loaded: gen.Dataset, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

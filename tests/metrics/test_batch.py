@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import timedelta
 from typing import Any
@@ -70,21 +71,15 @@ def test_the_questions_queries_run_side_by_side(loaded: gen.Dataset, monkeypatch
     Checked by overlap, not by a duration: every query starts before any of them ends. Asked one
     after another, each would start after the previous one ended, however fast the machine.
     """
-    build = query.query_build
+    build = query.queries_build
     execute = selectors.query_execute
     spans: list[tuple[float, float]] = []
 
-    def slow(metric: query.CompiledMetric, request: query.MetricRequest) -> query.BuiltQuery:
-        real = build(metric, request)
-        sql = f"SELECT q.* FROM ({real.sql}) AS q CROSS JOIN (SELECT sleep(0.6) AS z) AS s"
-        return query.BuiltQuery(
-            sql=sql,
-            params=real.params,
-            table=real.table,
-            from_rollup=real.from_rollup,
-            group_by=real.group_by,
-            has_interval=real.has_interval,
-        )
+    def slow(metrics: list[query.CompiledMetric], request: query.MetricRequest) -> list[query.BuiltQuery]:
+        return [
+            dataclasses.replace(real, sql=f"SELECT q.* FROM ({real.sql}) AS q CROSS JOIN (SELECT sleep(0.6) AS z) AS s")
+            for real in build(metrics, request)
+        ]
 
     def timed(one: query.BuiltQuery, **kwargs: Any) -> Any:
         started = time.monotonic()
@@ -93,7 +88,7 @@ def test_the_questions_queries_run_side_by_side(loaded: gen.Dataset, monkeypatch
         finally:
             spans.append((started, time.monotonic()))
 
-    monkeypatch.setattr(query, "query_build", slow)
+    monkeypatch.setattr(query, "queries_build", slow)
     monkeypatch.setattr(selectors, "query_execute", timed)
     questions: list[Question] = [{**q, "metrics": q["metrics"][:1]} for q in QUESTIONS]
     with override_settings(METRICS_QUERY_CACHE_SECONDS=0):

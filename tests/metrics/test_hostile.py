@@ -138,12 +138,14 @@ SLOW_SQL = "SELECT toUInt64(0), toUInt8(1), count() FROM numbers(20000000000) WH
 def test_time_limit_stops_a_slow_query_with_a_422(
     api: APIClient, loaded: gen.Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def slow(metric: query.CompiledMetric, request: query.MetricRequest) -> query.BuiltQuery:
-        return query.BuiltQuery(
-            sql=SLOW_SQL, params={}, table="numbers", from_rollup=False, group_by=(), has_interval=False
-        )
+    def slow(metrics: list[query.CompiledMetric], request: query.MetricRequest) -> list[query.BuiltQuery]:
+        return [
+            query.BuiltQuery(
+                sql=SLOW_SQL, params={}, table="numbers", from_rollup=False, group_by=(), has_interval=False
+            )
+        ]
 
-    monkeypatch.setattr(query, "query_build", slow)
+    monkeypatch.setattr(query, "queries_build", slow)
     with override_settings(METRICS_QUERY_MAX_EXECUTION_SECONDS=1, METRICS_QUERY_CACHE_SECONDS=0):
         started = time.monotonic()
         response = api.get("/metrics", {"metric": "events"})

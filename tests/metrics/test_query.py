@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -81,6 +82,68 @@ def test_top_groups_plan_by_cardinality() -> None:
     assert by_video.fallback is None and " IN (SELECT" in by_video.sql and "m_rows" not in by_video.sql
     total = query.query_build(views, query.MetricRequest(start=week["start"], end=day, group_by=("country",)))  # type: ignore[arg-type]
     assert total.fallback is None and "m_rows" not in total.sql
+
+
+def _tables(sql: str) -> set[str]:
+    return set(re.findall(r"FROM (\w+)", sql))
+
+
+def test_metrics_of_one_place_are_one_query() -> None:
+    """Metrics of a question whose cheapest tables are the same place are one query (one scan),
+    each its own value column; others (another table, other event types) keep their own."""
+    views = query.metric_compile(spec(name="views"))
+    watch = query.metric_compile(spec(name="watch", aggregation="sum", measure="watch_time_ms", conditions=()))
+    failures = query.metric_compile(
+        spec(
+            name="failures",
+            aggregation="ratio",
+            numerator_aggregation="count",
+            conditions=("start_failure",),
+            denominator_aggregation="count",
+            denominator_conditions=("has_view_start",),
+        )
+    )
+    p95, p50 = (
+        query.metric_compile(
+            spec(
+                name=f"p{q}",
+                aggregation="quantile",
+                measure="startup_time_ms",
+                quantile=q / 100,
+                conditions=("started",),
+            )
+        )
+        for q in (95, 50)
+    )
+    events = query.metric_compile(spec(name="events", source="events", conditions=()))
+    errors = query.metric_compile(spec(name="errors", source="events", event_types=("error",), conditions=()))
+    question = [views, p95, events, watch, errors, p50, failures]
+    day = NOW.replace(hour=0)
+    hour = day + timedelta(hours=5)
+    for request in (
+        query.MetricRequest(start=day - timedelta(days=7), end=day, interval="hour"),
+        # Not aligned: whole hours from a rollup and the edges from the minutes, the union reading
+        # every member's columns.
+        query.MetricRequest(start=hour - timedelta(days=3, minutes=3), end=hour, interval="hour"),
+        # Grouped: each member's top groups kept (rank columns), one scan or narrowed first.
+        query.MetricRequest(start=day - timedelta(days=7), end=day, interval="hour", group_by=("country",), limit=2),
+        query.MetricRequest(start=day - timedelta(days=7), end=day, interval="hour", group_by=("videoId",), limit=2),
+        query.MetricRequest(start=day - timedelta(days=7), end=day, group_by=("videoId",), limit=2),
+    ):
+        built = query.queries_build(question, request)
+        assert [b.members for b in built] == [(0, 3, 6), (1, 5), (2,), (4,)], request
+        fused, quantiles = built[0], built[1]
+        assert all(f"AS m_value{j}" in fused.sql for j in range(3)) and "m_value3" not in fused.sql
+        # Each member's own cheapest tables; a union reads every member's columns.
+        for one, metrics in ((fused, (views, watch, failures)), (quantiles, (p95, p50))):
+            assert all(_tables(one.table) == _tables(query.query_build(m, request).table) for m in metrics)
+        if fused.table.startswith("(SELECT"):
+            assert all(column in fused.table for column in ("views", "watch_time_ms", "start_failures"))
+        # Two quantile levels in one statement: each its own parameter.
+        assert {k: v for k, v in quantiles.params.items() if k.startswith("q")} == {"q0_0": 0.95, "q1_0": 0.5}
+        if request.group_by:
+            assert "m_r0 <= %(limit)s OR m_r1 <= %(limit)s OR m_r2 <= %(limit)s" in fused.sql
+    assert query.query_build(views, request).members == (0,)
 
 
 def test_rollup_choice() -> None:
